@@ -1,0 +1,34 @@
+# The two set-up commands of the README, plus helpers. Everything runs inside a git-ignored
+# virtual environment in the checkout, created on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lab export clean-nbs bench readme check
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/unilearn demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=nbs
+
+# Notebook -> module, clean notebooks, regenerate README.md from nbs/index.ipynb.
+export: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	$(BIN)/jupyter nbconvert --to markdown --stdout nbs/index.ipynb > README.md
+
+bench: $(STAMP)
+	$(BIN)/python -m unilearn.bench
