@@ -111,7 +111,7 @@ def bench_vit(size:str='base', batch:int=2, frames:int=16, img_size:int=160, rep
     del ours, ref, opts; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #d5518ef7
+# %% ../nbs/10_bench.ipynb #03c739fe
 def machine_info(device:str='cpu') -> dict:
     info = dict(python=platform.python_version(), torch=torch.__version__, cpu=platform.processor() or platform.machine(),
                 threads=torch.get_num_threads(), device=device)
