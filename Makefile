@@ -18,7 +18,10 @@ $(STAMP): settings.ini setup.py
 demo: $(STAMP)
 	$(BIN)/unilearn demo
 
+# tests/browser/setup.sh installs Debian's chromium + playwright-core where it can (never fails);
+# without them the JupyterLab browser test skips with a message.
 test: $(STAMP)
+	-tests/browser/setup.sh
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 lab: $(STAMP)

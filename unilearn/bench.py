@@ -17,7 +17,8 @@ from .vit import create_vit, vit_flops
 
 # %% auto #0
 __all__ = ['BENCHES', 'register_bench', 'autocast_ctx', 'sync', 'time_side_by_side', 'matmul_peak', 'videomae_reference',
-           'bench_vit', 'machine_info', 'run_benches', 'main']
+           'bench_vit', 'PublishedStyleMoAE', 'with_published_moae', 'paired_times', 'median_ratio', 'bench_moae',
+           'videomae_pretraining_reference', 'bench_mae', 'bench_data', 'machine_info', 'run_benches', 'main']
 
 # %% ../nbs/10_bench.ipynb #4ac09b43
 BENCHES = {}
@@ -111,7 +112,212 @@ def bench_vit(size:str='base', batch:int=2, frames:int=16, img_size:int=160, rep
     del ours, ref, opts; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #03c739fe
+# %% ../nbs/10_bench.ipynb #e783b9eb
+class PublishedStyleMoAE(nn.Module):
+    "Re-statement of the published MoAE layer's structure (timing reference): per-expert boolean-mask loop with a capacity limit."
+    def __init__(self, dim:int, num_experts:int=8, top_k:int=2, bottleneck:int|None=None, capacity_factor:float=1.0, noise:bool=True):
+        super().__init__()
+        from timm.layers import Mlp
+        self.num_experts, self.top_k, self.capacity_factor, self.noise = num_experts, top_k, capacity_factor, noise
+        self.router = nn.Module()
+        self.router.topkroute_linear = nn.Linear(dim, num_experts)
+        self.router.noise_linear = nn.Linear(dim, num_experts)
+        self.experts = nn.ModuleList([Mlp(dim, bottleneck or dim // 4) for _ in range(num_experts)])
+
+    def forward(self, x):
+        B, N, D = x.shape
+        logits = self.router.topkroute_linear(x)
+        if self.noise: logits = logits + torch.randn_like(logits) * F.softplus(self.router.noise_linear(x))
+        top, idx = logits.topk(self.top_k, dim=-1)
+        gates = torch.full_like(logits, float('-inf')).scatter(-1, idx, top).softmax(-1).reshape(-1, self.num_experts)
+        flat = x.reshape(-1, D)
+        capacity = int(B * N * self.top_k / self.num_experts * self.capacity_factor)
+        updates = torch.zeros_like(flat)
+        for i, expert in enumerate(self.experts):
+            selected = torch.nonzero((idx == i).any(dim=-1).reshape(-1)).squeeze(-1)
+            if selected.numel() > capacity: selected = selected[:capacity]
+            if selected.numel() > 0:
+                weighted = expert(flat[selected]) * gates[selected, i].unsqueeze(1)
+                updates.index_add_(0, selected, weighted.to(updates.dtype))  # CUDA autocast makes this fp32; CPU bf16 needs the cast
+        return updates.view(B, N, D)
+
+def with_published_moae(model:nn.Module, capacity_factor:float=1.0, noise:bool=True) -> nn.Module:
+    "A copy of a UniLearn model whose MoAE layers are `PublishedStyleMoAE` layers holding the same weights."
+    import copy
+    from unilearn.moae import moe_layers
+    model = copy.deepcopy(model)
+    for i, layer in moe_layers(model):
+        ref = PublishedStyleMoAE(layer.dim, layer.num_experts, layer.top_k, layer.bottleneck, capacity_factor, noise)
+        ref.load_state_dict(layer.state_dict())
+        model.blocks[i].moe_layer = ref.to(next(layer.parameters()).device)
+    return model
+
+def paired_times(fns:dict, reps:int=5, device:str='cpu') -> tuple[dict, list[dict]]:
+    "Medians of `time_side_by_side` rounds plus each round's times, so ratios can be taken within a round (a shared machine's load drifts between rounds)."
+    for f in fns.values(): f(); sync(device)   # warm-up
+    rounds = [time_side_by_side(fns, reps=1, warmup=0, device=device) for _ in range(reps)]
+    return {k: statistics.median(r[k] for r in rounds) for k in fns}, rounds
+
+def median_ratio(rounds:list[dict], a:str, b:str) -> float:
+    "Median over rounds of time `a` / time `b` measured in the same round."
+    return statistics.median(r[a] / r[b] for r in rounds)
+
+@register_bench('moae')
+def bench_moae(size:str='base', batch:int=1, frames:int=16, img_size:int=160, reps:int=5, dtypes=('fp32', 'bf16'),
+               device:str='cpu') -> dict:
+    "Eval forward of UniLearn ViT+MoAE vs plain ViT-MTL vs the published MoAE structure (same weights), in turns; plus one MoAE layer alone."
+    from unilearn.moae import unilearn_vit, vit_mtl, moe_layers, param_counts
+    torch.manual_seed(0)
+    ours = unilearn_vit(size, img_size=img_size, all_frames=frames).to(device).eval()
+    plain = vit_mtl(size, img_size=img_size, all_frames=frames).to(device).eval()
+    plain.load_state_dict({k: v for k, v in ours.state_dict().items() if 'moe_layer' not in k})
+    published = with_published_moae(ours).eval()
+    x = torch.randn(batch, 3, frames, img_size, img_size, device=device)
+    i0, layer = moe_layers(ours)[0]
+    ref_layer = published.blocks[i0].moe_layer
+    tokens = ours.patch_embed.grid(frames, img_size, img_size)
+    n_tok = tokens[0] * tokens[1] * tokens[2]
+    with torch.no_grad(): h = ours.blocks[i0].norm2(ours.embed(x))   # a realistic layer input
+    res = dict(size=size, batch=batch, input=[3, frames, img_size, img_size], tokens=n_tok, moae_blocks=ours.moe_blocks,
+               params=dict(unilearn=param_counts(ours), plain=param_counts(plain)))
+    def step(f, inp):
+        inp = inp.detach().requires_grad_()
+        f(inp).float().sum().backward()
+    for dtype in dtypes:
+        def fwd(m):
+            @torch.no_grad()
+            def f():
+                with autocast_ctx(dtype, device): m(x, 'video')
+            return f
+        t, tr = paired_times({'plain': fwd(plain), 'ours': fwd(ours), 'published': fwd(published)}, reps=reps, device=device)
+        def lf(l):
+            @torch.no_grad()
+            def f():
+                with autocast_ctx(dtype, device): l(h)
+            return f
+        def lb(l):
+            def f():
+                with autocast_ctx(dtype, device): step(l, h)
+            return f
+        lt, ltr = paired_times({'ours': lf(layer), 'published': lf(ref_layer)}, reps=reps, device=device)
+        lb_t, lbr = paired_times({'ours': lb(layer), 'published': lb(ref_layer)}, reps=reps, device=device)
+        res[dtype] = dict(   # ratios: median over rounds of the ratio within a round
+            forward=dict(plain_s=t['plain'], ours_s=t['ours'], published_s=t['published'],
+                         overhead_vs_plain=median_ratio(tr, 'ours', 'plain') - 1,
+                         ratio_ours_vs_published=median_ratio(tr, 'ours', 'published')),
+            moae_layer_forward=dict(ours_s=lt['ours'], published_s=lt['published'], ratio=median_ratio(ltr, 'ours', 'published')),
+            moae_layer_fwd_bwd=dict(ours_s=lb_t['ours'], published_s=lb_t['published'], ratio=median_ratio(lbr, 'ours', 'published')))
+        for m in (layer, ref_layer): m.zero_grad(set_to_none=True)
+    del ours, plain, published; gc.collect()
+    return res
+
+# %% ../nbs/10_bench.ipynb #1d4a8d23
+def videomae_pretraining_reference(size:str|dict='base', img_size:int=160, frames:int=16, decoder_dim:int|None=None,
+                                   decoder_depth:int=4, decoder_heads:int|None=None):
+    "`transformers` VideoMAEForPreTraining shaped like `unilearn.mae.create_mae(size, ...)`."
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+    from unilearn.vit import vit_size
+    s = vit_size(size)
+    decoder_dim = decoder_dim or s['embed_dim'] // 2
+    cfg = VideoMAEConfig(image_size=img_size, patch_size=16, num_frames=frames, tubelet_size=2, hidden_size=s['embed_dim'],
+                         num_hidden_layers=s['depth'], num_attention_heads=s['num_heads'], intermediate_size=4 * s['embed_dim'],
+                         qkv_bias=True, use_mean_pooling=False, decoder_hidden_size=decoder_dim, decoder_num_hidden_layers=decoder_depth,
+                         decoder_num_attention_heads=decoder_heads or max(1, decoder_dim // 64), decoder_intermediate_size=4 * decoder_dim,
+                         norm_pix_loss=True, layer_norm_eps=1e-6, attn_implementation='sdpa')
+    return VideoMAEForPreTraining(cfg)
+
+@register_bench('mae')
+def bench_mae(size:str|dict='base', batch:int=2, frames:int=16, img_size:int=160, mask_ratio:float=0.95, reps:int=3,
+              dtypes=('fp32', 'bf16'), device:str='cpu') -> dict:
+    "One MAE training step: `unilearn.mae` vs `transformers` VideoMAEForPreTraining, same clip and mask, in turns."
+    from torch.utils.flop_counter import FlopCounterMode
+    from unilearn.mae import create_mae, RandomMasking
+    torch.manual_seed(0)
+    ours = create_mae(size, img_size=img_size, all_frames=frames, video_mask_ratio=mask_ratio).to(device).train()
+    ref = videomae_pretraining_reference(size, img_size=img_size, frames=frames).to(device).train()
+    x = torch.randn(batch, 3, frames, img_size, img_size, device=device)
+    xt = x.transpose(1, 2).contiguous()
+    grid = ours.encoder.patch_embed.grid(frames, img_size, img_size)
+    mask = RandomMasking(mask_ratio)(batch, grid, torch.Generator().manual_seed(0), device)
+    with FlopCounterMode(display=False) as fc, torch.no_grad(): ours(x[:1], 'video', mask=mask[:1])
+    flops = fc.get_total_flops() * batch
+    res = dict(size=size, batch=batch, input=[3, frames, img_size, img_size], tokens=mask.shape[1],
+               visible_tokens=int((~mask[0]).sum()), fwd_gflop=flops / 1e9,
+               params_ours=sum(p.numel() for p in ours.parameters()), params_ref=sum(p.numel() for p in ref.parameters()))
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95)) for k, m in (('ours', ours), ('ref', ref))}
+    def step(name, dtype):
+        with autocast_ctx(dtype, device):
+            loss = ours.loss(ours(x, 'video', mask=mask), x) if name == 'ours' else ref(pixel_values=xt, bool_masked_pos=mask).loss
+        loss.backward(); opts[name].step(); opts[name].zero_grad(set_to_none=True)
+    for dtype in dtypes:
+        t = time_side_by_side({'ours': lambda: step('ours', dtype), 'ref': lambda: step('ref', dtype)}, reps=reps, device=device)
+        res[dtype] = dict(train_step=dict(ours_s=t['ours'], videomae_s=t['ref'], ratio=t['ours'] / t['ref'],
+                                          ours_tflops=3 * flops / t['ours'] / 1e12))
+        print(f"MAE train step {dtype}: ours {t['ours']:.3f}s, VideoMAEForPreTraining {t['ref']:.3f}s, ratio ours/ref {t['ours'] / t['ref']:.2f}")
+    del ours, ref, opts; gc.collect()
+    return res
+
+# %% ../nbs/10_bench.ipynb #31945b35
+def _bench_clips(root, n_clips:int, n_frames:int, size:int):
+    "Write `n_clips` smooth moving textures (JPEG folders and mp4s) under `root`; return their paths."
+    import numpy as np
+    from unilearn.data import write_frames, write_video
+    g = torch.Generator().manual_seed(0)
+    jpg, mp4 = [], []
+    for k in range(n_clips):
+        base = F.interpolate(torch.rand(1, 3, 24, 24, generator=g), size=(size * 2, size * 2), mode='bicubic', align_corners=False)
+        fr = torch.stack([base[0, :, t:t + size, t:t + size] for t in range(n_frames)])  # a slow pan over a smooth texture
+        fr = (fr.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        jpg.append(write_frames(root / 'jpg' / f'{k:05d}', fr))
+        (root / 'mp4').mkdir(parents=True, exist_ok=True)
+        mp4.append(write_video(root / 'mp4' / f'{k:05d}.mp4', fr))
+    return jpg, mp4
+
+@register_bench('data')
+def bench_data(frames:int=16, img_size:int=160, src_size:int=256, src_frames:int=64, n_clips:int=4, reps:int=3,
+               clips_per_rep:int=8, workers:int=0, target:float=10.) -> dict:
+    "Clips per CPU-second (= per core, per loader worker) and per wall second, one process, one thread: JPEG folders vs mp4, train vs test transform."
+    import tempfile, shutil
+    from pathlib import Path
+    from unilearn.data import ClipDataset, Item
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix='unilearn-bench-data-'))
+    try:
+        jpg, mp4 = _bench_clips(root, n_clips, src_frames, src_size)
+        def ds(paths, mode):
+            return ClipDataset([Item(p.stem, 0, p.name, path=p) for p in paths], ['x'], mode=mode, num_frames=frames,
+                               stride=4, num_clips=1, img_size=img_size)
+        sets = {f'{src}_{mode}': ds(paths, mode) for src, paths in (('jpeg', jpg), ('mp4', mp4)) for mode in ('train', 'test')}
+        def reader(d):
+            def f():
+                for i in range(clips_per_rep): x, _ = d[i % len(d.items)]
+                assert x.shape == (3, frames, img_size, img_size)
+            return f
+        fns = {k: reader(d) for k, d in sets.items()}
+        for f in fns.values(): f()                                   # warm up (imports, page cache)
+        wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+        for _ in range(reps):                                        # in turns, so machine noise hits all alike
+            for k, f in fns.items():
+                c, t = time.process_time(), time.perf_counter(); f()
+                cpu[k].append(time.process_time() - c); wall[k].append(time.perf_counter() - t)
+        res = dict(clip=[3, frames, img_size, img_size], source=f'{src_frames} frames of {src_size}x{src_size}', stride=4,
+                   clips_per_cpu_s={k: clips_per_rep / statistics.median(v) for k, v in cpu.items()},
+                   clips_per_wall_s={k: clips_per_rep / statistics.median(v) for k, v in wall.items()},
+                   target_per_core=target, load_average=os.getloadavg()[0] if hasattr(os, 'getloadavg') else None)
+        res['meets_target'] = {k: v >= target for k, v in res['clips_per_cpu_s'].items() if k.endswith('train')}
+        if workers:
+            torch.set_num_threads(threads)
+            many = ds(jpg * max(1, (8 * workers * 4) // len(jpg)), 'train')     # 4 batches of 8 per worker
+            it = iter(torch.utils.data.DataLoader(many, batch_size=8, num_workers=workers))
+            next(it)                                                   # worker start-up is not loading
+            t = time.perf_counter(); n = sum(len(x) for x, _ in it); dt = time.perf_counter() - t
+            res[f'dataloader_{workers}_workers_jpeg_train_clips_per_s'] = n / dt
+        return res
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(root, ignore_errors=True)
+
+# %% ../nbs/10_bench.ipynb #f502b93b
 def machine_info(device:str='cpu') -> dict:
     info = dict(python=platform.python_version(), torch=torch.__version__, cpu=platform.processor() or platform.machine(),
                 threads=torch.get_num_threads(), device=device)
