@@ -171,7 +171,7 @@ def evaluate_stage(model, data:dict, tasks=('image', 'video'), fold:int=1) -> tu
     preds = evaluate_joint(model, sets, fold=fold, bs=32)
     return preds, {t: scores(preds, t) for t in sets}
 
-# %% ../nbs/09_cli.ipynb #907533e9
+# %% ../nbs/09_cli.ipynb #61ef8417
 def loss_figure(pre_losses:dict, hist:pd.DataFrame):
     "Pre-training loss per modality and fine-tuning losses / validation UAR, per epoch."
     import plotly.graph_objects as go
@@ -188,24 +188,20 @@ def loss_figure(pre_losses:dict, hist:pd.DataFrame):
     return fig
 
 def write_report(out, figures:list, metrics:dict, title:str='UniLearn demo') -> Path:
-    "`report.html` (figures inline, plotly.js embedded once) and `metrics.json` in `out`."
+    "`report.html` (summary table, figures, metrics; written by `unilearn.panels.report_html`) and `metrics.json` in `out`."
+    from html import escape
+    from unilearn.panels import report_html
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     v, i = metrics.get('video', {}), metrics.get('image', {})
     rows = ''.join(f"<tr><td>{h}</td><td>{100 * m['uar']:.1f}</td><td>{100 * m['war']:.1f}</td><td>{m['n']}</td></tr>"
                    for h, m in (('video (DFEW role, fold 1, 2 views)', v), ('image (AffectNet role)', i)) if m)
     t = metrics.get('timings', {})
-    parts = [f"<h1>{title}</h1>",
-             f"<p>benchmark preset <b>{metrics.get('preset')}</b>, seed {metrics.get('seed')}, label noise {metrics.get('label_noise')}; "
-             f"chance UAR {100 / 7:.1f}%. Wall time {t.get('total_wall', float('nan')):.0f}s, CPU time {t.get('total_cpu', float('nan')):.0f}s.</p>",
-             f"<table border=1 cellpadding=4><tr><th>head</th><th>UAR %</th><th>WAR %</th><th>n</th></tr>{rows}</table>"]
-    for k, (name, fig) in enumerate(figures):
-        parts.append(f"<h2>{name}</h2>" + fig.to_html(full_html=False, include_plotlyjs=(k == 0)))
-    parts.append(f"<h2>metrics.json</h2><pre>{json.dumps(metrics, indent=1)}</pre>")
-    path = out / 'report.html'
-    path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>" + title + "</title></head><body style='font-family:sans-serif;max-width:1100px;margin:auto'>"
-                    + '\n'.join(parts) + "</body></html>")
-    return path
+    summary = (f"<p>benchmark preset <b>{metrics.get('preset')}</b>, seed {metrics.get('seed')}, label noise {metrics.get('label_noise')}; "
+               f"chance UAR {100 / 7:.1f}%. Wall time {t.get('total_wall', float('nan')):.0f}s, CPU time {t.get('total_cpu', float('nan')):.0f}s.</p>"
+               f"<table border=1 cellpadding=4><tr><th>head</th><th>UAR %</th><th>WAR %</th><th>n</th></tr>{rows}</table>")
+    items = {'': summary, **dict(figures), 'metrics.json': f"<pre>{escape(json.dumps(metrics, indent=1))}</pre>"}
+    return report_html(items, out / 'report.html', title)
 
 # %% ../nbs/09_cli.ipynb #02820e0d
 def _features(model, data, tasks):
