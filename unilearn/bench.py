@@ -112,7 +112,7 @@ def bench_vit(size:str='base', batch:int=2, frames:int=16, img_size:int=160, rep
     del ours, ref, opts; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #e783b9eb
+# %% ../nbs/10_bench.ipynb #52f5ad80
 class PublishedStyleMoAE(nn.Module):
     "Re-statement of the published MoAE layer's structure (timing reference): per-expert boolean-mask loop with a capacity limit."
     def __init__(self, dim:int, num_experts:int=8, top_k:int=2, bottleneck:int|None=None, capacity_factor:float=1.0, noise:bool=True):
@@ -124,7 +124,7 @@ class PublishedStyleMoAE(nn.Module):
         self.router.noise_linear = nn.Linear(dim, num_experts)
         self.experts = nn.ModuleList([Mlp(dim, bottleneck or dim // 4) for _ in range(num_experts)])
 
-    def forward(self, x):
+    def forward(self, x, out=None):
         B, N, D = x.shape
         logits = self.router.topkroute_linear(x)
         if self.noise: logits = logits + torch.randn_like(logits) * F.softplus(self.router.noise_linear(x))
@@ -139,7 +139,8 @@ class PublishedStyleMoAE(nn.Module):
             if selected.numel() > 0:
                 weighted = expert(flat[selected]) * gates[selected, i].unsqueeze(1)
                 updates.index_add_(0, selected, weighted.to(updates.dtype))  # CUDA autocast makes this fp32; CPU bf16 needs the cast
-        return updates.view(B, N, D)
+        # in a MoAE block (`out` = the FFN's output) the published code adds the two outputs: a new tensor
+        return updates.view(B, N, D) if out is None else out + updates.view(B, N, D)
 
 def with_published_moae(model:nn.Module, capacity_factor:float=1.0, noise:bool=True) -> nn.Module:
     "A copy of a UniLearn model whose MoAE layers are `PublishedStyleMoAE` layers holding the same weights."

@@ -21,16 +21,16 @@ __all__ = ['DEMO_PRESETS', 'ABLATIONS', 'COMMANDS', 'demo_config', 'Stages', 'Re
            'ablation_table', 'run_ablations', 'ablate', 'pretrain', 'finetune', 'evaluate', 'predict_file', 'predict',
            'main']
 
-# %% ../nbs/09_cli.ipynb #024069e6
+# %% ../nbs/09_cli.ipynb #cbb5ce46
 DEMO_PRESETS = {
     'tiny': dict(data='tiny', img_size=32, frames=4, stride=2, patch=8, vit=dict(embed_dim=64, depth=4, num_heads=4),
                  decoder_dim=32, decoder_depth=1, image_mask=.75, video_mask=.9, num_experts=4, top_k=2,
                  pre_epochs=2, ft_epochs=25, warmup=2, video_bs=8, image_bs=16, pre_bs=16, pre_lr=1.5e-3, ft_lr=2e-3,
-                 layer_decay=.85, sfer_ratio=1., umap=False, select='last'),
+                 layer_decay=.85, sfer_ratio=1., umap=False, select='last', autocast=None),
     'default': dict(data='default', img_size=32, frames=8, stride=2, patch=8, vit=dict(embed_dim=96, depth=6, num_heads=3),
                     decoder_dim=64, decoder_depth=2, image_mask=.75, video_mask=.9, num_experts=4, top_k=2,
                     pre_epochs=15, ft_epochs=30, warmup=2, video_bs=16, image_bs=32, pre_bs=32, pre_lr=1.5e-3, ft_lr=3e-3,
-                    layer_decay=.85, sfer_ratio=1., umap=True, select='best'),
+                    layer_decay=.85, sfer_ratio=1., umap=True, select='best', autocast=None),
 }
 
 def demo_config(preset:str|dict='default', **overrides) -> dict:
@@ -112,7 +112,7 @@ def demo_data(root, cfg:dict, fold:int=1, seed:int=0) -> dict:
         DFEW(p['dfew'], fold=fold, split='train', mode='pretrain', transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip)])
     return d
 
-# %% ../nbs/09_cli.ipynb #c3d271d3
+# %% ../nbs/09_cli.ipynb #2c6ec1a3
 def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=0, quiet:bool=False, epochs:int|None=None):
     "MAE pre-training of a small ViT on the `modalities` of `data`; returns `(mae, dict(losses, epochs))`."
     from unilearn.mae import create_mae, pretrain_learner
@@ -128,11 +128,11 @@ def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=
     image_dl = dl(data['pretrain_images'], cfg['pre_bs']) if 'image' in modalities else None
     video_dl = dl(data['pretrain_videos'], max(2, cfg['pre_bs'] // 2)) if 'video' in modalities else None
     learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, video_share=1.0 if video_dl is not None else None,
-                             lr=cfg['pre_lr'], warmup=.1, seed=seed, quiet=quiet)
+                             lr=cfg['pre_lr'], warmup=.1, seed=seed, quiet=quiet, dtype=cfg.get('autocast'))
     learn.fit(epochs)
     return mae, dict(losses={k: [float(v) for v in vs] for k, vs in learn.modality_losses.items()}, epochs=epochs)
 
-# %% ../nbs/09_cli.ipynb #2d910f1e
+# %% ../nbs/09_cli.ipynb #318414d1
 def finetune_stage(data:dict, cfg:dict, mae=None, kind:str='unilearn', moae='later', num_experts:int|None=None,
                    sfer_ratio:float|None=None, tasks=('image', 'video'), seed:int=0, quiet:bool=False, epochs:int|None=None):
     "Joint fine-tuning of a `kind` model (initialised from `mae` when given); returns `(best model, history DataFrame, learner)`."
@@ -154,7 +154,7 @@ def finetune_stage(data:dict, cfg:dict, mae=None, kind:str='unilearn', moae='lat
                             image_bs=cfg['image_bs'], video_bs=cfg['video_bs'],
                             sfer_ratio=cfg['sfer_ratio'] if sfer_ratio is None else sfer_ratio, seed=seed)
     learn = finetune_learner(model, dls, lr=cfg['ft_lr'], min_lr=cfg['ft_lr'] / 100, layer_decay=cfg['layer_decay'],
-                             mixup_alpha=0., cutmix_alpha=0., label_smoothing=.1,
+                             mixup_alpha=0., cutmix_alpha=0., label_smoothing=.1, autocast=cfg.get('autocast'),
                              monitor='video_uar' if use_v else 'image_uar')
     if quiet: quiet_learner(learn)
     hist = fit_joint(learn, epochs=cfg['ft_epochs'] if epochs is None else epochs, warmup_epochs=cfg['warmup'])

@@ -61,7 +61,7 @@ def _check_experts(num_experts, top_k):
     if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k must be an int in 1..num_experts={num_experts}, got top_k={top_k!r}")
 
-# %% ../nbs/01_moae.ipynb #d2410407
+# %% ../nbs/01_moae.ipynb #ea058720
 class MoAELayer(nn.Module):
     "Mixture of `num_experts` bottleneck MLP experts (`dim -> bottleneck -> dim`), `top_k` per token, noisy top-k routed."
     def __init__(self, dim:int,
@@ -97,8 +97,11 @@ class MoAELayer(nn.Module):
         if self.capacity_factor is None: return None
         return int(tokens * self.top_k / self.num_experts * self.capacity_factor)
 
-    def forward(self, x:torch.Tensor) -> torch.Tensor:
+    def forward(self, x:torch.Tensor, out:torch.Tensor|None=None) -> torch.Tensor:
+        "Experts' weighted sum per token; with `out` (x's shape, e.g. the FFN's output) it is added into `out` in place."
         shape, E, k = x.shape, self.num_experts, self.top_k
+        if out is not None and out.shape != shape:
+            raise ValueError(f"MoAELayer: out has shape {tuple(out.shape)}, expected the input's {tuple(shape)}")
         flat = x.reshape(-1, shape[-1])
         n = flat.shape[0]
         route = self.router(flat)
@@ -111,7 +114,7 @@ class MoAELayer(nn.Module):
             order, kept = order[rank < cap], counts.clamp(max=cap)
         token, weight = order // k, route.weights.reshape(-1).index_select(0, order).unsqueeze(-1)
         sizes = kept.tolist()
-        out = torch.zeros_like(flat)
+        out = torch.zeros_like(flat) if out is None else out.reshape(-1, shape[-1])   # a view of a contiguous `out`: filled in place
         parts = zip(self.experts, flat.index_select(0, token).split(sizes), token.split(sizes), weight.split(sizes))
         for expert, xe, tok, w in parts:                  # one expert's slots: a contiguous slice, no masks
             if len(tok):
@@ -136,7 +139,7 @@ class MoAELayer(nn.Module):
         s['count'] += counts; s['dropped'] += counts - kept; s['tokens'] += n
         s['weight'].index_add_(0, slot_expert, route.weights.reshape(-1).float())
 
-# %% ../nbs/01_moae.ipynb #d533415b
+# %% ../nbs/01_moae.ipynb #1fe808b2
 _NORM = partial(nn.LayerNorm, eps=1e-6)
 
 class MoAEBlock(Block):
@@ -157,7 +160,8 @@ class MoAEBlock(Block):
     def forward(self, x):
         x = x + self.drop_path(self.attn(self.norm1(x)))
         h = self.norm2(x)
-        return x + self.drop_path(self.mlp(h) + self.moe_layer(h))
+        # the experts add into the FFN's output in place: one (N, D) allocation and one addition fewer per block
+        return x + self.drop_path(self.moe_layer(h, out=self.mlp(h)))
 
 class MoEBlock(Block):
     "ViT-MoE block (Riquelme et al. 2021): the FFN replaced by a `moe_layer` of FFN-sized experts."
