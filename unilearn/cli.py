@@ -267,9 +267,9 @@ def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=
         f"{metrics['timings']['total_cpu']:.0f}s CPU)")
     return metrics
 
-# %% ../nbs/09_cli.ipynb #08daa058
+# %% ../nbs/09_cli.ipynb #48d929ce
 @call_parse
-def demo(preset:str='default',     # demo preset: 'default' (about 10 minutes on 2 CPU cores) or 'tiny' (a minute or two)
+def demo(preset:str='default',     # demo preset: 'default' (about 6.5 minutes on 2 CPU cores) or 'tiny' (a minute or two)
          out:str='demo_out',       # folder for report.html, metrics.json, predictions.csv, features.npz
          data_dir:str=None,        # benchmark folder (generated there if missing); default data/synth-<preset>-seed<seed>
          seed:int=0,               # seed of the benchmark and of training
@@ -381,7 +381,7 @@ def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-train
     run_ablations(preset, tables=tuple(t.strip() for t in tables.split(',') if t.strip()),
                   seeds=tuple(int(s) for s in seeds.split(',')), out=out, data_dir=data_dir, pre_epochs=pre_epochs, ft_epochs=ft_epochs)
 
-# %% ../nbs/09_cli.ipynb #15c023b8
+# %% ../nbs/09_cli.ipynb #b68c24a3
 def _size(size:str, embed_dim:int|None, depth:int|None, heads:int|None):
     if embed_dim is None: return size
     return dict(embed_dim=embed_dim, depth=depth or 12, num_heads=heads or max(1, embed_dim // 64))
@@ -513,7 +513,7 @@ def evaluate(model:str,                # checkpoint written by `unilearn finetun
     if out: print(f"wrote {save_predictions(out, preds)}")
     return preds
 
-# %% ../nbs/09_cli.ipynb #fa210992
+# %% ../nbs/09_cli.ipynb #d6540c22
 def predict_file(model, path, cropper=None, stride:int|None=None, hop:int|None=None, classes=None, size:int|None=None,
                  frames:int|None=None, crop:bool=True) -> dict:
     "Prediction for one video, frame folder or image: `dict(kind, probs, label, timeline)` (timeline: DataFrame of windows for videos)."
@@ -587,7 +587,7 @@ def predict(path:str,                  # a video file, a folder of frames, or an
         if timeline: r['timeline'].to_csv(timeline, index=False); print(f"wrote {timeline}")
     return r
 
-# %% ../nbs/09_cli.ipynb #be77be9d
+# %% ../nbs/09_cli.ipynb #604bc433
 COMMANDS = {'demo': demo, 'ablate': ablate, 'pretrain': pretrain, 'finetune': finetune, 'evaluate': evaluate, 'predict': predict}
 
 def main(argv:list|None=None):
