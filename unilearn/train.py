@@ -35,19 +35,9 @@ def seed_everything(seed:int=0, reproducible:bool=False) -> int:
     set_seed(int(seed), reproducible=reproducible)
     return int(seed)
 
-# %% ../nbs/11_train.ipynb #7e2113c0
+# %% ../nbs/11_train.ipynb #57037652
 class _EveryNth:
-    "Batch sampler keeping batches `rank, rank+w, ...` of `batch_sampler`, cut to `len // w` per rank so ranks stay in step."
-    def __init__(self, batch_sampler, rank:int, world_size:int): self.bs, self.rank, self.w = batch_sampler, rank, world_size
-    def __len__(self): return len(self.bs) // self.w
-    def __iter__(self):
-        stop = len(self) * self.w
-        for i, b in enumerate(self.bs):
-            if i >= stop: break
-            if i % self.w == self.rank: yield b
-
-class _SkipIterable:
-    "Any sized iterable of batches, keeping this rank's share (the other batches are still produced, then dropped)."
+    "A sized iterable of batches (a batch sampler, or any loader) keeping batches `rank, rank+w, ...`, cut to `len // w` per rank so ranks stay in step."
     def __init__(self, it, rank:int, world_size:int):
         self.it, self.rank, self.w = it, rank, world_size
         self.generator = getattr(it, 'generator', None)
@@ -78,7 +68,7 @@ def _shard_loader(dl, rank:int, world_size:int, name:str):
         if dl.num_workers > 0: kw['prefetch_factor'] = dl.prefetch_factor
         if hasattr(dl, 'in_order'): kw['in_order'] = dl.in_order
         return TorchDataLoader(dl.dataset, batch_sampler=_EveryNth(dl.batch_sampler, rank, world_size), **kw)
-    return _SkipIterable(dl, rank, world_size)
+    return _EveryNth(dl, rank, world_size)   # any other sized iterable: the other ranks' batches are still produced, then dropped
 
 def _seed_of(*keys) -> int:
     "A 63-bit seed derived from integer `keys` (numpy's SeedSequence mixes them well)."
