@@ -16,11 +16,11 @@ from fastcore.imports import IN_NOTEBOOK
 from .vit import create_vit, vit_flops
 
 # %% auto #0
-__all__ = ['BENCHES', 'register_bench', 'autocast_ctx', 'sync', 'time_side_by_side', 'matmul_peak', 'videomae_reference',
-           'bench_vit', 'PublishedStyleMoAE', 'with_published_moae', 'paired_times', 'median_ratio', 'bench_moae',
+__all__ = ['BENCHES', 'register_bench', 'autocast_ctx', 'sync', 'time_side_by_side', 'paired_times', 'median_ratio',
+           'matmul_peak', 'videomae_reference', 'bench_vit', 'PublishedStyleMoAE', 'with_published_moae', 'bench_moae',
            'videomae_pretraining_reference', 'bench_mae', 'bench_data', 'machine_info', 'run_benches', 'main']
 
-# %% ../nbs/10_bench.ipynb #4ac09b43
+# %% ../nbs/10_bench.ipynb #71914aec
 BENCHES = {}
 
 def register_bench(name:str):
@@ -47,6 +47,20 @@ def time_side_by_side(fns:dict, reps:int=3, warmup:int=1, device:str='cpu') -> d
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
+def paired_times(fns:dict, reps:int=5, device:str='cpu') -> tuple[dict, list[dict]]:
+    """Medians of `reps` rounds plus each round's times, so ratios can be taken within a round (a shared machine's load
+    drifts between rounds); odd rounds run the functions in reverse order, so going first or second favours none."""
+    for f in fns.values(): f(); sync(device)   # warm-up
+    rounds = []
+    for i in range(reps):
+        order = list(fns.items())[::-1] if i % 2 else list(fns.items())
+        rounds.append(time_side_by_side(dict(order), reps=1, warmup=0, device=device))
+    return {k: statistics.median(r[k] for r in rounds) for k in fns}, rounds
+
+def median_ratio(rounds:list[dict], a:str, b:str) -> float:
+    "Median over rounds of time `a` / time `b` measured in the same round."
+    return statistics.median(r[a] / r[b] for r in rounds)
+
 # %% ../nbs/10_bench.ipynb #d0cdf309
 def matmul_peak(dtype:str='fp32', n:int=2048, reps:int=5, device:str='cpu') -> float:
     "Measured FLOP/s of an `n x n` matrix product in `dtype` (best of `reps`)."
@@ -59,7 +73,7 @@ def matmul_peak(dtype:str='fp32', n:int=2048, reps:int=5, device:str='cpu') -> f
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
 
-# %% ../nbs/10_bench.ipynb #3a2f967c
+# %% ../nbs/10_bench.ipynb #6c3c6d85
 def videomae_reference(size:str='base', num_classes:int=7, img_size:int=160, frames:int=16):
     "`transformers` VideoMAE classifier with the same width/depth/heads as our `size`."
     from transformers import VideoMAEConfig, VideoMAEForVideoClassification
@@ -98,21 +112,21 @@ def bench_vit(size:str='base', batch:int=2, frames:int=16, img_size:int=160, rep
         @torch.no_grad()
         def f_ref():
             with autocast_ctx(dtype, device): ref(pixel_values=xt)
-        fwd = time_side_by_side({'ours': f_ours, 'ref': f_ref}, reps=reps, device=device)
+        fwd, fr = paired_times({'ours': f_ours, 'ref': f_ref}, reps=reps, device=device)
         ours.train(); ref.train()
-        trn = time_side_by_side({'ours': lambda: _train_step(ours, opts['ours'], x, y, dtype, device),
-                                 'ref': lambda: _train_step(lambda v: ref(pixel_values=v.transpose(1, 2)).logits, opts['ref'], x, y, dtype, device)},
-                                reps=reps, device=device)
-        res[dtype] = dict(
-            forward=dict(ours_s=fwd['ours'], videomae_s=fwd['ref'], ratio=fwd['ours'] / fwd['ref'],
+        trn, tr = paired_times({'ours': lambda: _train_step(ours, opts['ours'], x, y, dtype, device),
+                                'ref': lambda: _train_step(lambda v: ref(pixel_values=v.transpose(1, 2)).logits, opts['ref'], x, y, dtype, device)},
+                               reps=reps, device=device)
+        res[dtype] = dict(   # ratios: median over rounds of the ratio within a round
+            forward=dict(ours_s=fwd['ours'], videomae_s=fwd['ref'], ratio=median_ratio(fr, 'ours', 'ref'),
                          ours_tflops=flops / fwd['ours'] / 1e12, videomae_tflops=flops / fwd['ref'] / 1e12),
-            train_step=dict(ours_s=trn['ours'], videomae_s=trn['ref'], ratio=trn['ours'] / trn['ref'],
+            train_step=dict(ours_s=trn['ours'], videomae_s=trn['ref'], ratio=median_ratio(tr, 'ours', 'ref'),
                             ours_tflops=3 * flops / trn['ours'] / 1e12),
             matmul_peak_tflops=peak / 1e12, forward_fraction_of_peak=flops / fwd['ours'] / peak)
     del ours, ref, opts; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #52f5ad80
+# %% ../nbs/10_bench.ipynb #4198ba5c
 class PublishedStyleMoAE(nn.Module):
     "Re-statement of the published MoAE layer's structure (timing reference): per-expert boolean-mask loop with a capacity limit."
     def __init__(self, dim:int, num_experts:int=8, top_k:int=2, bottleneck:int|None=None, capacity_factor:float=1.0, noise:bool=True):
@@ -152,16 +166,6 @@ def with_published_moae(model:nn.Module, capacity_factor:float=1.0, noise:bool=T
         ref.load_state_dict(layer.state_dict())
         model.blocks[i].moe_layer = ref.to(next(layer.parameters()).device)
     return model
-
-def paired_times(fns:dict, reps:int=5, device:str='cpu') -> tuple[dict, list[dict]]:
-    "Medians of `time_side_by_side` rounds plus each round's times, so ratios can be taken within a round (a shared machine's load drifts between rounds)."
-    for f in fns.values(): f(); sync(device)   # warm-up
-    rounds = [time_side_by_side(fns, reps=1, warmup=0, device=device) for _ in range(reps)]
-    return {k: statistics.median(r[k] for r in rounds) for k in fns}, rounds
-
-def median_ratio(rounds:list[dict], a:str, b:str) -> float:
-    "Median over rounds of time `a` / time `b` measured in the same round."
-    return statistics.median(r[a] / r[b] for r in rounds)
 
 @register_bench('moae')
 def bench_moae(size:str='base', batch:int=1, frames:int=16, img_size:int=160, reps:int=5, dtypes=('fp32', 'bf16'),
@@ -212,7 +216,7 @@ def bench_moae(size:str='base', batch:int=1, frames:int=16, img_size:int=160, re
     del ours, plain, published; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #1d4a8d23
+# %% ../nbs/10_bench.ipynb #8a9c571c
 def videomae_pretraining_reference(size:str|dict='base', img_size:int=160, frames:int=16, decoder_dim:int|None=None,
                                    decoder_depth:int=4, decoder_heads:int|None=None):
     "`transformers` VideoMAEForPreTraining shaped like `unilearn.mae.create_mae(size, ...)`."
@@ -251,10 +255,10 @@ def bench_mae(size:str|dict='base', batch:int=2, frames:int=16, img_size:int=160
             loss = ours.loss(ours(x, 'video', mask=mask), x) if name == 'ours' else ref(pixel_values=xt, bool_masked_pos=mask).loss
         loss.backward(); opts[name].step(); opts[name].zero_grad(set_to_none=True)
     for dtype in dtypes:
-        t = time_side_by_side({'ours': lambda: step('ours', dtype), 'ref': lambda: step('ref', dtype)}, reps=reps, device=device)
-        res[dtype] = dict(train_step=dict(ours_s=t['ours'], videomae_s=t['ref'], ratio=t['ours'] / t['ref'],
+        t, rounds = paired_times({'ours': lambda: step('ours', dtype), 'ref': lambda: step('ref', dtype)}, reps=reps, device=device)
+        res[dtype] = dict(train_step=dict(ours_s=t['ours'], videomae_s=t['ref'], ratio=median_ratio(rounds, 'ours', 'ref'),
                                           ours_tflops=3 * flops / t['ours'] / 1e12))
-        print(f"MAE train step {dtype}: ours {t['ours']:.3f}s, VideoMAEForPreTraining {t['ref']:.3f}s, ratio ours/ref {t['ours'] / t['ref']:.2f}")
+        print(f"MAE train step {dtype}: ours {t['ours']:.3f}s, VideoMAEForPreTraining {t['ref']:.3f}s, ratio ours/ref {res[dtype]['train_step']['ratio']:.2f}")
     del ours, ref, opts; gc.collect()
     return res
 
