@@ -52,9 +52,12 @@ def test_metrics_structure_and_above_chance(tiny_demo):
     assert set(m['timings']['wall']) == {'benchmark', 'MAE pre-training (images + clips)', 'joint fine-tuning with MoAE',
                                          'multi-view evaluation', 'report'}
     assert m['params']['train'] > m['params']['test'] > 0      # MoAE: experts not chosen at test time
-    # above chance: at the tiny budget (112 training clips, 504 images, 2+25 epochs) the margin is small (image UAR 0.177
-    # measured on the development machine); the default preset is where the demo shows learning
-    assert max(m['video']['uar'], m['image']['uar']) > 1 / 7 + .01, {k: m[k]['uar'] for k in ('video', 'image')}
+    # above chance on average over the two heads. The tiny budget (100 training clips, 504 images, 10 pre-training + 25
+    # fine-tuning epochs) measured on the development machine: video / image UAR 0.267 / 0.214 with 2 threads; with one
+    # thread and seeds 0, 1, 2: 0.219 / 0.228, 0.214 / 0.205, 0.248 / 0.254. With 2 pre-training epochs the same check
+    # sat at chance, so this is the pre-training at work, not luck.
+    uar = {k: m[k]['uar'] for k in ('video', 'image')}
+    assert (uar['video'] + uar['image']) / 2 > 1 / 7 + .02, uar
 
 def test_predict_on_a_benchmark_clip(tiny_demo):
     base = tiny_demo[0]
