@@ -61,7 +61,7 @@ def _check_experts(num_experts, top_k):
     if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k must be an int in 1..num_experts={num_experts}, got top_k={top_k!r}")
 
-# %% ../nbs/01_moae.ipynb #ea058720
+# %% ../nbs/01_moae.ipynb #0a09b566
 class MoAELayer(nn.Module):
     "Mixture of `num_experts` bottleneck MLP experts (`dim -> bottleneck -> dim`), `top_k` per token, noisy top-k routed."
     def __init__(self, dim:int,
@@ -98,7 +98,7 @@ class MoAELayer(nn.Module):
         return int(tokens * self.top_k / self.num_experts * self.capacity_factor)
 
     def forward(self, x:torch.Tensor, out:torch.Tensor|None=None) -> torch.Tensor:
-        "Experts' weighted sum per token; with `out` (x's shape, e.g. the FFN's output) it is added into `out` in place."
+        "Experts' weighted sum per token; with `out` (x's shape, e.g. the FFN's output) it is added to `out` (in place when `out` is contiguous) and returned."
         shape, E, k = x.shape, self.num_experts, self.top_k
         if out is not None and out.shape != shape:
             raise ValueError(f"MoAELayer: out has shape {tuple(out.shape)}, expected the input's {tuple(shape)}")
