@@ -126,7 +126,7 @@ def bench_vit(size:str='base', batch:int=2, frames:int=16, img_size:int=160, rep
     del ours, ref, opts; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #4198ba5c
+# %% ../nbs/10_bench.ipynb #23afcd9e
 class PublishedStyleMoAE(nn.Module):
     "Re-statement of the published MoAE layer's structure (timing reference): per-expert boolean-mask loop with a capacity limit."
     def __init__(self, dim:int, num_experts:int=8, top_k:int=2, bottleneck:int|None=None, capacity_factor:float=1.0, noise:bool=True):
@@ -216,7 +216,7 @@ def bench_moae(size:str='base', batch:int=1, frames:int=16, img_size:int=160, re
     del ours, plain, published; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #8a9c571c
+# %% ../nbs/10_bench.ipynb #bbbc39ac
 def videomae_pretraining_reference(size:str|dict='base', img_size:int=160, frames:int=16, decoder_dim:int|None=None,
                                    decoder_depth:int=4, decoder_heads:int|None=None):
     "`transformers` VideoMAEForPreTraining shaped like `unilearn.mae.create_mae(size, ...)`."
@@ -262,7 +262,7 @@ def bench_mae(size:str|dict='base', batch:int=2, frames:int=16, img_size:int=160
     del ours, ref, opts; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #31945b35
+# %% ../nbs/10_bench.ipynb #9712b7e8
 def _bench_clips(root, n_clips:int, n_frames:int, size:int):
     "Write `n_clips` smooth moving textures (JPEG folders and mp4s) under `root`; return their paths."
     import numpy as np
@@ -322,7 +322,7 @@ def bench_data(frames:int=16, img_size:int=160, src_size:int=256, src_frames:int
         torch.set_num_threads(threads)
         shutil.rmtree(root, ignore_errors=True)
 
-# %% ../nbs/10_bench.ipynb #f502b93b
+# %% ../nbs/10_bench.ipynb #befac455
 def machine_info(device:str='cpu') -> dict:
     info = dict(python=platform.python_version(), torch=torch.__version__, cpu=platform.processor() or platform.machine(),
                 threads=torch.get_num_threads(), device=device)
