@@ -267,9 +267,9 @@ def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=
         f"{metrics['timings']['total_cpu']:.0f}s CPU)")
     return metrics
 
-# %% ../nbs/09_cli.ipynb #80b58af0
+# %% ../nbs/09_cli.ipynb #403ccdf5
 @call_parse
-def demo(preset:str='default',     # demo preset: 'default' (about 9.5 minutes on 2 CPU cores) or 'tiny' (a minute or two)
+def demo(preset:str='default',     # demo preset: 'default' (7 to 9.5 minutes measured on 2 CPU cores) or 'tiny' (a minute or two)
          out:str='demo_out',       # folder for report.html, metrics.json, predictions.csv, features.npz
          data_dir:str=None,        # benchmark folder (generated there if missing); default data/synth-<preset>-seed<seed>
          seed:int=0,               # seed of the benchmark and of training
