@@ -64,8 +64,13 @@ def _ddp_worker(rank, world, port, out):
         quiet(learn)
         learn.fit(2, 1e-2)
         torch.save(dict(rows=rec.rows, weights=model.state_dict(), n=len(train), losses=learn.modality_losses), Path(out) / f'rank{rank}.pt')
+        torch.distributed.barrier()  # rank 0 also wrote checkpoints: nobody leaves before everyone is done
     finally:
         torch.distributed.destroy_process_group()
+    # Leave without interpreter finalisation: with torch 2.14, gloo aborted a worker at exit ("terminate called without
+    # an active exception", SIGABRT) in 2 of 120 runs here and once in CI, each time after both ranks had saved their
+    # results and destroyed the group. Everything this test checks is on disk by now.
+    os._exit(0)
 
 
 def test_ddp_two_processes_disjoint_and_in_sync(tmp_path):

@@ -65,7 +65,7 @@ class Stages:
         return dict(wall={k: round(v, 1) for k, v in self.wall.items()}, cpu={k: round(v, 1) for k, v in self.cpu.items()},
                     total_wall=round(self.elapsed(), 1), total_cpu=round(_cpu() - self.t0[1], 1), threads=torch.get_num_threads())
 
-# %% ../nbs/09_cli.ipynb #6a2b5504
+# %% ../nbs/09_cli.ipynb #a3c8b9bf
 class RemapLabels(Dataset):
     "A dataset whose labels are mapped into another class list by name (a one-head ViT sees images in DFEW's order)."
     def __init__(self, ds, classes:list[str]):
@@ -84,29 +84,32 @@ class RemapLabels(Dataset):
         x, y = self.ds[i][:2]
         return x, self.map[int(y)]
 
-def demo_data(root, cfg:dict, fold:int=1, seed:int=0) -> dict:
-    "Datasets of the demo from a benchmark written by `unilearn.synth.write_benchmark` at `root`."
+def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
+    "Datasets of the demo from a benchmark written by `unilearn.synth.write_benchmark` at `root`, sharing one `MediaCache` unless `cache=False`."
     from unilearn.data import (DFEW, AffectNet, VoxCeleb2, video_train_transform, image_train_transform, image_eval_transform,
-                               video_pretrain_transform, image_pretrain_transform)
+                               video_pretrain_transform, image_pretrain_transform, media_cache)
     from unilearn.joint import stratified_split
     from unilearn.synth import benchmark_paths
     from torch.utils.data import ConcatDataset
     p, S, T, s = benchmark_paths(root), cfg['img_size'], cfg['frames'], cfg['stride']
-    clip = dict(num_frames=T, stride=s, img_size=S)
+    # every reader decodes from one in-memory copy: decoding was 94% of a pre-training epoch (about 250 MB at the default preset)
+    mc = media_cache(cache)
+    clip = dict(num_frames=T, stride=s, img_size=S, cache=mc)
     d = {}
     vt = video_train_transform(S, rand_augment=None, scale=(.6, 1.), erase_prob=0.)
     it = image_train_transform(S, resize=int(S * 1.15), rand_augment=None, erase_prob=0.)
     train_v = DFEW(p['dfew'], fold=fold, split='train', transform=vt, **clip)
-    train_i = AffectNet(p['affectnet'], split='train', img_size=S, transform=it)
+    train_i = AffectNet(p['affectnet'], split='train', img_size=S, transform=it, cache=mc)
     d['train_videos'], d['valid_videos'] = stratified_split(train_v, .1, seed)
     d['train_images'], d['valid_images'] = stratified_split(train_i, .1, seed)
     # validation through the eval transforms: same items, deterministic views
     d['valid_videos'] = Subset(DFEW(p['dfew'], fold=fold, split='train', mode='test', num_clips=1, **clip), d['valid_videos'].indices)
-    d['valid_images'] = Subset(AffectNet(p['affectnet'], split='train', mode='test', transform=image_eval_transform(S, S)), d['valid_images'].indices)
+    d['valid_images'] = Subset(AffectNet(p['affectnet'], split='train', mode='test', transform=image_eval_transform(S, S), cache=mc),
+                               d['valid_images'].indices)
     d['test_videos'] = DFEW(p['dfew'], fold=fold, split='test', mode='test', num_clips=2, **clip)
-    d['test_images'] = AffectNet(p['affectnet'], split='test', mode='test', transform=image_eval_transform(S, S))
+    d['test_images'] = AffectNet(p['affectnet'], split='test', mode='test', transform=image_eval_transform(S, S), cache=mc)
     d['pretrain_images'] = AffectNet(p['affectnet'], split='train', mode='pretrain', img_size=S,
-                                     transform=image_pretrain_transform(S, scale=(.5, 1.)))
+                                     transform=image_pretrain_transform(S, scale=(.5, 1.)), cache=mc)
     d['pretrain_videos'] = ConcatDataset([
         VoxCeleb2(p['voxceleb2'], transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip),
         DFEW(p['dfew'], fold=fold, split='train', mode='pretrain', transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip)])
@@ -267,7 +270,7 @@ def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=
         f"{metrics['timings']['total_cpu']:.0f}s CPU)")
     return metrics
 
-# %% ../nbs/09_cli.ipynb #403ccdf5
+# %% ../nbs/09_cli.ipynb #ca760db2
 @call_parse
 def demo(preset:str='default',     # demo preset: 'default' (7 to 9.5 minutes measured on 2 CPU cores) or 'tiny' (a minute or two)
          out:str='demo_out',       # folder for report.html, metrics.json, predictions.csv, features.npz
@@ -282,7 +285,7 @@ def demo(preset:str='default',     # demo preset: 'default' (7 to 9.5 minutes me
     return run_demo(preset, out=out, data_dir=data_dir, seed=seed, label_noise=label_noise, threads=threads, quiet=quiet,
                     pre_epochs=pre_epochs, ft_epochs=ft_epochs)
 
-# %% ../nbs/09_cli.ipynb #7d29ec29
+# %% ../nbs/09_cli.ipynb #f273ec02
 ABLATIONS = {
     '2': ('Table 2: pre-training data', [('none', dict(pre=())), ('image only', dict(pre=('image',))),
                                          ('video only', dict(pre=('video',))), ('dual (UniLearn)', dict())]),
@@ -366,7 +369,7 @@ def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3')
                                                      tables={t: tabs[t].to_dict(orient='records') for t in tables}), indent=1))
     return tabs
 
-# %% ../nbs/09_cli.ipynb #329dc5f9
+# %% ../nbs/09_cli.ipynb #35e0a19a
 @call_parse
 def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-training), 3 (model), 4 (fine-tuning data), 5 (MoAE position), fig3 (experts, SFER share)
            seeds:str='0,1,2',          # comma-separated training seeds (the benchmark itself is fixed)
@@ -381,7 +384,7 @@ def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-train
     run_ablations(preset, tables=tuple(t.strip() for t in tables.split(',') if t.strip()),
                   seeds=tuple(int(s) for s in seeds.split(',')), out=out, data_dir=data_dir, pre_epochs=pre_epochs, ft_epochs=ft_epochs)
 
-# %% ../nbs/09_cli.ipynb #b68c24a3
+# %% ../nbs/09_cli.ipynb #afa83f8d
 def _size(size:str, embed_dim:int|None, depth:int|None, heads:int|None):
     if embed_dim is None: return size
     return dict(embed_dim=embed_dim, depth=depth or 12, num_heads=heads or max(1, embed_dim // 64))
@@ -513,7 +516,7 @@ def evaluate(model:str,                # checkpoint written by `unilearn finetun
     if out: print(f"wrote {save_predictions(out, preds)}")
     return preds
 
-# %% ../nbs/09_cli.ipynb #d6540c22
+# %% ../nbs/09_cli.ipynb #1eff69ca
 def predict_file(model, path, cropper=None, stride:int|None=None, hop:int|None=None, classes=None, size:int|None=None,
                  frames:int|None=None, crop:bool=True) -> dict:
     "Prediction for one video, frame folder or image: `dict(kind, probs, label, timeline)` (timeline: DataFrame of windows for videos)."
@@ -587,7 +590,7 @@ def predict(path:str,                  # a video file, a folder of frames, or an
         if timeline: r['timeline'].to_csv(timeline, index=False); print(f"wrote {timeline}")
     return r
 
-# %% ../nbs/09_cli.ipynb #604bc433
+# %% ../nbs/09_cli.ipynb #175fd73a
 COMMANDS = {'demo': demo, 'ablate': ablate, 'pretrain': pretrain, 'finetune': finetune, 'evaluate': evaluate, 'predict': predict}
 
 def main(argv:list|None=None):

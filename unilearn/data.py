@@ -21,12 +21,13 @@ from torchvision.transforms import v2
 __all__ = ['MEAN', 'STD', 'DFEW_CLASSES', 'FERV39K_CLASSES', 'MAFW_CLASSES', 'AFFECTNET7_CLASSES', 'AFFECTNET8_CLASSES',
            'IMAGE_EXTS', 'VIDEO_EXTS', 'denormalize', 'DataError', 'Item', 'Problems', 'read_dfew', 'read_class_index',
            'map_classes', 'read_ferv39k', 'read_mafw', 'read_affectnet', 'natural_key', 'list_frames', 'to_rgb8',
-           'load_image', 'FrameFolder', 'VideoFile', 'open_clip', 'write_video', 'write_frames', 'train_indices',
-           'test_indices', 'pretrain_indices', 'fast_sharpness', 'RandAugmentClip', 'video_train_transform',
-           'video_eval_transform', 'video_pretrain_transform', 'image_train_transform', 'image_eval_transform',
-           'image_pretrain_transform', 'SkipLog', 'ItemTimeout', 'run_with_time_limit', 'MediaFinder', 'class_counts',
-           'ClipDataset', 'ImageDataset', 'find_annotation', 'DFEW', 'FERV39K', 'MAFW', 'AffectNet', 'VoxCeleb2',
-           'ClipFolder', 'ImageFolder', 'skip_report', 'ReportSkips', 'class_balanced_weights', 'split_statistics',
+           'load_image', 'FrameFolder', 'VideoFile', 'open_clip', 'write_video', 'write_frames', 'MediaCache',
+           'media_cache', 'DecodedClip', 'open_cached_clip', 'load_cached_image', 'train_indices', 'test_indices',
+           'pretrain_indices', 'fast_sharpness', 'RandAugmentClip', 'video_train_transform', 'video_eval_transform',
+           'video_pretrain_transform', 'image_train_transform', 'image_eval_transform', 'image_pretrain_transform',
+           'SkipLog', 'ItemTimeout', 'run_with_time_limit', 'MediaFinder', 'class_counts', 'ClipDataset',
+           'ImageDataset', 'find_annotation', 'DFEW', 'FERV39K', 'MAFW', 'AffectNet', 'VoxCeleb2', 'ClipFolder',
+           'ImageFolder', 'skip_report', 'ReportSkips', 'class_balanced_weights', 'split_statistics',
            'update_data_docs']
 
 # %% ../nbs/04_data.ipynb #c6486ad6
@@ -367,7 +368,60 @@ def write_frames(folder, frames, ext:str='.jpg', quality:int=95) -> Path:
         Image.fromarray(f).save(folder / f"{i:05d}{ext}", **({'quality': quality} if ext in ('.jpg', '.jpeg') else {}))
     return folder
 
-# %% ../nbs/04_data.ipynb #79c06095
+# %% ../nbs/04_data.ipynb #7dcf1286
+class MediaCache:
+    "Decoded clips and images kept in memory by path after their first read; `max_bytes` bounds it (later items are then read from disk each time)."
+    def __init__(self, max_bytes:int|None=None):
+        self.max_bytes, self.store, self.nbytes, self.refused = max_bytes, {}, 0, 0
+
+    def __len__(self): return len(self.store)
+    def __contains__(self, path): return str(path) in self.store
+    def get(self, path) -> np.ndarray|None: return self.store.get(str(path))
+
+    def put(self, path, a:np.ndarray) -> np.ndarray:
+        "Keep `a` for `path` unless that would pass `max_bytes`; returns `a`, read-only from now on."
+        if self.max_bytes is not None and self.nbytes + a.nbytes > self.max_bytes: self.refused += 1; return a
+        a.flags.writeable = False   # one copy serves every later read: nobody may change it
+        self.store[str(path)] = a; self.nbytes += a.nbytes
+        return a
+
+    def __repr__(self):
+        cap = f" of {self.max_bytes / 2**20:.0f}" if self.max_bytes is not None else ''
+        return f"MediaCache({len(self)} items, {self.nbytes / 2**20:.1f}{cap} MiB" + (f", {self.refused} refused)" if self.refused else ')')
+
+def media_cache(cache) -> MediaCache|None:
+    "`cache=` of a reader: None/False (no cache), True (a private `MediaCache`) or a `MediaCache` to share."
+    if cache is None or cache is False: return None
+    if cache is True: return MediaCache()
+    if isinstance(cache, MediaCache): return cache
+    raise TypeError(f"cache must be None, True or a MediaCache, not {type(cache).__name__}")
+
+class DecodedClip:
+    "A clip already decoded into memory, `uint8 (T,H,W,3)`, with the `num_frames`/`read` of `FrameFolder` and `VideoFile`."
+    def __init__(self, path, frames:np.ndarray): self.path, self.frames = Path(path), frames
+    @property
+    def num_frames(self) -> int: return len(self.frames)
+    def read(self, indices) -> np.ndarray:
+        "Frames at `indices` (clamped to the clip): a new array, never a view of the cached one."
+        return self.frames[np.clip(np.asarray(indices, np.int64), 0, len(self.frames) - 1)]
+
+def open_cached_clip(path, cache:MediaCache|None):
+    "`open_clip(path)`, or a `DecodedClip` from `cache` (decoding every frame once, on the first call)."
+    if cache is None: return open_clip(path)
+    frames = cache.get(path)
+    if frames is None:
+        src = open_clip(path)
+        frames = cache.put(path, src.read(np.arange(src.num_frames)))
+    return DecodedClip(path, frames)
+
+def load_cached_image(path, cache:MediaCache|None) -> np.ndarray:
+    "`load_image(path)`, served from `cache` after the first read (as a copy, so transforms may write to it)."
+    if cache is None: return load_image(path)
+    a = cache.get(path)
+    if a is None: a = cache.put(path, load_image(path))
+    return a.copy()
+
+# %% ../nbs/04_data.ipynb #1117fced
 def train_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> np.ndarray:
     "Training sample of a clip of `n` frames: random window of `num_frames*stride`, `num_frames` evenly spaced indices."
     if n < 1: raise ValueError(f"a clip needs at least one frame, got {n}")
@@ -393,7 +447,7 @@ def pretrain_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> 
     start = int(torch.randint(0, max(n - span, 0) + 1, (1,), generator=generator))
     return np.minimum(start + np.arange(num_frames) * stride, n - 1)
 
-# %% ../nbs/04_data.ipynb #c12952f4
+# %% ../nbs/04_data.ipynb #4cc239ef
 def fast_sharpness(x:torch.Tensor, factor:float) -> torch.Tensor:
     "`adjust_sharpness` for `(...,C,H,W)` tensors via `avg_pool2d` instead of a depthwise conv."
     shape, fp = x.shape, x.is_floating_point()
@@ -413,7 +467,7 @@ class RandAugmentClip(v2.RandAugment):
             return tv_tensors.wrap(fast_sharpness(image.as_subclass(torch.Tensor), 1.0 + magnitude), like=image)
         return super()._apply_image_or_video_transform(image, transform_id, magnitude, interpolation, fill)
 
-# %% ../nbs/04_data.ipynb #44f9902f
+# %% ../nbs/04_data.ipynb #4d9df5fc
 def _rand_augment(n:int, m:int): return RandAugmentClip(num_ops=n, magnitude=m, num_magnitude_bins=11)
 
 def _norm(): return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
@@ -438,7 +492,7 @@ def video_pretrain_transform(img_size:int=160, scale=(0.66 ** 2, 1.), flip:bool=
     return v2.Compose([v2.Resize(img_size, antialias=True), v2.RandomResizedCrop(img_size, scale=scale, antialias=True),
                        *([v2.RandomHorizontalFlip()] if flip else []), *_norm()])
 
-# %% ../nbs/04_data.ipynb #930be047
+# %% ../nbs/04_data.ipynb #a0c2a8e1
 def image_train_transform(img_size:int=160, resize:int=192, rand_augment:tuple|None=(2, 9), flip:bool=True,
                           erase_prob:float=0.25) -> v2.Compose:
     "Fine-tuning image augmentation: resize, random crop, flip, RandAugment (n,m), normalise, random erasing."
@@ -458,7 +512,7 @@ def image_pretrain_transform(img_size:int=160, scale=(0.66 ** 2, 1.), flip:bool=
     return v2.Compose([v2.RandomResizedCrop(img_size, scale=scale, antialias=True),
                        *([v2.RandomHorizontalFlip()] if flip else []), *_norm()])
 
-# %% ../nbs/04_data.ipynb #4461f5da
+# %% ../nbs/04_data.ipynb #b989476c
 def _remove_file(path, _remove=os.remove):   # bound now: at interpreter exit the module's globals may be gone
     try: _remove(path)
     except OSError: pass
@@ -500,7 +554,7 @@ def run_with_time_limit(fn, seconds:float|None, what:str=''):
     if 'err' in box: raise box['err']
     return box['out']
 
-# %% ../nbs/04_data.ipynb #2a5c9f40
+# %% ../nbs/04_data.ipynb #587a54ec
 class MediaFinder:
     "Find a clip (frame folder or video) or an image by its relative name under one of `roots`."
     def __init__(self, roots):
@@ -528,7 +582,7 @@ class MediaFinder:
                 if stem + ext in ents: return parent / (stem + ext)
         return None
 
-# %% ../nbs/04_data.ipynb #bede2fe1
+# %% ../nbs/04_data.ipynb #e712b8fb
 def _resolve(items:list[Item], finder:MediaFinder|None, kind:str, problems:Problems, check_files:bool) -> list[Item]:
     if not check_files: return items
     out = []
@@ -545,11 +599,12 @@ def class_counts(labels, classes) -> dict[str, int]:
     c = Counter(int(l) for l in labels)
     return {n: c.get(i, 0) for i, n in enumerate(classes)}
 
-# %% ../nbs/04_data.ipynb #490afd9f
+# %% ../nbs/04_data.ipynb #e7401e55
 class _Base(Dataset):
     "Shared parts of clip and image datasets: items, error policy, skip log, time limit."
-    def _setup(self, items, classes, on_error, item_timeout, problems=None, skip_log=None, max_retries=20):
+    def _setup(self, items, classes, on_error, item_timeout, problems=None, skip_log=None, max_retries=20, cache=None):
         if on_error not in ('raise', 'skip'): raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        self.cache = media_cache(cache)
         self.items, self.classes, self.on_error, self.item_timeout = list(items), list(classes), on_error, item_timeout
         self.skipped = list(problems.found) if problems else []
         if problems: problems.report(type(self).__name__)
@@ -561,7 +616,9 @@ class _Base(Dataset):
         for attempt in range(self.max_retries):
             it = self.items[(k + attempt) % len(self.items)]
             try:
-                x = run_with_time_limit(lambda: self._read(it, view), self.item_timeout, it.where())
+                # an item already in memory involves no decoder that could hang: no watchdog thread for it
+                limit = None if self.cache is not None and it.path is not None and it.path in self.cache else self.item_timeout
+                x = run_with_time_limit(lambda: self._read(it, view), limit, it.where())
                 return self._transform(x), it.label
             except Exception as e:
                 err = e if isinstance(e, DataError) and (it.source in str(e) or not it.source) else DataError(f"{it.where()}: {e}")
@@ -603,14 +660,15 @@ class _Base(Dataset):
     def __repr__(self):
         return f"{type(self).__name__}({len(self)} items, {len(self.classes)} classes, mode={getattr(self, 'mode', None)!r})"
 
-# %% ../nbs/04_data.ipynb #ffdbb6ef
+# %% ../nbs/04_data.ipynb #b3e03ace
 class ClipDataset(_Base):
     "Video clips `(3,T,H,W)` from frame folders or video files, sampled for `mode` 'train', 'test' or 'pretrain'."
     def __init__(self, items:list[Item], classes:list[str], mode:str='train', num_frames:int=16, stride:int=4,
                  num_clips:int=2, num_copies:int=1, img_size:int=160, transform=None, min_frames:int=1,
-                 on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None):
+                 on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None,
+                 cache:MediaCache|bool|None=None):
         if mode not in ('train', 'test', 'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
-        self._setup(items, classes, on_error, item_timeout, problems, skip_log)
+        self._setup(items, classes, on_error, item_timeout, problems, skip_log, cache=cache)
         self.mode, self.num_frames, self.stride, self.img_size = mode, num_frames, stride, img_size
         self.num_clips, self.num_copies, self.min_frames = (num_clips if mode == 'test' else 1), num_copies, min_frames
         self.transform = transform or self._default_transform()
@@ -627,7 +685,7 @@ class ClipDataset(_Base):
     def views(self) -> list[int]: return [v for _ in self.items for v in range(self.num_clips)]
 
     def _read(self, it:Item, view:int) -> np.ndarray:
-        src = open_clip(self._path(it, 'clip'))
+        src = open_cached_clip(self._path(it, 'clip'), self.cache)
         n = src.num_frames
         if n < self.min_frames: raise DataError(f"{src.path}: {n} frames, fewer than min_frames={self.min_frames}")
         if self.mode == 'train': idx = train_indices(n, self.num_frames, self.stride)
@@ -645,13 +703,14 @@ class ClipDataset(_Base):
         k, view = divmod(i % len(self), self.num_clips)
         return self._load_item(k, view)
 
-# %% ../nbs/04_data.ipynb #0403fbb5
+# %% ../nbs/04_data.ipynb #18aaeecb
 class ImageDataset(_Base):
     "Face images `(3,H,W)` for `mode` 'train', 'test' or 'pretrain'."
     def __init__(self, items:list[Item], classes:list[str], mode:str='train', img_size:int=160, transform=None,
-                 num_copies:int=1, on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None):
+                 num_copies:int=1, on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None,
+                 cache:MediaCache|bool|None=None):
         if mode not in ('train', 'test', 'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
-        self._setup(items, classes, on_error, item_timeout, problems, skip_log)
+        self._setup(items, classes, on_error, item_timeout, problems, skip_log, cache=cache)
         self.mode, self.img_size, self.num_copies = mode, img_size, num_copies
         self.transform = transform or self._default_transform()
 
@@ -664,7 +723,7 @@ class ImageDataset(_Base):
     @property
     def labels(self) -> list[int]: return [it.label for it in self.items]
 
-    def _read(self, it:Item, view:int) -> np.ndarray: return load_image(self._path(it, 'image'))
+    def _read(self, it:Item, view:int) -> np.ndarray: return load_cached_image(self._path(it, 'image'), self.cache)
 
     def _transform(self, img:np.ndarray) -> torch.Tensor:
         x = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1))
@@ -675,7 +734,7 @@ class ImageDataset(_Base):
         if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} items")
         return self._load_item(i % len(self), 0)
 
-# %% ../nbs/04_data.ipynb #72e5b19c
+# %% ../nbs/04_data.ipynb #b89ffea6
 _SPLIT_DIRS = ('', 'split', 'splits', 'annotations', 'annotation', 'labels')
 
 def find_annotation(root, names:list[str], split_dir=None, what:str='') -> Path:
@@ -705,7 +764,7 @@ def _read_split(ds, name:str, root, annotation, candidates:list, split_dir, read
     ds.finder = MediaFinder(_media_roots(root, media_dirs))
     return _resolve(items, ds.finder, kind, problems, check_files), problems
 
-# %% ../nbs/04_data.ipynb #aaaee8c8
+# %% ../nbs/04_data.ipynb #626bff35
 class DFEW(ClipDataset):
     "DFEW, 7 classes, 5 folds: `<root>/clip_jpg_256/<id>/*.jpg` (or videos), `<root>/[split_dir/]{train,test}_set_<fold>.csv`."
     def __init__(self, root=None, fold:int=1, split:str='train', annotation=None, split_dir=None,
@@ -720,7 +779,7 @@ class DFEW(ClipDataset):
             partial(read_dfew, label_base=label_base), frames_dir, 'clip', on_error, check_files)
         super().__init__(items, DFEW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #ee11ef9c
+# %% ../nbs/04_data.ipynb #97b629cc
 class FERV39K(ClipDataset):
     "FERV39K, 7 classes: `<root>/2_ClipsforFaceCrop/<Scene>/<Emotion>/<id>/*.jpg` (or videos), `{train,test}.csv`."
     def __init__(self, root=None, split:str='train', annotation=None, split_dir=None, class_index=None,
@@ -733,7 +792,7 @@ class FERV39K(ClipDataset):
             partial(read_ferv39k, class_index=class_index), frames_dir, 'clip', on_error, check_files)
         super().__init__(items, FERV39K_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #ea9f4841
+# %% ../nbs/04_data.ipynb #5bfa1457
 class MAFW(ClipDataset):
     "MAFW single-label, 11 classes, 5 sets: `<root>/frames_crop_align_224/<id>/*.png` (or `clips/<id>.mp4`), `set_<fold>/{train,test}.{csv,txt}`."
     def __init__(self, root=None, fold:int=1, split:str='train', annotation=None, split_dir=None, class_index=None,
@@ -746,7 +805,7 @@ class MAFW(ClipDataset):
             split_dir, partial(read_mafw, class_index=class_index), frames_dir, 'clip', on_error, check_files)
         super().__init__(items, MAFW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #329b4367
+# %% ../nbs/04_data.ipynb #af6950e7
 class AffectNet(ImageDataset):
     "AffectNet, 7 or 8 classes: images `<root>/<relative/path>` listed in `train_affectnet7.txt` / `test_affectnet7_2w.txt`."
     def __init__(self, root=None, split:str='train', num_classes:int=7, annotation=None, split_dir=None, images_dir=('',),
@@ -759,7 +818,7 @@ class AffectNet(ImageDataset):
         super().__init__(items, AFFECTNET7_CLASSES if n == 7 else AFFECTNET8_CLASSES, _mode(split, mode),
                          on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #3137750b
+# %% ../nbs/04_data.ipynb #c6688864
 class VoxCeleb2(ClipDataset):
     "VoxCeleb2 (unlabelled, label -1) for MAE pre-training: every video under `root` (or those listed in `annotation`, one relative path a line)."
     def __init__(self, root, annotation=None, num_frames:int=16, stride:int=4, num_copies:int=1, mode:str='pretrain',
@@ -778,7 +837,7 @@ class VoxCeleb2(ClipDataset):
         super().__init__(items, [], mode, num_frames=num_frames, stride=stride, num_copies=num_copies,
                          on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #2eee91a7
+# %% ../nbs/04_data.ipynb #f1c4ebbc
 def _folder_items(root, classes, want:str) -> tuple[list[Item], list[str]]:
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: not a folder")
@@ -808,7 +867,7 @@ class ImageFolder(ImageDataset):
         items, classes = _folder_items(root, classes, 'image')
         super().__init__(items, classes, mode, **kwargs)
 
-# %% ../nbs/04_data.ipynb #b49f1d5c
+# %% ../nbs/04_data.ipynb #900e494d
 from fastai.callback.core import Callback
 
 def skip_report(*datasets) -> tuple[str, list[dict]]:
@@ -829,14 +888,14 @@ class ReportSkips(Callback):
         msg, recs = skip_report(*self.datasets)
         if recs: print(msg); self.learn.data_skips.append(dict(epoch=self.epoch, skipped=recs))
 
-# %% ../nbs/04_data.ipynb #c9ceaa83
+# %% ../nbs/04_data.ipynb #e04eca9a
 def class_balanced_weights(labels) -> torch.Tensor:
     "Per-item weights 1/(count of its class), for `torch.utils.data.WeightedRandomSampler`."
     labels = torch.as_tensor(list(labels))
     counts = torch.bincount(labels)
     return 1.0 / counts[labels].double()
 
-# %% ../nbs/04_data.ipynb #bb289120
+# %% ../nbs/04_data.ipynb #f7180ce4
 def _table(columns:dict[str, list[int]], classes:list[str]) -> str:
     "Markdown table: one row per class (id, name), one column per split, and a total row."
     heads = list(columns)
