@@ -421,7 +421,7 @@ def load_cached_image(path, cache:MediaCache|None) -> np.ndarray:
     if a is None: a = cache.put(path, load_image(path))
     return a.copy()
 
-# %% ../nbs/04_data.ipynb #1117fced
+# %% ../nbs/04_data.ipynb #aaa3a1ff
 def train_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> np.ndarray:
     "Training sample of a clip of `n` frames: random window of `num_frames*stride`, `num_frames` evenly spaced indices."
     if n < 1: raise ValueError(f"a clip needs at least one frame, got {n}")
@@ -447,7 +447,7 @@ def pretrain_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> 
     start = int(torch.randint(0, max(n - span, 0) + 1, (1,), generator=generator))
     return np.minimum(start + np.arange(num_frames) * stride, n - 1)
 
-# %% ../nbs/04_data.ipynb #4cc239ef
+# %% ../nbs/04_data.ipynb #1c2b2170
 def fast_sharpness(x:torch.Tensor, factor:float) -> torch.Tensor:
     "`adjust_sharpness` for `(...,C,H,W)` tensors via `avg_pool2d` instead of a depthwise conv."
     shape, fp = x.shape, x.is_floating_point()
@@ -467,7 +467,7 @@ class RandAugmentClip(v2.RandAugment):
             return tv_tensors.wrap(fast_sharpness(image.as_subclass(torch.Tensor), 1.0 + magnitude), like=image)
         return super()._apply_image_or_video_transform(image, transform_id, magnitude, interpolation, fill)
 
-# %% ../nbs/04_data.ipynb #4d9df5fc
+# %% ../nbs/04_data.ipynb #894128b2
 def _rand_augment(n:int, m:int): return RandAugmentClip(num_ops=n, magnitude=m, num_magnitude_bins=11)
 
 def _norm(): return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
@@ -492,7 +492,7 @@ def video_pretrain_transform(img_size:int=160, scale=(0.66 ** 2, 1.), flip:bool=
     return v2.Compose([v2.Resize(img_size, antialias=True), v2.RandomResizedCrop(img_size, scale=scale, antialias=True),
                        *([v2.RandomHorizontalFlip()] if flip else []), *_norm()])
 
-# %% ../nbs/04_data.ipynb #a0c2a8e1
+# %% ../nbs/04_data.ipynb #31755c54
 def image_train_transform(img_size:int=160, resize:int=192, rand_augment:tuple|None=(2, 9), flip:bool=True,
                           erase_prob:float=0.25) -> v2.Compose:
     "Fine-tuning image augmentation: resize, random crop, flip, RandAugment (n,m), normalise, random erasing."
@@ -512,7 +512,7 @@ def image_pretrain_transform(img_size:int=160, scale=(0.66 ** 2, 1.), flip:bool=
     return v2.Compose([v2.RandomResizedCrop(img_size, scale=scale, antialias=True),
                        *([v2.RandomHorizontalFlip()] if flip else []), *_norm()])
 
-# %% ../nbs/04_data.ipynb #b989476c
+# %% ../nbs/04_data.ipynb #02e8e6b6
 def _remove_file(path, _remove=os.remove):   # bound now: at interpreter exit the module's globals may be gone
     try: _remove(path)
     except OSError: pass
@@ -554,7 +554,7 @@ def run_with_time_limit(fn, seconds:float|None, what:str=''):
     if 'err' in box: raise box['err']
     return box['out']
 
-# %% ../nbs/04_data.ipynb #587a54ec
+# %% ../nbs/04_data.ipynb #8074f5e3
 class MediaFinder:
     "Find a clip (frame folder or video) or an image by its relative name under one of `roots`."
     def __init__(self, roots):
@@ -582,7 +582,7 @@ class MediaFinder:
                 if stem + ext in ents: return parent / (stem + ext)
         return None
 
-# %% ../nbs/04_data.ipynb #e712b8fb
+# %% ../nbs/04_data.ipynb #6f11b20e
 def _resolve(items:list[Item], finder:MediaFinder|None, kind:str, problems:Problems, check_files:bool) -> list[Item]:
     if not check_files: return items
     out = []
@@ -599,7 +599,7 @@ def class_counts(labels, classes) -> dict[str, int]:
     c = Counter(int(l) for l in labels)
     return {n: c.get(i, 0) for i, n in enumerate(classes)}
 
-# %% ../nbs/04_data.ipynb #e7401e55
+# %% ../nbs/04_data.ipynb #1a24dac1
 class _Base(Dataset):
     "Shared parts of clip and image datasets: items, error policy, skip log, time limit."
     def _setup(self, items, classes, on_error, item_timeout, problems=None, skip_log=None, max_retries=20, cache=None):
@@ -660,7 +660,7 @@ class _Base(Dataset):
     def __repr__(self):
         return f"{type(self).__name__}({len(self)} items, {len(self.classes)} classes, mode={getattr(self, 'mode', None)!r})"
 
-# %% ../nbs/04_data.ipynb #b3e03ace
+# %% ../nbs/04_data.ipynb #608e9a4b
 class ClipDataset(_Base):
     "Video clips `(3,T,H,W)` from frame folders or video files, sampled for `mode` 'train', 'test' or 'pretrain'."
     def __init__(self, items:list[Item], classes:list[str], mode:str='train', num_frames:int=16, stride:int=4,
@@ -703,7 +703,7 @@ class ClipDataset(_Base):
         k, view = divmod(i % len(self), self.num_clips)
         return self._load_item(k, view)
 
-# %% ../nbs/04_data.ipynb #18aaeecb
+# %% ../nbs/04_data.ipynb #7851c8e1
 class ImageDataset(_Base):
     "Face images `(3,H,W)` for `mode` 'train', 'test' or 'pretrain'."
     def __init__(self, items:list[Item], classes:list[str], mode:str='train', img_size:int=160, transform=None,
@@ -734,7 +734,7 @@ class ImageDataset(_Base):
         if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} items")
         return self._load_item(i % len(self), 0)
 
-# %% ../nbs/04_data.ipynb #b89ffea6
+# %% ../nbs/04_data.ipynb #e0d20230
 _SPLIT_DIRS = ('', 'split', 'splits', 'annotations', 'annotation', 'labels')
 
 def find_annotation(root, names:list[str], split_dir=None, what:str='') -> Path:
@@ -764,7 +764,7 @@ def _read_split(ds, name:str, root, annotation, candidates:list, split_dir, read
     ds.finder = MediaFinder(_media_roots(root, media_dirs))
     return _resolve(items, ds.finder, kind, problems, check_files), problems
 
-# %% ../nbs/04_data.ipynb #626bff35
+# %% ../nbs/04_data.ipynb #6513a4a0
 class DFEW(ClipDataset):
     "DFEW, 7 classes, 5 folds: `<root>/clip_jpg_256/<id>/*.jpg` (or videos), `<root>/[split_dir/]{train,test}_set_<fold>.csv`."
     def __init__(self, root=None, fold:int=1, split:str='train', annotation=None, split_dir=None,
@@ -779,7 +779,7 @@ class DFEW(ClipDataset):
             partial(read_dfew, label_base=label_base), frames_dir, 'clip', on_error, check_files)
         super().__init__(items, DFEW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #97b629cc
+# %% ../nbs/04_data.ipynb #925b4367
 class FERV39K(ClipDataset):
     "FERV39K, 7 classes: `<root>/2_ClipsforFaceCrop/<Scene>/<Emotion>/<id>/*.jpg` (or videos), `{train,test}.csv`."
     def __init__(self, root=None, split:str='train', annotation=None, split_dir=None, class_index=None,
@@ -792,7 +792,7 @@ class FERV39K(ClipDataset):
             partial(read_ferv39k, class_index=class_index), frames_dir, 'clip', on_error, check_files)
         super().__init__(items, FERV39K_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #5bfa1457
+# %% ../nbs/04_data.ipynb #57be0714
 class MAFW(ClipDataset):
     "MAFW single-label, 11 classes, 5 sets: `<root>/frames_crop_align_224/<id>/*.png` (or `clips/<id>.mp4`), `set_<fold>/{train,test}.{csv,txt}`."
     def __init__(self, root=None, fold:int=1, split:str='train', annotation=None, split_dir=None, class_index=None,
@@ -805,7 +805,7 @@ class MAFW(ClipDataset):
             split_dir, partial(read_mafw, class_index=class_index), frames_dir, 'clip', on_error, check_files)
         super().__init__(items, MAFW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #af6950e7
+# %% ../nbs/04_data.ipynb #adebead7
 class AffectNet(ImageDataset):
     "AffectNet, 7 or 8 classes: images `<root>/<relative/path>` listed in `train_affectnet7.txt` / `test_affectnet7_2w.txt`."
     def __init__(self, root=None, split:str='train', num_classes:int=7, annotation=None, split_dir=None, images_dir=('',),
@@ -818,7 +818,7 @@ class AffectNet(ImageDataset):
         super().__init__(items, AFFECTNET7_CLASSES if n == 7 else AFFECTNET8_CLASSES, _mode(split, mode),
                          on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #c6688864
+# %% ../nbs/04_data.ipynb #5571f2c1
 class VoxCeleb2(ClipDataset):
     "VoxCeleb2 (unlabelled, label -1) for MAE pre-training: every video under `root` (or those listed in `annotation`, one relative path a line)."
     def __init__(self, root, annotation=None, num_frames:int=16, stride:int=4, num_copies:int=1, mode:str='pretrain',
@@ -837,7 +837,7 @@ class VoxCeleb2(ClipDataset):
         super().__init__(items, [], mode, num_frames=num_frames, stride=stride, num_copies=num_copies,
                          on_error=on_error, problems=problems, **kwargs)
 
-# %% ../nbs/04_data.ipynb #f1c4ebbc
+# %% ../nbs/04_data.ipynb #5c0db64f
 def _folder_items(root, classes, want:str) -> tuple[list[Item], list[str]]:
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: not a folder")
@@ -867,7 +867,7 @@ class ImageFolder(ImageDataset):
         items, classes = _folder_items(root, classes, 'image')
         super().__init__(items, classes, mode, **kwargs)
 
-# %% ../nbs/04_data.ipynb #900e494d
+# %% ../nbs/04_data.ipynb #37fe01ac
 from fastai.callback.core import Callback
 
 def skip_report(*datasets) -> tuple[str, list[dict]]:
@@ -888,14 +888,14 @@ class ReportSkips(Callback):
         msg, recs = skip_report(*self.datasets)
         if recs: print(msg); self.learn.data_skips.append(dict(epoch=self.epoch, skipped=recs))
 
-# %% ../nbs/04_data.ipynb #e04eca9a
+# %% ../nbs/04_data.ipynb #184dab8a
 def class_balanced_weights(labels) -> torch.Tensor:
     "Per-item weights 1/(count of its class), for `torch.utils.data.WeightedRandomSampler`."
     labels = torch.as_tensor(list(labels))
     counts = torch.bincount(labels)
     return 1.0 / counts[labels].double()
 
-# %% ../nbs/04_data.ipynb #f7180ce4
+# %% ../nbs/04_data.ipynb #3d648c85
 def _table(columns:dict[str, list[int]], classes:list[str]) -> str:
     "Markdown table: one row per class (id, name), one column per split, and a total row."
     heads = list(columns)
