@@ -20,10 +20,11 @@ from timm.layers import Mlp, trunc_normal_
 from .vit import GELU, Block, VisionTransformer, vit_size
 
 # %% auto #0
-__all__ = ['PLACEMENTS', 'MODELS', 'Routing', 'NoisyTopKRouter', 'MoAELayer', 'MoAEBlock', 'MoEBlock', 'moae_blocks',
-           'MultiTaskViT', 'moe_layers', 'vit_single', 'vit_mtl', 'unilearn_vit', 'vit_moe', 'WithAuxLoss',
-           'track_gates', 'reset_gate_stats', 'gate_stats', 'param_counts', 'CheckpointError', 'sniff_checkpoint',
-           'read_checkpoint', 'unwrap_model', 'strip_wrappers', 'state_dict_of', 'LoadReport', 'load_backbone']
+__all__ = ['DISPATCHES', 'PLACEMENTS', 'MODELS', 'Routing', 'NoisyTopKRouter', 'choose_dispatch', 'MoAELayer', 'MoAEBlock',
+           'MoEBlock', 'moae_blocks', 'MultiTaskViT', 'moe_layers', 'vit_single', 'vit_mtl', 'unilearn_vit', 'vit_moe',
+           'WithAuxLoss', 'track_gates', 'reset_gate_stats', 'gate_stats', 'param_counts', 'CheckpointError',
+           'sniff_checkpoint', 'read_checkpoint', 'unwrap_model', 'strip_wrappers', 'state_dict_of', 'LoadReport',
+           'load_backbone']
 
 # %% ../nbs/01_moae.ipynb #c2ed35a5
 class Routing(NamedTuple):
@@ -61,7 +62,21 @@ def _check_experts(num_experts, top_k):
     if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k must be an int in 1..num_experts={num_experts}, got top_k={top_k!r}")
 
-# %% ../nbs/01_moae.ipynb #f0c306c0
+# %% ../nbs/01_moae.ipynb #fcf62c48
+DISPATCHES = ('auto', 'sorted', 'dense')
+
+def choose_dispatch(dispatch:str, dim:int, num_experts:int, top_k:int, bottleneck:int, drop:float=0.) -> str:
+    "'sorted' or 'dense' for a layer: `dispatch` itself, or for 'auto' the one measured faster on CPU (see the table below)."
+    if dispatch not in DISPATCHES: raise ValueError(f"Unknown dispatch {dispatch!r}; choose one of {DISPATCHES}")
+    if dispatch == 'dense' and drop > 0:
+        raise ValueError(f"dispatch='dense' sums the experts before their output dropout (drop={drop}); use 'sorted' or drop=0")
+    if dispatch != 'auto': return dispatch
+    # dense computes every expert on every token: worth it when that adds no work (k = E), or when the work it adds,
+    # (E - k) * bottleneck * dim multiply-adds per token, is small next to the sorted path's per-expert overhead
+    small = top_k == num_experts or (num_experts - top_k) * bottleneck * dim <= 24576
+    return 'dense' if small and drop == 0 else 'sorted'
+
+# %% ../nbs/01_moae.ipynb #7f8d5d18
 class MoAELayer(nn.Module):
     "Mixture of `num_experts` bottleneck MLP experts (`dim -> bottleneck -> dim`), `top_k` per token, noisy top-k routed."
     def __init__(self, dim:int,
@@ -72,11 +87,13 @@ class MoAELayer(nn.Module):
                  adapter_residual:bool=False,    # paper's expert form `x + W2 GELU(W1 x)` (published code: False)
                  capacity_factor:float|None=None,# each expert takes at most `N*k/E * capacity_factor` slots; None: no limit
                  aux_loss_coef:float=1e-2,       # weight of the load-balancing loss (0: none)
+                 dispatch:str='auto',            # 'sorted', 'dense' or 'auto' (dense for small layers, see `choose_dispatch`)
                  act_layer=GELU, drop:float=0.):
         super().__init__()
         _check_experts(num_experts, top_k)
         bottleneck = dim // 4 if bottleneck is None else bottleneck
         if not isinstance(bottleneck, int) or bottleneck < 1: raise ValueError(f"bottleneck must be a positive int, got {bottleneck!r}")
+        self.dispatch = choose_dispatch(dispatch, dim, num_experts, top_k, bottleneck, drop)
         if capacity_factor is not None and not capacity_factor > 0:
             raise ValueError(f"capacity_factor must be > 0 or None (no limit), got {capacity_factor!r}")
         if not aux_loss_coef >= 0: raise ValueError(f"aux_loss_coef must be >= 0, got {aux_loss_coef!r}")
@@ -90,7 +107,7 @@ class MoAELayer(nn.Module):
     def extra_repr(self):
         return (f"dim={self.dim}, num_experts={self.num_experts}, top_k={self.top_k}, bottleneck={self.bottleneck}, "
                 f"noise_at_eval={self.router.noise_at_eval}, adapter_residual={self.adapter_residual}, "
-                f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}")
+                f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}, dispatch={self.dispatch!r}")
 
     def capacity(self, tokens:int) -> int|None:
         "Slots each expert may take for a batch of `tokens` tokens (None: unlimited)."
@@ -107,22 +124,42 @@ class MoAELayer(nn.Module):
         route = self.router(flat)
         slot_expert = route.experts.reshape(-1)            # slot t*k+j: token t's j-th choice
         counts = torch.bincount(slot_expert, minlength=E)
-        order = slot_expert.argsort(stable=True)           # slots grouped by expert, token order kept inside a group
-        kept, cap = counts, self.capacity(n)
+        kept, cap, order = counts, self.capacity(n), None
+        if cap is not None or self.dispatch == 'sorted':
+            order = slot_expert.argsort(stable=True)       # slots grouped by expert, token order kept inside a group
         if cap is not None:                                # first come, first served, as the published code
             rank = torch.arange(n * k, device=x.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
             order, kept = order[rank < cap], counts.clamp(max=cap)
-        token, weight = order // k, route.weights.reshape(-1).index_select(0, order).unsqueeze(-1)
+        if self.dispatch == 'dense':
+            y = self._dense(flat, route, order)
+            out = y.to(flat.dtype) if out is None else out.reshape(-1, shape[-1]).add_(y.to(out.dtype))
+        else: out = self._sorted(flat, route, order, kept, out)
+        self.aux = self._aux_loss(route, counts, n) if self.training and self.aux_loss_coef > 0 else None
+        if self.track: self._record(route, slot_expert, counts, kept, n)
+        return out.view(shape)
+
+    def _sorted(self, flat, route, order, kept, out):
+        token, weight = order // self.top_k, route.weights.reshape(-1).index_select(0, order).unsqueeze(-1)
         sizes = kept.tolist()
-        out = torch.zeros_like(flat) if out is None else out.reshape(-1, shape[-1])   # a view of a contiguous `out`: filled in place
+        out = torch.zeros_like(flat) if out is None else out.reshape(-1, flat.shape[-1])   # a view of a contiguous `out`: filled in place
         parts = zip(self.experts, flat.index_select(0, token).split(sizes), token.split(sizes), weight.split(sizes))
         for expert, xe, tok, w in parts:                  # one expert's slots: a contiguous slice, no masks
             if len(tok):
                 ye = expert(xe) + xe if self.adapter_residual else expert(xe)
                 out.index_add_(0, tok, ye.mul_(w).to(out.dtype))   # in place: fc2's output is not saved for backward
-        self.aux = self._aux_loss(route, counts, n) if self.training and self.aux_loss_coef > 0 else None
-        if self.track: self._record(route, slot_expert, counts, kept, n)
-        return out.view(shape)
+        return out
+
+    def _dense(self, flat, route, kept_slots):
+        n, E, ex = flat.shape[0], self.num_experts, self.experts
+        w = route.weights
+        if kept_slots is not None:                         # capacity: dropped slots weigh 0
+            w = torch.zeros_like(w).view(-1).index_copy_(0, kept_slots, w.reshape(-1).index_select(0, kept_slots)).view_as(w)
+        gates = torch.zeros(n, E, dtype=w.dtype, device=w.device).scatter_(1, route.experts, w)
+        hid = ex[0].act(F.linear(flat, torch.cat([e.fc1.weight for e in ex]), torch.cat([e.fc1.bias for e in ex])))
+        hid = (hid.view(n, E, self.bottleneck) * gates.unsqueeze(-1).to(hid.dtype)).view(n, -1)   # gates folded into the hidden units
+        b2 = torch.stack([e.fc2.bias for e in ex])
+        y = F.linear(hid, torch.cat([e.fc2.weight for e in ex], 1)) + (gates @ b2).to(hid.dtype)   # so all fc2s are one product
+        return y + flat * gates.sum(-1, keepdim=True).to(flat.dtype) if self.adapter_residual else y
 
     def _aux_loss(self, route, counts, n):
         frac = counts.float() / (n * self.top_k)            # share of slots per expert
@@ -139,7 +176,7 @@ class MoAELayer(nn.Module):
         s['count'] += counts; s['dropped'] += counts - kept; s['tokens'] += n
         s['weight'].index_add_(0, slot_expert, route.weights.reshape(-1).float())
 
-# %% ../nbs/01_moae.ipynb #1fe808b2
+# %% ../nbs/01_moae.ipynb #7fd1ebca
 _NORM = partial(nn.LayerNorm, eps=1e-6)
 
 class MoAEBlock(Block):
@@ -185,7 +222,7 @@ class MoEBlock(Block):
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.moe_layer(self.norm2(x)))
 
-# %% ../nbs/01_moae.ipynb #08f41c46
+# %% ../nbs/01_moae.ipynb #d6c6b133
 PLACEMENTS = ('later', 'early', 'middle', 'alternate')
 
 def moae_blocks(placement:str|Sequence[int]|None, depth:int) -> list[int]:
@@ -206,7 +243,7 @@ def moae_blocks(placement:str|Sequence[int]|None, depth:int) -> list[int]:
     if len(set(idx)) != len(idx): raise ValueError(f"MoAE placement {idx} lists a block twice")
     return sorted(idx)
 
-# %% ../nbs/01_moae.ipynb #820e583c
+# %% ../nbs/01_moae.ipynb #429c65a1
 def _build_head(dim:int, num_classes:int|Mapping[str, int], init_scale:float=1.) -> nn.Module:
     def linear(n, name):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -290,7 +327,7 @@ def moe_layers(model:nn.Module) -> list[tuple[int, MoAELayer]]:
             out.append((int(hit.group(1)) if hit else len(out), m))
     return out
 
-# %% ../nbs/01_moae.ipynb #e5245efc
+# %% ../nbs/01_moae.ipynb #1bb08208
 def _vit_args(size, img_size, all_frames, vit_kwargs):
     return dict(img_size=img_size, all_frames=all_frames, **{**vit_size(size), **vit_kwargs})
 
@@ -307,27 +344,28 @@ def vit_mtl(size:str|dict='base', num_classes:Mapping[str, int]|None=None, img_s
 def unilearn_vit(size:str|dict='base', num_classes:Mapping[str, int]|None=None,
                  moae:str|Sequence[int]='later',  # placement: 'later' (default), 'early', 'middle', 'alternate' or block indices
                  num_experts:int=8, top_k:int=2, bottleneck:int|None=None, noise_at_eval:bool=False,
-                 adapter_residual:bool=False, capacity_factor:float|None=None, aux_loss_coef:float=1e-2,
+                 adapter_residual:bool=False, capacity_factor:float|None=None, aux_loss_coef:float=1e-2, dispatch:str='auto',
                  img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
     "UniLearn (Table 3 row 8): ViT + MoAE beside the FFN in the `moae` blocks, one head per task. MoAE options as `MoAELayer`."
     moe_kwargs = dict(num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, noise_at_eval=noise_at_eval,
-                      adapter_residual=adapter_residual, capacity_factor=capacity_factor, aux_loss_coef=aux_loss_coef)
+                      adapter_residual=adapter_residual, capacity_factor=capacity_factor, aux_loss_coef=aux_loss_coef,
+                      dispatch=dispatch)
     return MultiTaskViT(num_classes, moe='adapter', placement=moae, moe_kwargs=moe_kwargs,
                         **_vit_args(size, img_size, all_frames, vit_kwargs))
 
 def vit_moe(size:str|dict='base', num_classes:Mapping[str, int]|None=None,
             moe:str|Sequence[int]='later',  # blocks whose FFN becomes a mixture of FFN experts
             num_experts:int=8, top_k:int=2, noise_at_eval:bool=False, capacity_factor:float|None=None,
-            aux_loss_coef:float=1e-2, img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
+            aux_loss_coef:float=1e-2, dispatch:str='auto', img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
     "ViT-MoE (Table 3 row 9, Riquelme et al. 2021): the FFN of the `moe` blocks replaced by `num_experts` FFN experts, top `top_k`."
     moe_kwargs = dict(num_experts=num_experts, top_k=top_k, noise_at_eval=noise_at_eval,
-                      capacity_factor=capacity_factor, aux_loss_coef=aux_loss_coef)
+                      capacity_factor=capacity_factor, aux_loss_coef=aux_loss_coef, dispatch=dispatch)
     return MultiTaskViT(num_classes, moe='ffn', placement=moe, moe_kwargs=moe_kwargs,
                         **_vit_args(size, img_size, all_frames, vit_kwargs))
 
 MODELS = dict(vit=vit_single, vit_mtl=vit_mtl, unilearn=unilearn_vit, vit_moe=vit_moe)
 
-# %% ../nbs/01_moae.ipynb #1a66bb04
+# %% ../nbs/01_moae.ipynb #450fc866
 class WithAuxLoss:
     "`loss_func(pred, *y) + model.aux_loss()`: adds the MoAE/MoE load-balancing loss of the forward that made `pred`."
     def __init__(self, loss_func, model:nn.Module): self.loss_func, self.model = loss_func, model
@@ -338,7 +376,7 @@ class WithAuxLoss:
         if name in ('loss_func', 'model'): raise AttributeError(name)
         return getattr(self.loss_func, name)
 
-# %% ../nbs/01_moae.ipynb #6c49b06f
+# %% ../nbs/01_moae.ipynb #44b05075
 def track_gates(model:nn.Module, on:bool=True) -> nn.Module:
     "Switch gate counting on (or off) in every MoAE/MoE layer of `model`."
     for _, layer in moe_layers(model): layer.track = on
@@ -370,7 +408,7 @@ def gate_stats(model:nn.Module) -> dict:
         res['tokens'][t] = tokens
     return res
 
-# %% ../nbs/01_moae.ipynb #7d39cb8b
+# %% ../nbs/01_moae.ipynb #63041614
 def _numel(m:nn.Module) -> int: return sum(p.numel() for p in m.parameters())
 
 def param_counts(model:nn.Module, task:str|None=None) -> dict:
@@ -387,7 +425,7 @@ def param_counts(model:nn.Module, task:str|None=None) -> dict:
         test -= sum(heads.values()) - heads[task if task is not None else max(heads, key=heads.get)]
     return dict(train=train, test=test)
 
-# %% ../nbs/01_moae.ipynb #0f4b99bd
+# %% ../nbs/01_moae.ipynb #fa02d0f6
 class CheckpointError(ValueError):
     "A file that is not a usable checkpoint, an unknown layout, or weights that do not fit the model."
     def __init__(self, msg:str, report=None):
@@ -431,7 +469,7 @@ def sniff_checkpoint(path) -> str:
     raise CheckpointError(f"{path} is not a checkpoint: it starts with {head[:12]!r} ({kind}); "
                           "expected a safetensors file or a PyTorch .pt/.pth/.bin file")
 
-# %% ../nbs/01_moae.ipynb #8e165ead
+# %% ../nbs/01_moae.ipynb #8d4ac886
 _HF_WEIGHTS = ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json', 'pytorch_model.bin.index.json')
 
 def _torch_load(path:Path, trust:bool):
@@ -468,7 +506,7 @@ def read_checkpoint(path, trust:bool=False):
         except Exception as e: raise CheckpointError(f"{path} is a damaged safetensors file ({e})") from None
     return _torch_load(path, trust)
 
-# %% ../nbs/01_moae.ipynb #2e40d54e
+# %% ../nbs/01_moae.ipynb #4abfb782
 _CONTAINER_KEYS = ('model', 'module', 'state_dict', 'model_state_dict', 'model_state', 'net', 'network')
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 
@@ -510,7 +548,7 @@ def state_dict_of(src, trust:bool=False) -> tuple:
     else: obj, name = src, f"a {type(src).__name__}"
     return strip_wrappers(_state_dict_of(obj, name)), name
 
-# %% ../nbs/01_moae.ipynb #6c4d123d
+# %% ../nbs/01_moae.ipynb #40671e82
 def _ranges(nums) -> str:
     nums = sorted(set(nums))
     if len(nums) == 1: return str(nums[0])
