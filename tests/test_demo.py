@@ -48,6 +48,9 @@ def test_metrics_structure_and_above_chance(tiny_demo):
         assert set(s) >= {'uar', 'war', 'recall', 'n'}
         assert s['n'] == n and len(s['recall']) == 7
         assert 0 <= s['uar'] <= 1 and 0 <= s['war'] <= 1
+        for k in ('uar', 'war'):   # 95% bootstrap interval over the test items, around the figure
+            lo, hi = s[f'{k}_ci']
+            assert 0 <= lo <= s[k] <= hi <= 1 and hi > lo, (head, k, s)
     assert m['chance_uar'] == pytest.approx(1 / 7)
     assert set(m['timings']['wall']) == {'benchmark', 'MAE pre-training (images + clips)', 'joint fine-tuning with MoAE',
                                          'multi-view evaluation', 'report'}

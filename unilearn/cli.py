@@ -21,16 +21,18 @@ __all__ = ['DEMO_PRESETS', 'ABLATIONS', 'COMMANDS', 'demo_config', 'Stages', 'Re
            'ablation_table', 'run_ablations', 'ablate', 'pretrain', 'finetune', 'evaluate', 'predict_file', 'predict',
            'main']
 
-# %% ../nbs/09_cli.ipynb #dc2abcc8
+# %% ../nbs/09_cli.ipynb #95316166
 DEMO_PRESETS = {
     'tiny': dict(data='tiny', img_size=32, frames=4, stride=2, patch=8, vit=dict(embed_dim=64, depth=4, num_heads=4),
                  decoder_dim=32, decoder_depth=1, image_mask=.75, video_mask=.9, num_experts=4, top_k=2,
                  pre_epochs=10, ft_epochs=25, warmup=2, video_bs=8, image_bs=16, pre_bs=16, pre_lr=1.5e-3, ft_lr=1e-3,
-                 layer_decay=1., sfer_ratio=1., umap=False, select='last', autocast=None),
+                 layer_decay=1., sfer_ratio=1., umap=False, select='last', autocast=None,
+                 mixup=0., cutmix=0., drop_path=0., rand_augment=None),
     'default': dict(data='default', img_size=32, frames=8, stride=2, patch=8, vit=dict(embed_dim=96, depth=6, num_heads=3),
                     decoder_dim=64, decoder_depth=2, image_mask=.75, video_mask=.9, num_experts=4, top_k=2,
                     pre_epochs=40, ft_epochs=30, warmup=2, video_bs=16, image_bs=32, pre_bs=32, pre_lr=1.5e-3, ft_lr=3e-3,
-                    layer_decay=.85, sfer_ratio=1., umap=True, select='best', autocast=None),
+                    layer_decay=.85, sfer_ratio=1., umap=True, select='best', autocast=None,
+                    mixup=0., cutmix=0., drop_path=0., rand_augment=None),
 }
 
 def demo_config(preset:str|dict='default', **overrides) -> dict:
@@ -65,7 +67,7 @@ class Stages:
         return dict(wall={k: round(v, 1) for k, v in self.wall.items()}, cpu={k: round(v, 1) for k, v in self.cpu.items()},
                     total_wall=round(self.elapsed(), 1), total_cpu=round(_cpu() - self.t0[1], 1), threads=torch.get_num_threads())
 
-# %% ../nbs/09_cli.ipynb #23beb5ea
+# %% ../nbs/09_cli.ipynb #7cdd5902
 class RemapLabels(Dataset):
     "A dataset whose labels are mapped into another class list by name (a one-head ViT sees images in DFEW's order)."
     def __init__(self, ds, classes:list[str]):
@@ -96,8 +98,9 @@ def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
     mc = media_cache(cache)
     clip = dict(num_frames=T, stride=s, img_size=S, cache=mc)
     d = {}
-    vt = video_train_transform(S, rand_augment=None, scale=(.6, 1.), erase_prob=0.)
-    it = image_train_transform(S, resize=int(S * 1.15), rand_augment=None, erase_prob=0.)
+    ra = cfg.get('rand_augment')
+    vt = video_train_transform(S, rand_augment=ra, scale=(.6, 1.), erase_prob=0.)
+    it = image_train_transform(S, resize=int(S * 1.15), rand_augment=ra, erase_prob=0.)
     train_v = DFEW(p['dfew'], fold=fold, split='train', transform=vt, **clip)
     train_i = AffectNet(p['affectnet'], split='train', img_size=S, transform=it, cache=mc)
     d['train_videos'], d['valid_videos'] = stratified_split(train_v, .1, seed)
@@ -135,7 +138,7 @@ def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=
     learn.fit(epochs)
     return mae, dict(losses={k: [float(v) for v in vs] for k, vs in learn.modality_losses.items()}, epochs=epochs)
 
-# %% ../nbs/09_cli.ipynb #318414d1
+# %% ../nbs/09_cli.ipynb #f7916531
 def finetune_stage(data:dict, cfg:dict, mae=None, kind:str='unilearn', moae='later', num_experts:int|None=None,
                    sfer_ratio:float|None=None, tasks=('image', 'video'), seed:int=0, quiet:bool=False, epochs:int|None=None):
     "Joint fine-tuning of a `kind` model (initialised from `mae` when given); returns `(best model, history DataFrame, learner)`."
@@ -147,7 +150,8 @@ def finetune_stage(data:dict, cfg:dict, mae=None, kind:str='unilearn', moae='lat
     extra = dict(num_experts=ne, top_k=min(cfg['top_k'], ne)) if kind in ('unilearn', 'vit_moe') else {}
     model = create_model(cfg['vit'], num_classes=7 if kind == 'vit' else dict(image=7, video=7), moae=moae, kind=kind,
                          img_size=cfg['img_size'], all_frames=cfg['frames'], patch_size=cfg['patch'],
-                         mae_checkpoint=mae.state_dict() if mae is not None else None, verbose=False, **extra)
+                         mae_checkpoint=mae.state_dict() if mae is not None else None, verbose=False,
+                         drop_path_rate=cfg.get('drop_path', 0.), **extra)
     d = dict(data)
     if kind == 'vit':   # one head for both tasks: images in DFEW's class order
         for k in ('train_images', 'valid_images', 'test_images'): d[k] = RemapLabels(d[k], DFEW_CLASSES)
@@ -157,7 +161,8 @@ def finetune_stage(data:dict, cfg:dict, mae=None, kind:str='unilearn', moae='lat
                             image_bs=cfg['image_bs'], video_bs=cfg['video_bs'],
                             sfer_ratio=cfg['sfer_ratio'] if sfer_ratio is None else sfer_ratio, seed=seed)
     learn = finetune_learner(model, dls, lr=cfg['ft_lr'], min_lr=cfg['ft_lr'] / 100, layer_decay=cfg['layer_decay'],
-                             mixup_alpha=0., cutmix_alpha=0., label_smoothing=.1, autocast=cfg.get('autocast'),
+                             mixup_alpha=cfg.get('mixup', 0.), cutmix_alpha=cfg.get('cutmix', 0.), label_smoothing=.1,
+                             autocast=cfg.get('autocast'),
                              monitor='video_uar' if use_v else 'image_uar')
     if quiet: quiet_learner(learn)
     hist = fit_joint(learn, epochs=cfg['ft_epochs'] if epochs is None else epochs, warmup_epochs=cfg['warmup'])
@@ -165,16 +170,22 @@ def finetune_stage(data:dict, cfg:dict, mae=None, kind:str='unilearn', moae='lat
     model = best_model(learn) if cfg.get('select', 'best') == 'best' else learn.model
     return model.eval(), hist, learn, d
 
-# %% ../nbs/09_cli.ipynb #4af045d6
+# %% ../nbs/09_cli.ipynb #5fdbf78b
 def evaluate_stage(model, data:dict, tasks=('image', 'video'), fold:int=1) -> tuple[pd.DataFrame, dict]:
-    "Predictions (2 temporal views per clip, averaged) of each head on its test set, and their scores."
+    "Predictions (2 temporal views per clip, averaged) of each head on its test set, and their scores with 95% bootstrap intervals."
     from unilearn.joint import evaluate_joint
-    from unilearn.metrics import scores
+    from unilearn.metrics import scores, score_intervals
     sets = {t: data[f'test_{t}s'] for t in ('video', 'image') if t in tasks}
     preds = evaluate_joint(model, sets, fold=fold, bs=32)
-    return preds, {t: scores(preds, t) for t in sets}
+    sc = {t: scores(preds, t) for t in sets}
+    for t in sets: sc[t].update({f'{m}_ci': list(v) for m, v in score_intervals(preds, t).items()})
+    return preds, sc
 
-# %% ../nbs/09_cli.ipynb #61ef8417
+def _pct(s:dict, m:str) -> str:
+    ci = s.get(f'{m}_ci')
+    return f"{100 * s[m]:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else '')
+
+# %% ../nbs/09_cli.ipynb #517cec0c
 def loss_figure(pre_losses:dict, hist:pd.DataFrame):
     "Pre-training loss per modality and fine-tuning losses / validation UAR, per epoch."
     import plotly.graph_objects as go
@@ -197,16 +208,17 @@ def write_report(out, figures:list, metrics:dict, title:str='UniLearn demo') -> 
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     v, i = metrics.get('video', {}), metrics.get('image', {})
-    rows = ''.join(f"<tr><td>{h}</td><td>{100 * m['uar']:.1f}</td><td>{100 * m['war']:.1f}</td><td>{m['n']}</td></tr>"
+    rows = ''.join(f"<tr><td>{h}</td><td>{_pct(m, 'uar')}</td><td>{_pct(m, 'war')}</td><td>{m['n']}</td></tr>"
                    for h, m in (('video (DFEW role, fold 1, 2 views)', v), ('image (AffectNet role)', i)) if m)
     t = metrics.get('timings', {})
     summary = (f"<p>benchmark preset <b>{metrics.get('preset')}</b>, seed {metrics.get('seed')}, label noise {metrics.get('label_noise')}; "
                f"chance UAR {100 / 7:.1f}%. Wall time {t.get('total_wall', float('nan')):.0f}s, CPU time {t.get('total_cpu', float('nan')):.0f}s.</p>"
-               f"<table border=1 cellpadding=4><tr><th>head</th><th>UAR %</th><th>WAR %</th><th>n</th></tr>{rows}</table>")
+               f"<table border=1 cellpadding=4><tr><th>head</th><th>UAR % [95% bootstrap interval]</th><th>WAR % [interval]</th><th>n</th></tr>{rows}</table>"
+               "<p>The intervals cover the sampling of the test items only, not the variation between training runs.</p>")
     items = {'': summary, **dict(figures), 'metrics.json': f"<pre>{escape(json.dumps(metrics, indent=1))}</pre>"}
     return report_html(items, out / 'report.html', title)
 
-# %% ../nbs/09_cli.ipynb #02820e0d
+# %% ../nbs/09_cli.ipynb #9b9107f5
 def _features(model, data, tasks):
     from unilearn.metrics import predict
     parts = [(t, predict(model, data[f'test_{t}s'], t, bs=32, features=True)) for t in ('video', 'image') if t in tasks]
@@ -242,7 +254,7 @@ def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=
         from unilearn.data import DFEW_CLASSES, AFFECTNET7_CLASSES
         save_checkpoint(model, out / 'model.safetensors', input=dict(img_size=cfg['img_size'], frames=cfg['frames']),
                         stride=cfg['stride'], classes=dict(video=list(DFEW_CLASSES), image=list(AFFECTNET7_CLASSES)))
-        for t, s in sc.items(): log(f"  {t} head: UAR {100 * s['uar']:.1f}%  WAR {100 * s['war']:.1f}%  (n={s['n']}, chance UAR {100 / 7:.1f}%)")
+        for t, s in sc.items(): log(f"  {t} head: UAR {_pct(s, 'uar')}%  WAR {_pct(s, 'war')}%  (n={s['n']}, 95% bootstrap intervals; chance UAR {100 / 7:.1f}%)")
     with st('report'):
         x = torch.stack([data['test_videos'][2 * k][0] for k in range(4)])
         rec = reconstruct(mae, x, seed=seed)

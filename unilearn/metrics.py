@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 # %% auto #0
 __all__ = ['PRED_COLUMNS', 'confusion', 'per_class_recall', 'uar', 'war', 'temporal_starts', 'clip_views', 'MultiViewDataset',
            'dataset_ids', 'dataset_classes', 'predict', 'predictions_frame', 'concat_predictions', 'task_classes',
-           'save_predictions', 'load_predictions', 'evaluate', 'scores', 'fold_report', 'recall_table', 'report_table',
-           'save_features', 'load_features', 'class_centres', 'class_centre_similarity']
+           'save_predictions', 'load_predictions', 'evaluate', 'scores', 'fold_report', 'recall_table', 'bootstrap_ci',
+           'score_intervals', 'report_table', 'save_features', 'load_features', 'class_centres',
+           'class_centre_similarity']
 
 # %% ../nbs/05_metrics.ipynb #5567a83d
 def _as_int_array(v, name:str) -> np.ndarray:
@@ -300,7 +301,40 @@ def recall_table(df:pd.DataFrame) -> pd.DataFrame:
         rows += [dict(task=task, cls=c, n=int(k), recall=100 * r) for (c, r), k in zip(s['recall'].items(), support)]
     return pd.DataFrame(rows, columns=['task', 'cls', 'n', 'recall'])
 
-# %% ../nbs/05_metrics.ipynb #9e2a1273
+# %% ../nbs/05_metrics.ipynb #2da02e70
+def _uar_stat(labels, preds, num_classes:int, axis:int=-1):
+    # vectorised over resamples: labels/preds (..., n)
+    hit = labels == preds
+    rec = []
+    for c in range(num_classes):
+        m = labels == c
+        n = m.sum(axis)
+        with np.errstate(invalid='ignore', divide='ignore'): rec.append(np.where(n > 0, (hit & m).sum(axis) / n, np.nan))
+    with np.errstate(invalid='ignore'): return np.nanmean(np.stack(rec), axis=0)
+
+def bootstrap_ci(labels, preds, metric:str='uar', num_classes:int|None=None, n_resamples:int=1000, level:float=0.95,
+                 seed:int=0) -> tuple[float, float]:
+    "Percentile bootstrap interval (fractions) of `metric` ('uar' or 'war') over resampled test items (`scipy.stats.bootstrap`)."
+    from scipy.stats import bootstrap
+    y, p = _as_int_array(labels, 'labels'), _as_int_array(preds, 'preds')
+    if len(y) != len(p): raise ValueError(f"labels has {len(y)} items but preds has {len(p)}")
+    if len(y) < 2: raise ValueError(f"a bootstrap interval needs at least 2 items, got {len(y)}")
+    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}")
+    if metric not in ('uar', 'war'): raise ValueError(f"metric must be 'uar' or 'war', got {metric!r}")
+    k = int(max(y.max(), p.max()) + 1 if num_classes is None else num_classes)
+    stat = (lambda a, b, axis=-1: _uar_stat(a, b, k, axis)) if metric == 'uar' else (lambda a, b, axis=-1: (a == b).mean(axis))
+    r = bootstrap((y, p), stat, paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=level,
+                  method='percentile', rng=np.random.default_rng(seed))
+    return float(r.confidence_interval.low), float(r.confidence_interval.high)
+
+def score_intervals(df:pd.DataFrame, task:str|None=None, **kwargs) -> dict:
+    "`bootstrap_ci` of UAR and WAR of the rows of `task` in a predictions frame: `dict(uar=(low, high), war=(low, high))`."
+    s = scores(df, task)
+    d = df[df.task == s['task']]
+    k = len(s['recall'])
+    return {m: bootstrap_ci(d.label.to_numpy(), d.pred.to_numpy(), m, num_classes=k, **kwargs) for m in ('uar', 'war')}
+
+# %% ../nbs/05_metrics.ipynb #edb0c4c3
 def report_table(runs:dict[str, pd.DataFrame], digits:int=2) -> pd.DataFrame:
     "Tidy summary of named prediction frames: run, task, n, folds, UAR, WAR (pooled, %), and per-fold mean ± std."
     rows = []
@@ -317,7 +351,7 @@ def report_table(runs:dict[str, pd.DataFrame], digits:int=2) -> pd.DataFrame:
             rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/05_metrics.ipynb #3b44de6c
+# %% ../nbs/05_metrics.ipynb #ea7ad9e3
 def save_features(path, ids, labels, features, task:str|list='video', fold:int|list|None=None) -> Path:
     "Write pooled embeddings to a `.npz` with `ids, labels, task, fold, features`."
     path = Path(path)
