@@ -111,4 +111,4 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match='even'): write_benchmark(tmp_path, MICRO, size=63, log=quiet)
     with pytest.raises(ValueError, match='label_noise'): sample_benchmark(MICRO, label_noise=1.5)
     with pytest.raises(ValueError, match='lacks'): sample_benchmark(dict(clips=10))
-    assert set(PRESETS) == {'tiny', 'default', 'large'}
+    assert set(PRESETS) == {'tiny', 'small', 'default', 'large'}

@@ -326,18 +326,20 @@ def take(P:dict, idx) -> dict:
     "Per-frame parameters of the frames `idx` (a slice or an index array)."
     return {k: a[idx] for k, a in P.items()}
 
-# %% ../nbs/07_synth.ipynb #bea13427
+# %% ../nbs/07_synth.ipynb #640842e5
 PRESETS = {
     'tiny':    dict(clips=140, frames=(10, 14), clip_people=40, images=(560, 140), image_people=120,
                     talking=12, talk_people=6, min_per_fold=2),
-    'default': dict(clips=1000, frames=(12, 20), clip_people=200, images=(1400, 350), image_people=400,
+    'small':   dict(clips=1000, frames=(12, 20), clip_people=200, images=(1400, 350), image_people=400,
                     talking=120, talk_people=30, min_per_fold=4),
+    'default': dict(clips=2000, frames=(12, 20), clip_people=400, images=(2800, 700), image_people=800,
+                    talking=240, talk_people=60, min_per_fold=4),
     'large':   dict(clips=5000, frames=(16, 32), clip_people=1000, images=(7000, 1400), image_people=2000,
                     talking=1000, talk_people=200, min_per_fold=10),
 }
 
 def preset_config(preset:str|dict) -> dict:
-    "The size settings of a named preset (`tiny`, `default`, `large`), or a dict with the same keys passed through."
+    "The size settings of a named preset (`tiny`, `small`, `default`, `large`), or a dict with the same keys passed through."
     if isinstance(preset, dict):
         missing = set(PRESETS['tiny']) - set(preset)
         if missing: raise ValueError(f"preset dict lacks {sorted(missing)}")
