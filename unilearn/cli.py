@@ -284,9 +284,9 @@ def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=
         f"{metrics['timings']['total_cpu']:.0f}s CPU)")
     return metrics
 
-# %% ../nbs/09_cli.ipynb #f4ecf636
+# %% ../nbs/09_cli.ipynb #2d711cc2
 @call_parse
-def demo(preset:str='default',     # demo preset: 'default' (about 7.5 minutes measured on 2 CPU cores), 'small' (the 1,000-clip benchmark of the ablation tables, 7 to 8.5 minutes) or 'tiny' (a minute or two)
+def demo(preset:str='default',     # demo preset: 'default' (7.2 to 8 minutes measured on 2 CPU cores), 'small' (the 1,000-clip benchmark of the ablation tables, 7 to 8.5 minutes) or 'tiny' (a minute or two)
          out:str='demo_out',       # folder for report.html, metrics.json, predictions.csv, features.npz
          data_dir:str=None,        # benchmark folder (generated there if missing); default data/synth-<preset>-seed<seed>
          seed:int=0,               # seed of the benchmark and of training
