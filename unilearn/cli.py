@@ -299,7 +299,7 @@ def demo(preset:str='default',     # demo preset: 'default' (7.2 to 8 minutes me
     return run_demo(preset, out=out, data_dir=data_dir, seed=seed, label_noise=label_noise, threads=threads, quiet=quiet,
                     pre_epochs=pre_epochs, ft_epochs=ft_epochs)
 
-# %% ../nbs/09_cli.ipynb #f273ec02
+# %% ../nbs/09_cli.ipynb #2b2315e4
 ABLATIONS = {
     '2': ('Table 2: pre-training data', [('none', dict(pre=())), ('image only', dict(pre=('image',))),
                                          ('video only', dict(pre=('video',))), ('dual (UniLearn)', dict())]),
@@ -357,7 +357,7 @@ def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3')
     bench_seed = 0   # one benchmark for every row and seed: the seeds vary training only
     data_dir = Path(data_dir) if data_dir else Path('data') / f"synth-{cfg['data'] if isinstance(cfg['data'], str) else 'custom'}-seed{bench_seed}"
     root = ensure_benchmark(data_dir, cfg['data'], seed=bench_seed, label_noise=label_noise, log=log)
-    results, tabs, t0 = {}, {}, time.perf_counter()
+    results, tabs, runs, t0 = {}, {}, [], time.perf_counter()
     for seed in seeds:
         data = demo_data(root, cfg, seed=seed)
         maes = {}
@@ -372,6 +372,8 @@ def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3')
                                                        sfer_ratio=r['sfer_ratio'], tasks=r['tasks'], seed=seed, quiet=quiet)
                 preds, sc = evaluate_stage(model, d, tasks=r['tasks'])
                 results[(key, seed)] = dict(sc, params=param_counts(model, 'video' if 'video' in r['tasks'] else 'image'))
+                runs.append(dict(table=t, row=name, seed=seed, best_epoch=learn.best['epoch'],
+                                 **{k: {m: v[m] for m in ('n', 'uar', 'uar_ci', 'war', 'war_ci')} for k, v in sc.items()}))
                 log(f"[{time.perf_counter() - t0:6.0f}s] seed {seed} table {t} '{name}': " +
                     ', '.join(f"{k} UAR {100 * v['uar']:.1f} WAR {100 * v['war']:.1f}" for k, v in sc.items()))
         for t in tables:
@@ -380,7 +382,7 @@ def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3')
     md = '\n\n'.join(f"### {ABLATIONS[t][0]}\n\n" + markdown_table(tabs[t]) for t in tables)
     (out / 'ablate.md').write_text(f"seeds {list(seeds)}, preset {cfg['data']}, UAR/WAR % (mean ± std over seeds), fold 1\n\n{md}\n")
     (out / 'ablate.json').write_text(json.dumps(dict(seeds=list(seeds), config=cfg, seconds=round(time.perf_counter() - t0, 1),
-                                                     tables={t: tabs[t].to_dict(orient='records') for t in tables}), indent=1))
+                                                     tables={t: tabs[t].to_dict(orient='records') for t in tables}, runs=runs), indent=1))
     return tabs
 
 # %% ../nbs/09_cli.ipynb #35e0a19a
