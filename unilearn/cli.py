@@ -69,7 +69,7 @@ class Stages:
         return dict(wall={k: round(v, 1) for k, v in self.wall.items()}, cpu={k: round(v, 1) for k, v in self.cpu.items()},
                     total_wall=round(self.elapsed(), 1), total_cpu=round(_cpu() - self.t0[1], 1), threads=torch.get_num_threads())
 
-# %% ../nbs/09_cli.ipynb #7cdd5902
+# %% ../nbs/09_cli.ipynb #83454b78
 class RemapLabels(Dataset):
     "A dataset whose labels are mapped into another class list by name (a one-head ViT sees images in DFEW's order)."
     def __init__(self, ds, classes:list[str]):
@@ -96,7 +96,7 @@ def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
     from unilearn.synth import benchmark_paths
     from torch.utils.data import ConcatDataset
     p, S, T, s = benchmark_paths(root), cfg['img_size'], cfg['frames'], cfg['stride']
-    # every reader decodes from one in-memory copy: reading the data was 6.4 s of a 10.5 s pre-training epoch (about 250 MB at the default preset)
+    # every reader decodes from one in-memory copy: reading the data was 6.4 s of a 10.5 s pre-training epoch (about 250 MB at the `small` preset)
     mc = media_cache(cache)
     clip = dict(num_frames=T, stride=s, img_size=S, cache=mc)
     d = {}
