@@ -126,7 +126,7 @@ def bench_vit(size:str='base', batch:int=2, frames:int=16, img_size:int=160, rep
     del ours, ref, opts; gc.collect()
     return res
 
-# %% ../nbs/10_bench.ipynb #23afcd9e
+# %% ../nbs/10_bench.ipynb #0f2fce36
 class PublishedStyleMoAE(nn.Module):
     "Re-statement of the published MoAE layer's structure (timing reference): per-expert boolean-mask loop with a capacity limit."
     def __init__(self, dim:int, num_experts:int=8, top_k:int=2, bottleneck:int|None=None, capacity_factor:float=1.0, noise:bool=True):
@@ -171,6 +171,7 @@ def with_published_moae(model:nn.Module, capacity_factor:float=1.0, noise:bool=T
 def bench_moae(size:str='base', batch:int=1, frames:int=16, img_size:int=160, reps:int=5, dtypes=('fp32', 'bf16'),
                device:str='cpu') -> dict:
     "Eval forward of UniLearn ViT+MoAE vs plain ViT-MTL vs the published MoAE structure (same weights), in turns; plus one MoAE layer alone."
+    import copy
     from unilearn.moae import unilearn_vit, vit_mtl, moe_layers, param_counts
     torch.manual_seed(0)
     ours = unilearn_vit(size, img_size=img_size, all_frames=frames).to(device).eval()
@@ -180,11 +181,17 @@ def bench_moae(size:str='base', batch:int=1, frames:int=16, img_size:int=160, re
     x = torch.randn(batch, 3, frames, img_size, img_size, device=device)
     i0, layer = moe_layers(ours)[0]
     ref_layer = published.blocks[i0].moe_layer
+    # the same function from both: capacity 1.0 in ours, no router noise in the published structure
+    same_layer, quiet_ref = copy.deepcopy(layer), copy.deepcopy(ref_layer)
+    same_layer.capacity_factor, quiet_ref.noise = 1.0, False
     tokens = ours.patch_embed.grid(frames, img_size, img_size)
     n_tok = tokens[0] * tokens[1] * tokens[2]
     with torch.no_grad(): h = ours.blocks[i0].norm2(ours.embed(x))   # a realistic layer input
     res = dict(size=size, batch=batch, input=[3, frames, img_size, img_size], tokens=n_tok, moae_blocks=ours.moe_blocks,
-               params=dict(unilearn=param_counts(ours), plain=param_counts(plain)))
+               params=dict(unilearn=param_counts(ours), plain=param_counts(plain)),
+               # the experts' matrix products (k routed slots per token, fc1 and fc2) against the plain model's: the overhead's floor
+               expert_flops_share=len(ours.moe_blocks) * batch * n_tok * layer.top_k * 2 * 2 * layer.dim * layer.bottleneck
+                                  / vit_flops(plain, n_tok, batch))
     def step(f, inp):
         inp = inp.detach().requires_grad_()
         f(inp).float().sum().backward()
@@ -204,16 +211,18 @@ def bench_moae(size:str='base', batch:int=1, frames:int=16, img_size:int=160, re
             def f():
                 with autocast_ctx(dtype, device): step(l, h)
             return f
-        lt, ltr = paired_times({'ours': lf(layer), 'published': lf(ref_layer)}, reps=reps, device=device)
-        lb_t, lbr = paired_times({'ours': lb(layer), 'published': lb(ref_layer)}, reps=reps, device=device)
+        layers = {'ours': layer, 'published': ref_layer, 'ours_capacity_1': same_layer, 'published_no_noise': quiet_ref}
+        lt, ltr = paired_times({k: lf(l) for k, l in layers.items()}, reps=reps, device=device)
+        lb_t, lbr = paired_times({k: lb(l) for k, l in layers.items()}, reps=reps, device=device)
+        def layer_res(t, r): return dict(ours_s=t['ours'], published_s=t['published'], ratio=median_ratio(r, 'ours', 'published'),
+                                         same_work_ratio=median_ratio(r, 'ours_capacity_1', 'published_no_noise'))
         res[dtype] = dict(   # ratios: median over rounds of the ratio within a round
             forward=dict(plain_s=t['plain'], ours_s=t['ours'], published_s=t['published'],
                          overhead_vs_plain=median_ratio(tr, 'ours', 'plain') - 1,
                          ratio_ours_vs_published=median_ratio(tr, 'ours', 'published')),
-            moae_layer_forward=dict(ours_s=lt['ours'], published_s=lt['published'], ratio=median_ratio(ltr, 'ours', 'published')),
-            moae_layer_fwd_bwd=dict(ours_s=lb_t['ours'], published_s=lb_t['published'], ratio=median_ratio(lbr, 'ours', 'published')))
-        for m in (layer, ref_layer): m.zero_grad(set_to_none=True)
-    del ours, plain, published; gc.collect()
+            moae_layer_forward=layer_res(lt, ltr), moae_layer_fwd_bwd=layer_res(lb_t, lbr))
+        for m in layers.values(): m.zero_grad(set_to_none=True)
+    del ours, plain, published, layers, same_layer, quiet_ref; gc.collect()
     return res
 
 # %% ../nbs/10_bench.ipynb #bbbc39ac

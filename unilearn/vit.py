@@ -215,12 +215,14 @@ unilearn_vit_tiny_patch16_160 = _registered('tiny')
 unilearn_vit_small_patch16_160 = _registered('small')
 unilearn_vit_base_patch16_160 = _registered('base')
 
-# %% ../nbs/00_vit.ipynb #df86587a
+# %% ../nbs/00_vit.ipynb #28012304
 def vit_flops(model:VisionTransformer, tokens:int, batch:int=1) -> int:
     "Forward FLOPs of `model` on `batch` inputs of `tokens` tokens (matrix products only, 2 FLOPs per multiply-add)."
     D, N = model.embed_dim, tokens
     k = model.patch_embed.proj.weight[0].numel()
     hidden = model.blocks[0].mlp.fc1.out_features
     per_block = 2 * N * D * 3 * D + 2 * 2 * N * N * D + 2 * N * D * D + 2 * 2 * N * D * hidden
-    head = 2 * D * model.num_classes if model.num_classes else 0
+    nc = model.num_classes
+    nc = max(nc.values()) if isinstance(nc, dict) else nc   # a multi-task model runs one head per forward: its largest
+    head = 2 * D * nc if nc else 0
     return batch * (2 * N * D * k + model.depth * per_block + head)
