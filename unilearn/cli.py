@@ -400,7 +400,7 @@ def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-train
     run_ablations(preset, tables=tuple(t.strip() for t in tables.split(',') if t.strip()),
                   seeds=tuple(int(s) for s in seeds.split(',')), out=out, data_dir=data_dir, pre_epochs=pre_epochs, ft_epochs=ft_epochs)
 
-# %% ../nbs/09_cli.ipynb #61890ec4
+# %% ../nbs/09_cli.ipynb #30ca79aa
 def _size(size:str, embed_dim:int|None, depth:int|None, heads:int|None):
     if embed_dim is None: return size
     return dict(embed_dim=embed_dim, depth=depth or 12, num_heads=heads or max(1, embed_dim // 64))
@@ -532,7 +532,7 @@ def evaluate(model:str,                # checkpoint written by `unilearn finetun
     if out: print(f"wrote {save_predictions(out, preds)}")
     return preds
 
-# %% ../nbs/09_cli.ipynb #503ad369
+# %% ../nbs/09_cli.ipynb #1d8441b5
 def predict_file(model, path, cropper=None, stride:int|None=None, hop:int|None=None, classes=None, size:int|None=None,
                  frames:int|None=None, crop:bool=True) -> dict:
     "Prediction for one video, frame folder or image: `dict(kind, probs, label, timeline)` (timeline: DataFrame of windows for videos)."
@@ -606,7 +606,7 @@ def predict(path:str,                  # a video file, a folder of frames, or an
         if timeline: r['timeline'].to_csv(timeline, index=False); print(f"wrote {timeline}")
     return r
 
-# %% ../nbs/09_cli.ipynb #3253137e
+# %% ../nbs/09_cli.ipynb #faef3b88
 COMMANDS = {'demo': demo, 'ablate': ablate, 'pretrain': pretrain, 'finetune': finetune, 'evaluate': evaluate, 'predict': predict}
 
 def main(argv:list|None=None):
