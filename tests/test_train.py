@@ -1,4 +1,4 @@
-"""What nbs/11_train.ipynb cannot show in one process: a real 2-process DDP run (gloo, CPU) of a fastai Learner fed by
+"""What nbs/02a_train.ipynb cannot show in one process: a real 2-process DDP run (gloo, CPU) of a fastai Learner fed by
 `MixedModalityLoader`, data-loader workers, and resume with fastai's own optimiser."""
 import json, os, socket
 from pathlib import Path
