@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import unilearn.data as D
+import unilearn.media as M   # decoding lives here: patch it where it is looked up
 from unilearn.data import (DFEW, FERV39K, MAFW, AffectNet, VoxCeleb2, ClipFolder, ImageFolder, DataError,
                            DFEW_CLASSES, FERV39K_CLASSES, MAFW_CLASSES, AFFECTNET7_CLASSES, write_frames, write_video)
 
@@ -167,7 +168,7 @@ def test_mixed_frame_sizes(tmp_path):
 def _hang(*a, **k): time.sleep(30)
 
 def test_hanging_decoder_times_out(dfew_root, monkeypatch):
-    monkeypatch.setattr(D, 'open_clip', _hang)
+    monkeypatch.setattr(M, 'open_clip', _hang)
     ds = load(dfew_root, item_timeout=0.3)
     t = time.time()
     with pytest.raises(D.ItemTimeout, match=r"row 2 .*longer than 0.3s"):
@@ -181,7 +182,7 @@ def test_hanging_decoder_times_out(dfew_root, monkeypatch):
 def test_video_decoder_fallback(tmp_path, monkeypatch):
     p = write_video(tmp_path / 'a.mp4', frames(6))
     def broken(*a, **k): raise RuntimeError('decord says no')
-    monkeypatch.setattr(D, '_decord_open', broken)
+    monkeypatch.setattr(M, '_decord_open', broken)
     v = D.VideoFile(p)
     assert v.backend == 'pyav' and v.num_frames == 6 and v.read([0, 5]).shape == (2, 24, 32, 3)
 
