@@ -88,9 +88,9 @@ def load(root, **kw):
     return DFEW(root, fold=1, **{**dict(num_frames=10, stride=1, img_size=16, mode='test', num_clips=1), **kw})
 
 def test_missing_and_empty_frame_folders(dfew_root):
-    (dfew_root / 'split' / 'test_set_1.csv').write_text('video_name,label\n00001,0\n00042,1\n')
-    with pytest.raises(DataError, match=r"test_set_1.csv, row 3: clip '00042' not found"):
-        DFEW(dfew_root, split='test')
+    (dfew_root / 'split' / 'test_set_2.csv').write_text('video_name,label\n00001,0\n00042,1\n')
+    with pytest.raises(DataError, match=r"test_set_2.csv, row 3: clip '00042' not found"):
+        DFEW(dfew_root, fold=2, split='test')      # fold 2: no training file lists 00001 beside this test file
     for f in (dfew_root / 'clip_jpg_256' / '00002').iterdir(): f.unlink()
     ds = load(dfew_root)
     with pytest.raises(DataError, match=r"train_set_1.csv, row 3 .*00002.*no image files"):

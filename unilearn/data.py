@@ -4,7 +4,7 @@
 
 # %% ../nbs/04d_data.ipynb #28eca5af
 from __future__ import annotations
-import csv, json, os, re, tempfile, threading, warnings, weakref
+import csv, hashlib, io, json, os, re, tempfile, threading, warnings, weakref
 from collections import Counter
 from functools import partial
 from dataclasses import dataclass, replace
@@ -20,14 +20,16 @@ from .media import (DataError, IMAGE_EXTS, VIDEO_EXTS, natural_key, list_frames,
                             open_cached_clip, load_cached_image)
 from .transforms import (MEAN, STD, denormalize, train_indices, test_indices, pretrain_indices, fast_sharpness,
                                  RandAugmentClip, video_train_transform, video_eval_transform, video_pretrain_transform,
-                                 image_train_transform, image_eval_transform, image_pretrain_transform)
+                                 image_train_transform, image_eval_transform, image_pretrain_transform,
+                                 ClipRandAugment, eval_transform)
 
 # %% auto #0
 __all__ = ['DFEW_CLASSES', 'FERV39K_CLASSES', 'MAFW_CLASSES', 'AFFECTNET7_CLASSES', 'AFFECTNET8_CLASSES', 'Item', 'Problems',
-           'read_dfew', 'read_class_index', 'map_classes', 'read_ferv39k', 'read_mafw', 'read_affectnet', 'SkipLog',
-           'ItemTimeout', 'run_with_time_limit', 'MediaFinder', 'class_counts', 'ClipDataset', 'ImageDataset',
-           'find_annotation', 'DFEW', 'FERV39K', 'MAFW', 'AffectNet', 'VoxCeleb2', 'ClipFolder', 'ImageFolder',
-           'skip_report', 'ReportSkips', 'class_balanced_weights', 'split_statistics', 'update_data_docs']
+           'read_split_text', 'read_dfew', 'read_class_index', 'map_classes', 'read_ferv39k', 'read_mafw',
+           'read_affectnet', 'SkipLog', 'ItemTimeout', 'run_with_time_limit', 'MediaFinder', 'class_counts',
+           'ClipDataset', 'ImageDataset', 'find_annotation', 'find_overlap', 'DFEW', 'FERV39K', 'MAFW', 'AffectNet',
+           'VoxCeleb2', 'ClipFolder', 'ImageFolder', 'skip_report', 'ReportSkips', 'class_balanced_weights',
+           'split_statistics', 'update_data_docs']
 
 # %% ../nbs/04d_data.ipynb #c6486ad6
 DFEW_CLASSES = ['Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear']
@@ -69,16 +71,32 @@ class Problems:
                           + (f"; ... see .skipped" if len(self.found) > 1 else ''))
 
 # %% ../nbs/04d_data.ipynb #48c2b424
+def read_split_text(path) -> str:
+    "Text of an annotation file; a byte that is not UTF-8 is a one-line `DataError` naming the file, row and column."
+    data = Path(path).read_bytes()
+    try: return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        row, col = data.count(b'\n', 0, e.start) + 1, e.start - data.rfind(b'\n', 0, e.start)
+        raise DataError(f"{path}, row {row}, column {col}: byte 0x{data[e.start]:02x} is not UTF-8; "
+                        "re-save the file as UTF-8") from None
+
+def _lines(path) -> list[tuple[int, str]]:
+    "(line number, text) of the non-blank lines; a file without any is a `DataError`."
+    out = [(i, l) for i, l in enumerate(read_split_text(path).splitlines(), 1) if l.strip()]
+    if not out: raise DataError(f"{path}: empty annotation file (no rows)")
+    return out
+
 def _read_rows(path) -> list[tuple[int, list[str]]]:
     "(line number, fields) of a csv file; blank lines dropped."
-    with open(path, newline='', encoding='utf-8-sig') as f:
-        return [(i, [c.strip() for c in r]) for i, r in enumerate(csv.reader(f), 1) if any(c.strip() for c in r)]
+    rows = csv.reader(io.StringIO(read_split_text(path), newline=''))
+    return [(i, [c.strip() for c in r]) for i, r in enumerate(rows, 1) if any(c.strip() for c in r)]
 
 def _check_header(path, rows, expected):
     if not rows: raise DataError(f"{path}: empty annotation file")
     got = [c.lower() for c in rows[0][1]]
     if got != [e.lower() for e in expected]:
         raise DataError(f"{path}, row 1: expected header {','.join(expected)!r}, found {','.join(rows[0][1])!r}")
+    if len(rows) == 1: raise DataError(f"{path}: only a header, no rows; is this the right split file?")
 
 def _add(items:list, seen:dict, item:Item, problems:Problems):
     if item.id in seen:
@@ -90,6 +108,9 @@ def _int_label(s:str) -> int|None:
     try: return int(s)
     except ValueError: return None
 
+
+
+# %% ../nbs/04d_data.ipynb #1a6ab815
 def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=None) -> list[Item]:
     "Rows of a DFEW split file (`video_name,label`); labels returned 0-based in `DFEW_CLASSES` order."
     path, problems = Path(path), _problems or Problems(on_error)
@@ -124,9 +145,8 @@ def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=No
 def read_class_index(path) -> dict[int, str]:
     "Id -> name from a class list file: `Angry 0` lines (FERV39K `label_index.txt`) or `0: 'Anger',` lines (MAFW `id_to_calss.txt`)."
     out = {}
-    for i, line in enumerate(Path(path).read_text(encoding='utf-8-sig').splitlines(), 1):
+    for i, line in _lines(path):
         line = line.strip().rstrip(',')
-        if not line: continue
         m = re.fullmatch(r"(\d+)\s*:\s*['\"]?([^'\"]+?)['\"]?", line) or re.fullmatch(r"(\S.*?)\s+(\d+)", line)
         if not m: raise DataError(f"{path}, row {i}: cannot read a class id and name from {line!r}")
         a, b = m.groups()
@@ -150,10 +170,9 @@ def read_ferv39k(path, class_index=None, on_error:str='raise', _problems=None) -
     idmap = map_classes(read_class_index(class_index), FERV39K_CLASSES, class_index) if class_index else {i: i for i in range(7)}
     names = {c.lower(): j for j, c in enumerate(FERV39K_CLASSES)}
     items, seen = [], {}
-    lines = path.read_text(encoding='utf-8-sig').splitlines()
-    if lines and ',' not in lines[0]:   # the release's own `4_setups/All_scenes/train_All.csv`: `Action/Sad/0010 Sad` lines
-        for i, line in enumerate(lines, 1):
-            if not line.strip(): continue
+    lines = _lines(path)
+    if ',' not in lines[0][1]:   # the release's own `4_setups/All_scenes/train_All.csv`: `Action/Sad/0010 Sad` lines
+        for i, line in lines:
             f = line.split()
             if len(f) != 2: problems(f"{path}, row {i}: expected 'Scene/Emotion/NNNN Emotion', found {line.strip()!r}"); continue
             if f[1].lower() not in names: problems(f"{path}, row {i}: unknown label {f[1]!r} (FERV39K classes: {FERV39K_CLASSES})"); continue
@@ -182,8 +201,7 @@ def read_mafw(path, class_index=None, on_error:str='raise', _problems=None) -> l
     names = {c.lower(): j for j, c in enumerate(MAFW_CLASSES)}
     items, seen = [], {}
     if path.suffix.lower() == '.txt':
-        for i, line in enumerate(path.read_text(encoding='utf-8-sig').splitlines(), 1):
-            if not line.strip(): continue
+        for i, line in _lines(path):
             f = line.split()
             if len(f) != 2: problems(f"{path}, row {i}: expected 'NAME.mp4 emotion', found {line.strip()!r}"); continue
             if f[1].lower() not in names: problems(f"{path}, row {i}: unknown label {f[1]!r} (MAFW classes: {MAFW_CLASSES})"); continue
@@ -210,8 +228,7 @@ def read_affectnet(path, num_classes:int=7, on_error:str='raise', _problems=None
     path, problems = Path(path), _problems or Problems(on_error)
     if num_classes not in (7, 8): raise ValueError(f"AffectNet has 7 or 8 classes, not {num_classes}")
     items, seen = [], {}
-    for i, line in enumerate(path.read_text(encoding='utf-8-sig').splitlines(), 1):
-        if not line.strip(): continue
+    for i, line in _lines(path):
         f = line.strip().rsplit(None, 1)
         lab = _int_label(f[1]) if len(f) == 2 else None
         if len(f) != 2: problems(f"{path}, row {i}: expected 'relative/path label', found {line.strip()!r}"); continue
@@ -317,7 +334,10 @@ class _Base(Dataset):
         self.skipped = list(problems.found) if problems else []
         if problems: problems.report(type(self).__name__)
         self.skip_log, self.max_retries = skip_log or SkipLog(), max_retries
-        if not self.items: raise DataError(f"{type(self).__name__}: no items" + (f" ({len(self.skipped)} skipped: {self.skipped[0]})" if self.skipped else ''))
+        if not self.items:
+            src = f" in {self.annotation}" if getattr(self, 'annotation', None) else ''
+            why = f" ({len(self.skipped)} skipped: {self.skipped[0]})" if self.skipped else ''
+            raise DataError(f"{type(self).__name__}: no items{src}{why}")
 
     def _load_item(self, k:int, view:int):
         "`(tensor, label)` of item `k`; on failure raise, or log it and try the next item."
@@ -371,7 +391,7 @@ class _Base(Dataset):
 # %% ../nbs/04d_data.ipynb #608e9a4b
 class ClipDataset(_Base):
     "Video clips `(3,T,H,W)` from frame folders or video files, sampled for `mode` 'train', 'test' or 'pretrain'."
-    def __init__(self, items:list[Item], classes:list[str], mode:str='train', num_frames:int=16, stride:int=4,
+    def __init__(self, items:list[Item], classes:list[str], mode:str='train', *, num_frames:int=16, stride:int=4,
                  num_clips:int=2, num_copies:int=1, img_size:int=160, transform=None, min_frames:int=1,
                  on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None,
                  cache:MediaCache|bool|None=None):
@@ -382,7 +402,8 @@ class ClipDataset(_Base):
         self.transform = transform or self._default_transform()
 
     def _default_transform(self):
-        return {'train': video_train_transform, 'test': video_eval_transform, 'pretrain': video_pretrain_transform}[self.mode](self.img_size)
+        tf = {'train': video_train_transform, 'test': partial(eval_transform, 'video'), 'pretrain': video_pretrain_transform}
+        return tf[self.mode](self.img_size)
 
     def __len__(self): return len(self.items) * self.num_clips
     @property
@@ -414,7 +435,7 @@ class ClipDataset(_Base):
 # %% ../nbs/04d_data.ipynb #7851c8e1
 class ImageDataset(_Base):
     "Face images `(3,H,W)` for `mode` 'train', 'test' or 'pretrain'."
-    def __init__(self, items:list[Item], classes:list[str], mode:str='train', img_size:int=160, transform=None,
+    def __init__(self, items:list[Item], classes:list[str], mode:str='train', *, img_size:int=160, transform=None,
                  num_copies:int=1, on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None,
                  cache:MediaCache|bool|None=None):
         if mode not in ('train', 'test', 'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
@@ -423,7 +444,8 @@ class ImageDataset(_Base):
         self.transform = transform or self._default_transform()
 
     def _default_transform(self):
-        return {'train': image_train_transform, 'test': image_eval_transform, 'pretrain': image_pretrain_transform}[self.mode](self.img_size)
+        tf = {'train': image_train_transform, 'test': partial(eval_transform, 'image'), 'pretrain': image_pretrain_transform}
+        return tf[self.mode](self.img_size)
 
     def __len__(self): return len(self.items)
     @property
@@ -443,7 +465,7 @@ class ImageDataset(_Base):
         return self._load_item(i % len(self), 0)
 
 # %% ../nbs/04d_data.ipynb #e0d20230
-_SPLIT_DIRS = ('', 'split', 'splits', 'annotations', 'annotation', 'labels')
+_SPLIT_DIRS = ('', 'split', 'splits', 'annotations', 'annotation', 'Annotation', 'labels')
 
 def find_annotation(root, names:list[str], split_dir=None, what:str='') -> Path:
     "First of `names` found in `root/split_dir` (or in `root` and its usual annotation folders)."
@@ -452,7 +474,16 @@ def find_annotation(root, names:list[str], split_dir=None, what:str='') -> Path:
     for d in dirs:
         for n in names:
             if (d / n).is_file(): return d / n
-    raise FileNotFoundError(f"{what}: annotation file {' or '.join(names)} not found in {', '.join(map(str, dirs))}; pass annotation=PATH")
+    raise FileNotFoundError(f"{what}: annotation file {' or '.join(names)} not found in {', '.join(map(str, dirs))}; "
+                            "pass annotation=PATH")
+
+def _locate(root, annotation, names, split_dir, what) -> Path:
+    "The split file: `annotation` itself, one of `names` in the folder `annotation`, or one found under `root`."
+    if annotation is None: return find_annotation(root, names, split_dir, what)
+    a = Path(annotation)
+    if a.is_dir(): return find_annotation(a, names, '.', what)
+    if not a.is_file(): raise FileNotFoundError(f"{what}: annotation={a} is neither a file nor a folder")
+    return a
 
 def _mode(split, mode): return mode or ('train' if split == 'train' else 'test')
 
@@ -464,76 +495,154 @@ def _media_roots(root, dirs):
     dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
     return [Path(root) / d for d in dirs]
 
-def _read_split(ds, name:str, root, annotation, candidates:list, split_dir, read, media_dirs, kind:str, on_error:str, check_files:bool):
-    "The steps every annotated reader shares: find the split file, parse it with `read`, locate each item's media on disk."
-    ds.annotation = Path(annotation) if annotation else find_annotation(root, candidates, split_dir, name)
+# %% ../nbs/04d_data.ipynb #783fb501
+def _media_key(p:Path|None):
+    "Cheap identity of an item's media: file size, or a frame folder's frame count and first and last frame sizes."
+    if p is None: return None
+    if p.is_file(): return (p.stat().st_size,)
+    try: f = list_frames(p)
+    except DataError: return None
+    return (len(f), f[0].stat().st_size, f[-1].stat().st_size)
+
+def _digest(p:Path) -> str:
+    fs = [p] if p.is_file() else (lambda f: [f[0], f[-1]])(list_frames(p))
+    return hashlib.blake2b(b''.join(f.read_bytes() for f in fs), digest_size=16).hexdigest()
+
+def find_overlap(train:list[Item], test:list[Item], by_content:bool=True) -> list[tuple[Item, Item, str]]:
+    "(train item, test item, 'id' or 'content') for every training item that is also a test item."
+    ids = {it.id: it for it in test}
+    out = [(it, ids[it.id], 'id') for it in train if it.id in ids]
+    if not by_content: return out
+    keys, digests, same = {}, {}, {it.id for it, _, _ in out}
+    for jt in test: keys.setdefault(_media_key(jt.path), []).append(jt)
+    keys.pop(None, None)
+    dig = lambda p: digests[p] if p in digests else digests.setdefault(p, _digest(p))
+    for it in train:
+        if it.id in same: continue
+        for jt in keys.get(_media_key(it.path), []):
+            if dig(it.path) == dig(jt.path): out.append((it, jt, 'content')); break
+    return out
+
+# %% ../nbs/04d_data.ipynb #13f8ab46
+def _twin(path:Path) -> list[Path]:
+    "Where the test split of training split file `path` would be: 'train' -> 'test' in its name or its folder's."
+    name, parent = path.name, path.parent
+    out = [parent / name.replace('train', 'test'), parent.parent / parent.name.replace('train', 'test') / name.replace('train', 'test'),
+           parent.parent / parent.name.replace('train', 'test') / name, parent / name.replace('train', 'test').replace('.txt', '_2w.txt')]
+    return [p for p in out if p != path]
+
+def _check_overlap(ds, items, name, root, annotation, test_names, split_dir, read, kind, by_content):
+    "Refuse training items that are also in the test split (a `DataError` naming both files and the first pair)."
+    a = Path(annotation) if annotation is not None else None
+    try: test = _locate(root, a, test_names, split_dir, name) if a is None or a.is_dir() else \
+                next(p for p in _twin(a) if p.is_file())
+    except (FileNotFoundError, StopIteration): return
+    test_items = read(test, _problems=Problems('skip'))
+    if by_content: test_items = _resolve(test_items, ds.finder, kind, Problems('skip'), True)
+    pairs = find_overlap(items, test_items, by_content)
+    if pairs:
+        it, jt, how = pairs[0]
+        what = 'the same id' if how == 'id' else f"the same media as test id {jt.id!r} ({jt.path})"
+        raise DataError(f"{name}: {len(pairs)} training item(s) of {ds.annotation} are also in the test split {test} "
+                        f"(first: row {it.row}, id {it.id!r}, {what}); remove them or pass allow_overlap=True")
+
+# %% ../nbs/04d_data.ipynb #e04250ba
+def _read_split(ds, name:str, root, annotation, split:str, names, split_dir, read, media_dirs, kind:str, on_error:str,
+                check_files:bool, allow_overlap:bool):
+    "What every annotated reader does: find the split file, parse it, find each item's media, refuse test items."
+    ds.annotation = _locate(root, annotation, names(split), split_dir, name)
     problems = Problems(on_error)
     items = read(ds.annotation, _problems=problems)
     ds.finder = MediaFinder(_media_roots(root, media_dirs))
-    return _resolve(items, ds.finder, kind, problems, check_files), problems
+    items = _resolve(items, ds.finder, kind, problems, check_files)
+    if split == 'train' and not allow_overlap:
+        _check_overlap(ds, items, name, root, annotation, names('test'), split_dir, read, kind, check_files)
+    return items, problems
 
 # %% ../nbs/04d_data.ipynb #6513a4a0
 class DFEW(ClipDataset):
-    "DFEW, 7 classes, 5 folds: `<root>/clip_jpg_256/<id>/*.jpg` (or videos), `<root>/[split_dir/]{train,test}_set_<fold>.csv`."
-    def __init__(self, root=None, fold:int=1, split:str='train', annotation=None, split_dir=None,
-                 frames_dir=('clip_jpg_256', 'clip_224x224', 'Clip/clip_224x224', 'Clip/clip_224x224_16f', 'Clip/original', 'videos', ''),
-                 label_base:int|None=None, mode:str|None=None, stride:int=4, on_error:str='raise', check_files:bool=True, **kwargs):
+    "DFEW, 7 classes, 5 folds: `<root>/clip_jpg_256/<id>/*.jpg` (or videos) and `{train,test}_set_<fold>.csv`."
+    def __init__(self, root=None, *,       # dataset folder: frames under one of `frames_dir`, split files found in it
+                 fold:int=1, split:str='train',
+                 annotation=None,           # the split file, or a folder holding it (e.g. `EmoLabel_DataSplit`)
+                 split_dir=None,            # folder of the split files relative to `root`
+                 frames_dir=('clip_jpg_256', 'clip_224x224', 'Clip/clip_224x224', 'Clip/clip_224x224_16f', 'Clip/original',
+                             'videos', ''),
+                 label_base:int|None=None,  # 0 or 1; None: found from the file
+                 mode:str|None=None, stride:int=4,
+                 on_error:str='raise',      # 'raise' or 'skip' (count and report) bad rows and media
+                 check_files:bool=True,     # find every clip on disk now
+                 allow_overlap:bool=False,  # accept training clips that are also test clips
+                 **kwargs):                 # passed to `ClipDataset` (num_frames, img_size, transform, cache, ...)
         _check_split(split)
         if fold not in range(1, 6): raise ValueError(f"DFEW fold must be 1..5, not {fold!r}")
         self.fold, self.split = fold, split
-        items, problems = _read_split(self, 'DFEW', root, annotation,
-            [f'{split}_set_{fold}.csv', f'EmoLabel_DataSplit/{split}(single_labeled)/set_{fold}.csv',
-             f'EmoLabel_DataSplit/{split}(single-labeled)/set_{fold}.csv', f'EmoLabel_DataSplit/{split}/set_{fold}.csv'], split_dir,
-            partial(read_dfew, label_base=label_base), frames_dir, 'clip', on_error, check_files)
+        names = lambda s: [f'{s}_set_{fold}.csv', *(f'EmoLabel_DataSplit/{s}({k})/{n}' for k in ('single-labeled',
+                           'single_labeled') for n in (f'{s}_set_{fold}.csv', f'set_{fold}.csv')),
+                           f'{s}(single-labeled)/{s}_set_{fold}.csv', f'{s}(single-labeled)/set_{fold}.csv']
+        items, problems = _read_split(self, 'DFEW', root, annotation, split, names, split_dir,
+            partial(read_dfew, label_base=label_base), frames_dir, 'clip', on_error, check_files, allow_overlap)
         super().__init__(items, DFEW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
 # %% ../nbs/04d_data.ipynb #925b4367
 class FERV39K(ClipDataset):
     "FERV39K, 7 classes: `<root>/2_ClipsforFaceCrop/<Scene>/<Emotion>/<id>/*.jpg` (or videos), `{train,test}.csv`."
-    def __init__(self, root=None, split:str='train', annotation=None, split_dir=None, class_index=None,
+    def __init__(self, root=None, *, split:str='train',
+                 annotation=None,        # the split file, or a folder holding it (e.g. `Annotation`)
+                 split_dir=None, class_index=None,
                  frames_dir=('2_ClipsforFaceCrop', '1_ClipsforFaceCrop', '0_7_LabelClips', 'videos', ''),
-                 mode:str|None=None, stride:int=1, on_error:str='raise', check_files:bool=True, **kwargs):
+                 mode:str|None=None, stride:int=1, on_error:str='raise', check_files:bool=True,
+                 allow_overlap:bool=False, **kwargs):
+        "Arguments as `DFEW`'s; `class_index` is a `label_index.txt` (found beside the split file when None)."
         _check_split(split)
         self.split = split
-        items, problems = _read_split(self, 'FERV39K', root, annotation,
-            [f'{split}.csv', f'{split}_All.csv', f'4_setups/All_scenes/{split}_All.csv'], split_dir,
-            partial(read_ferv39k, class_index=class_index), frames_dir, 'clip', on_error, check_files)
+        names = lambda s: [f'{s}.csv', f'{s}_All.csv', f'4_setups/All_scenes/{s}_All.csv', f'Annotation/{s}.csv']
+        items, problems = _read_split(self, 'FERV39K', root, annotation, split, names, split_dir,
+            partial(read_ferv39k, class_index=class_index), frames_dir, 'clip', on_error, check_files, allow_overlap)
         super().__init__(items, FERV39K_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
 # %% ../nbs/04d_data.ipynb #57be0714
 class MAFW(ClipDataset):
-    "MAFW single-label, 11 classes, 5 sets: `<root>/frames_crop_align_224/<id>/*.png` (or `clips/<id>.mp4`), `set_<fold>/{train,test}.{csv,txt}`."
-    def __init__(self, root=None, fold:int=1, split:str='train', annotation=None, split_dir=None, class_index=None,
+    "MAFW single-label, 11 classes, 5 sets: `<root>/frames_crop_align_224/<id>/*.png`, `set_<fold>/{train,test}.csv`."
+    def __init__(self, root=None, *, fold:int=1, split:str='train',
+                 annotation=None,        # the split file, or a folder holding `set_<fold>/` (e.g. `anno/single/no_caption`)
+                 split_dir=None, class_index=None,
                  frames_dir=('frames_crop_align_224', 'frames', 'clips', 'data/frames', 'data/clips', ''),
-                 mode:str|None=None, stride:int=4, on_error:str='raise', check_files:bool=True, **kwargs):
+                 mode:str|None=None, stride:int=4, on_error:str='raise', check_files:bool=True,
+                 allow_overlap:bool=False, **kwargs):
+        "Arguments as `DFEW`'s; `class_index` is an `id_to_calss.txt` (found near the split file when None)."
         _check_split(split)
         if fold not in range(1, 6): raise ValueError(f"MAFW set must be 1..5, not {fold!r}")
         self.fold, self.split = fold, split
-        items, problems = _read_split(self, 'MAFW', root, annotation, [f'set_{fold}/{split}.csv', f'set_{fold}/{split}.txt'],
-            split_dir, partial(read_mafw, class_index=class_index), frames_dir, 'clip', on_error, check_files)
+        names = lambda s: [f'{d}set_{fold}/{s}.{e}' for d in ('', 'anno/single/no_caption/') for e in ('csv', 'txt')]
+        items, problems = _read_split(self, 'MAFW', root, annotation, split, names, split_dir,
+            partial(read_mafw, class_index=class_index), frames_dir, 'clip', on_error, check_files, allow_overlap)
         super().__init__(items, MAFW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
 
 # %% ../nbs/04d_data.ipynb #adebead7
 class AffectNet(ImageDataset):
     "AffectNet, 7 or 8 classes: images `<root>/<relative/path>` listed in `train_affectnet7.txt` / `test_affectnet7_2w.txt`."
-    def __init__(self, root=None, split:str='train', num_classes:int=7, annotation=None, split_dir=None, images_dir=('',),
-                 mode:str|None=None, on_error:str='raise', check_files:bool=True, **kwargs):
+    def __init__(self, root=None, *, split:str='train', num_classes:int=7, annotation=None, split_dir=None,
+                 images_dir=('',), mode:str|None=None, on_error:str='raise', check_files:bool=True,
+                 allow_overlap:bool=False, **kwargs):
+        "Arguments as `DFEW`'s; `num_classes` 7 or 8."
         _check_split(split)
         n = num_classes
         self.split = split
-        items, problems = _read_split(self, 'AffectNet', root, annotation, [f'{split}_affectnet{n}.txt', f'{split}_affectnet{n}_2w.txt'],
-            split_dir, partial(read_affectnet, num_classes=n), images_dir, 'image', on_error, check_files)
+        names = lambda s: [f'{s}_affectnet{n}.txt', f'{s}_affectnet{n}_2w.txt']
+        items, problems = _read_split(self, 'AffectNet', root, annotation, split, names, split_dir,
+            partial(read_affectnet, num_classes=n), images_dir, 'image', on_error, check_files, allow_overlap)
         super().__init__(items, AFFECTNET7_CLASSES if n == 7 else AFFECTNET8_CLASSES, _mode(split, mode),
                          on_error=on_error, problems=problems, **kwargs)
 
 # %% ../nbs/04d_data.ipynb #5571f2c1
 class VoxCeleb2(ClipDataset):
     "VoxCeleb2 (unlabelled, label -1) for MAE pre-training: every video under `root` (or those listed in `annotation`, one relative path a line)."
-    def __init__(self, root, annotation=None, num_frames:int=16, stride:int=4, num_copies:int=1, mode:str='pretrain',
+    def __init__(self, root, *, annotation=None, num_frames:int=16, stride:int=4, num_copies:int=1, mode:str='pretrain',
                  on_error:str='raise', check_files:bool=True, **kwargs):
         root, problems = Path(root), Problems(on_error)
         if annotation:
-            rels = [(i, l.strip()) for i, l in enumerate(Path(annotation).read_text().splitlines(), 1) if l.strip()]
+            rels = [(i, l.strip()) for i, l in _lines(annotation)]
             items = [Item(str(PurePosixPath(r).with_suffix('')), -1, r, str(annotation), i) for i, r in rels]
             self.finder = MediaFinder([root])
             items = _resolve(items, self.finder, 'clip', problems, check_files)
@@ -565,13 +674,13 @@ def _folder_items(root, classes, want:str) -> tuple[list[Item], list[str]]:
 
 class ClipFolder(ClipDataset):
     "Clips from `root/<class>/<clip folder or video>`."
-    def __init__(self, root, classes=None, mode:str='train', **kwargs):
+    def __init__(self, root, *, classes=None, mode:str='train', **kwargs):
         items, classes = _folder_items(root, classes, 'clip')
         super().__init__(items, classes, mode, **kwargs)
 
 class ImageFolder(ImageDataset):
     "Images from `root/<class>/<image>`."
-    def __init__(self, root, classes=None, mode:str='train', **kwargs):
+    def __init__(self, root, *, classes=None, mode:str='train', **kwargs):
         items, classes = _folder_items(root, classes, 'image')
         super().__init__(items, classes, mode, **kwargs)
 

@@ -4,23 +4,28 @@
 
 # %% ../nbs/04c_transforms.ipynb #17e104ee
 from __future__ import annotations
+import random
 import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 # %% auto #0
-__all__ = ['MEAN', 'STD', 'denormalize', 'train_indices', 'test_indices', 'pretrain_indices', 'fast_sharpness', 'RandAugmentClip',
-           'video_train_transform', 'video_eval_transform', 'video_pretrain_transform', 'image_train_transform',
-           'image_eval_transform', 'image_pretrain_transform']
+__all__ = ['MEAN', 'STD', 'denormalize', 'train_indices', 'test_indices', 'pretrain_indices', 'ClipRandAugment', 'fast_sharpness',
+           'RandAugmentClip', 'video_train_transform', 'image_train_transform', 'eval_transform',
+           'video_eval_transform', 'image_eval_transform', 'image_pretrain_transform', 'video_pretrain_transform']
 
 # %% ../nbs/04c_transforms.ipynb #7d3d1932
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-def denormalize(x:torch.Tensor, dim:int=0) -> torch.Tensor:
-    "Undo `Normalize(MEAN, STD)`; `dim` is the channel axis (0 for one image `(3,H,W)` or clip `(3,T,H,W)`, 1 for a batch). Values in [0,1]."
-    if x.shape[dim] != 3: raise ValueError(f"denormalize: axis {dim} of a tensor of shape {tuple(x.shape)} is not 3 channels")
+def denormalize(x:torch.Tensor, # normalised image `(3,H,W)`, clip `(3,T,H,W)` or a batch of them
+                dim:int=0,      # the channel axis: 0 for one image or clip, 1 for a batch
+               ) -> torch.Tensor:
+    "Undo `Normalize(MEAN, STD)`: values in [0,1]."
+    if x.shape[dim] != 3:
+        raise ValueError(f"denormalize: axis {dim} of a tensor of shape {tuple(x.shape)} is not 3 channels")
     shape = [1] * x.ndim; shape[dim] = 3
     m, s = torch.tensor(MEAN, dtype=x.dtype).view(shape), torch.tensor(STD, dtype=x.dtype).view(shape)
     return (x * s + m).clamp(0, 1)
@@ -51,6 +56,29 @@ def pretrain_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> 
     start = int(torch.randint(0, max(n - span, 0) + 1, (1,), generator=generator))
     return np.minimum(start + np.arange(num_frames) * stride, n - 1)
 
+# %% ../nbs/04c_transforms.ipynb #e90129a4
+class ClipRandAugment:
+    "timm's `rand_augment_transform(config)` on a `uint8` image `(C,H,W)` or clip `(T,C,H,W)`: one draw for the whole clip."
+    def __init__(self, config:str='rand-m7-n4-mstd0.5-inc1', # timm RandAugment config string
+                 img_size:int=160,          # sets timm's `translate_const` to 45% of it, as timm's `create_transform`
+                 interpolation:str='bicubic',  # resampling of the geometric ops
+                 **hparams):                # more timm hparams, e.g. `img_mean` (the fill colour)
+        from timm.data.auto_augment import rand_augment_transform
+        from timm.data.transforms import str_to_pil_interp
+        hp = dict(translate_const=int(img_size * 0.45), interpolation=str_to_pil_interp(interpolation), **hparams)
+        self.config, self.ra = config, rand_augment_transform(config, hp)
+
+    def __call__(self, x:torch.Tensor) -> torch.Tensor:
+        frames, state = x.reshape(-1, *x.shape[-3:]), (random.getstate(), np.random.get_state())
+        out = []
+        for f in frames:   # timm draws from `random` and `np.random`: the same start state gives every frame the same draw
+            random.setstate(state[0]); np.random.set_state(state[1])
+            out.append(TF.pil_to_tensor(self.ra(TF.to_pil_image(f))))
+        y = torch.stack(out).reshape(x.shape)
+        return tv_tensors.wrap(y, like=x) if isinstance(x, tv_tensors.TVTensor) else y
+
+    def __repr__(self): return f"{type(self).__name__}({self.config!r})"
+
 # %% ../nbs/04c_transforms.ipynb #1c2b2170
 def fast_sharpness(x:torch.Tensor, factor:float) -> torch.Tensor:
     "`adjust_sharpness` for `(...,C,H,W)` tensors via `avg_pool2d` instead of a depthwise conv."
@@ -71,47 +99,68 @@ class RandAugmentClip(v2.RandAugment):
             return tv_tensors.wrap(fast_sharpness(image.as_subclass(torch.Tensor), 1.0 + magnitude), like=image)
         return super()._apply_image_or_video_transform(image, transform_id, magnitude, interpolation, fill)
 
-# %% ../nbs/04c_transforms.ipynb #894128b2
-def _rand_augment(n:int, m:int): return RandAugmentClip(num_ops=n, magnitude=m, num_magnitude_bins=11)
+# %% ../nbs/04c_transforms.ipynb #110a38f2
+def _rand_augment(spec, img_size:int, **hparams):
+    "RandAugment from a timm config string (`ClipRandAugment`) or torchvision's from `(num_ops, magnitude)`."
+    if isinstance(spec, str): return ClipRandAugment(spec, img_size, **hparams)
+    n, m = spec
+    return RandAugmentClip(num_ops=n, magnitude=m, num_magnitude_bins=11)
 
 def _norm(): return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
 
-def video_train_transform(img_size:int=160, rand_augment:tuple|None=(4, 7), scale=(0.08, 1.), flip:bool=True,
-                          erase_prob:float=0.25) -> v2.Compose:
-    "Fine-tuning clip augmentation, one parameter draw per clip: resize, RandAugment (n,m), RandomResizedCrop, flip, normalise, erase."
+def video_train_transform(img_size:int=160,  # output side
+                          rand_augment:str|tuple|None='rand-m7-n4-mstd0.5-inc1',  # timm config, (n, m) or None
+                          scale=(0.08, 1.),  # RandomResizedCrop area range
+                          flip:bool=True, erase_prob:float=0.25) -> v2.Compose:
+    "Fine-tuning clip augmentation, one parameter draw per clip: resize, RandAugment, crop, flip, normalise, erase."
     t = [v2.Resize(img_size, antialias=True)]
-    if rand_augment: t.append(_rand_augment(*rand_augment))
+    if rand_augment: t.append(_rand_augment(rand_augment, img_size))
     t += [v2.RandomResizedCrop(img_size, scale=scale, antialias=True)]
     if flip: t.append(v2.RandomHorizontalFlip())
     t += _norm()
     if erase_prob: t.append(v2.RandomErasing(p=erase_prob, value='random'))
     return v2.Compose(t)
 
-def video_eval_transform(img_size:int=160) -> v2.Compose:
-    "Test-time clip transform: resize the short side, centre crop, normalise."
-    return v2.Compose([v2.Resize(img_size, antialias=True), v2.CenterCrop(img_size), *_norm()])
-
-def video_pretrain_transform(img_size:int=160, scale=(0.66 ** 2, 1.), flip:bool=True) -> v2.Compose:
-    "MAE pre-training clip augmentation: multi-scale crop (area 0.66^2..1 of the short-side-resized frame), flip, normalise."
-    return v2.Compose([v2.Resize(img_size, antialias=True), v2.RandomResizedCrop(img_size, scale=scale, antialias=True),
-                       *([v2.RandomHorizontalFlip()] if flip else []), *_norm()])
-
-# %% ../nbs/04c_transforms.ipynb #31755c54
-def image_train_transform(img_size:int=160, resize:int=192, rand_augment:tuple|None=(2, 9), flip:bool=True,
-                          erase_prob:float=0.25) -> v2.Compose:
-    "Fine-tuning image augmentation: resize, random crop, flip, RandAugment (n,m), normalise, random erasing."
-    t = [v2.Resize(resize, antialias=True), v2.RandomCrop(img_size)]
+# %% ../nbs/04c_transforms.ipynb #3ecb3cfa
+def image_train_transform(img_size:int=160,  # output side
+                          resize:int|None=None,  # short side before the random crop; None: 1.2 x img_size (192 for 160)
+                          rand_augment:str|tuple|None='rand-m9-n2-mstd0.5',  # timm config, (n, m) or None
+                          flip:bool=True, erase_prob:float=0.25) -> v2.Compose:
+    "Fine-tuning image augmentation: resize, random crop, flip, RandAugment, normalise, random erasing."
+    t = [v2.Resize(resize or round(img_size * 1.2), antialias=True), v2.RandomCrop(img_size)]
     if flip: t.append(v2.RandomHorizontalFlip())
-    if rand_augment: t.append(_rand_augment(*rand_augment))
+    if rand_augment: t.append(_rand_augment(rand_augment, img_size, img_mean=tuple(round(255 * m) for m in MEAN)))
     t += _norm()
     if erase_prob: t.append(v2.RandomErasing(p=erase_prob, value='random'))
     return v2.Compose(t)
 
-def image_eval_transform(img_size:int=160, resize:int=192) -> v2.Compose:
-    "Test-time image transform: resize, centre crop, normalise."
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(img_size), *_norm()])
+# %% ../nbs/04c_transforms.ipynb #f6120c11
+def eval_transform(kind:str='image',     # 'image' (`(C,H,W)`) or 'video' (`(T,C,H,W)`): the same geometry for both
+                   img_size:int=160,     # output side
+                   resize:int|None=None, # short side before the centre crop; None: img_size
+                   squash:bool=False,    # resize straight to img_size x img_size, no crop (the published images)
+                  ) -> v2.Compose:
+    "The one test-time transform: resize, centre crop, normalise."
+    if kind not in ('image', 'video'): raise ValueError(f"eval_transform: kind must be 'image' or 'video', not {kind!r}")
+    if squash: return v2.Compose([v2.Resize((img_size, img_size), antialias=True), *_norm()])
+    return v2.Compose([v2.Resize(resize or img_size, antialias=True), v2.CenterCrop(img_size), *_norm()])
 
-def image_pretrain_transform(img_size:int=160, scale=(0.66 ** 2, 1.), flip:bool=True) -> v2.Compose:
-    "MAE pre-training image augmentation: RandomResizedCrop, flip, normalise."
-    return v2.Compose([v2.RandomResizedCrop(img_size, scale=scale, antialias=True),
+def video_eval_transform(img_size:int=160, **kwargs) -> v2.Compose:
+    "`eval_transform('video', img_size, ...)`."
+    return eval_transform('video', img_size, **kwargs)
+
+def image_eval_transform(img_size:int=160, resize:int|None=None, squash:bool=False) -> v2.Compose:
+    "`eval_transform('image', img_size, resize, squash)`."
+    return eval_transform('image', img_size, resize, squash)
+
+# %% ../nbs/04c_transforms.ipynb #1fc5e927
+def image_pretrain_transform(img_size:int=160, scale=(0.2, 1.), flip:bool=True) -> v2.Compose:
+    "MAE pre-training image augmentation: RandomResizedCrop (bicubic), flip, normalise."
+    return v2.Compose([v2.RandomResizedCrop(img_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC,
+                                            antialias=True), *([v2.RandomHorizontalFlip()] if flip else []), *_norm()])
+
+def video_pretrain_transform(img_size:int=160, resize:int|None=None, scale=(0.08, 1.), flip:bool=False) -> v2.Compose:
+    "MAE pre-training clip augmentation: short side to `resize` (None: 1.2 x img_size), RandomResizedCrop, normalise."
+    return v2.Compose([v2.Resize(resize or round(img_size * 1.2), antialias=True),
+                       v2.RandomResizedCrop(img_size, scale=scale, antialias=True),
                        *([v2.RandomHorizontalFlip()] if flip else []), *_norm()])
