@@ -233,22 +233,36 @@ class TaskMetric(Metric):
     @property
     def name(self): return f'{self.task}_{self.kind}'
 
-class KeepBest(Callback):
-    "Keep (in memory) the weights of the epoch with the best `monitor` value; `learn.best = dict(epoch, value, state)`."
-    order = 70  # after the recorder has the epoch's metrics
-    def __init__(self, monitor:str='video_uar', higher_is_better:bool=True): self.monitor, self.sign = monitor, 1 if higher_is_better else -1
+# %% ../nbs/03_joint_finetune.ipynb #02bdb563
+import numbers
+from fastai.callback.tracker import TrackerCallback
+from fastai.torch_core import get_model
+from .train import (CheckpointError, NonFiniteGuard, _training_fit, train_callbacks, train_device, prepare_model,
+                            learner_manifest, renamed_args)
+
+class KeepBest(TrackerCallback):
+    "fastai `TrackerCallback` keeping in memory the weights of the best `monitor` epoch: `learn.best = dict(epoch, value, state)`."
+    def __init__(self, monitor:str='video_uar', # a validation column, e.g. 'video_uar', 'image_war', 'valid_loss'
+                 comp=None, # np.greater or np.less; default: np.less for losses and errors, else np.greater
+                 min_delta:float=0., # an improvement smaller than this does not count
+                 higher_is_better:bool|None=None): # older spelling of `comp`
+        if higher_is_better is not None: comp = np.greater if higher_is_better else np.less
+        super().__init__(monitor, comp, min_delta)
     def before_fit(self):
-        names = self.recorder.metric_names[1:-1]
-        if self.monitor not in names: raise ValueError(f"KeepBest: no column {self.monitor!r} to monitor; columns are {names}")
-        self.idx = names.index(self.monitor)
+        if not _training_fit(self.learn): self.run = False; return  # validate/get_preds/lr_find keep `learn.best` as it is
+        names = list(self.recorder.metric_names[1:-1])
+        if self.monitor not in names: raise CheckpointError(f"KeepBest: no column {self.monitor!r} to monitor; columns are {names}")
+        super().before_fit()
         self.learn.best = dict(epoch=None, value=None, state=None)
     def after_epoch(self):
-        v = self.recorder.log[1:][self.idx]
-        if v is None or (isinstance(v, float) and math.isnan(v)): return
-        b = self.learn.best
-        if b['value'] is None or self.sign * v > self.sign * b['value']:
-            state = {k: t.detach().to('cpu', copy=True) for k, t in getattr(self.model, 'module', self.model).state_dict().items()}
+        v = self.recorder.values[-1][self.idx]
+        if v is None or (isinstance(v, float) and math.isnan(v)): self.new_best = False; return
+        super().after_epoch()
+        if self.new_best:
+            state = {k: t.detach().to('cpu', copy=True) for k, t in get_model(self.model).state_dict().items()}
             self.learn.best = dict(epoch=self.epoch, value=float(v), state=state)
+    def state_dict(self) -> dict: return dict(best=float(self.best), learn_best=getattr(self.learn, 'best', None))
+    def load_state_dict(self, sd:dict): self.best, self.learn.best = sd['best'], sd['learn_best']
 
 def best_model(learn) -> nn.Module:
     "A copy of `learn.model` with the weights of the best validation epoch (see `KeepBest`)."
@@ -274,12 +288,27 @@ def check_classes(model, datasets:dict):
             top = int(dataset_labels(ds).max())
             if top >= n_head: raise ValueError(f"the {task} dataset has label {top} but the {task} head predicts {n_head} classes")
 
-def finetune_learner(model, dls:DataLoaders, lr:float|None=None, base_lr:float=1e-5, min_lr:float|None=None,
-                     base_min_lr:float=1e-6, weight_decay:float=0.05, layer_decay:float=0.75, betas=(0.9, 0.999),
-                     eps:float=1e-8, mixup_alpha:float=0.8, cutmix_alpha:float=1.0, label_smoothing:float=0.1,
-                     autocast:str|None='bf16', aux_coef:float=1.0, monitor:str='video_uar', checkpoint_dir=None,
-                     checkpoint_every:int=1, resume_from=None, cbs=None, path='.') -> Learner:
+# %% ../nbs/03_joint_finetune.ipynb #b47ffdab
+def finetune_learner(model, dls:DataLoaders,
+    lr:float|None=None, base_lr:float=1e-5, # lr, or `base_lr` per 8 clips of global video batch
+    min_lr:float|None=None, base_min_lr:float=1e-6, # end of the cosine, or its value per 8 clips
+    weight_decay:float=0.05, layer_decay:float=0.75, betas=(0.9, 0.999), eps:float=1e-8,
+    mixup_alpha:float=0.8, cutmix_alpha:float=1.0, label_smoothing:float=0.1,
+    precision:str='bf16', # 'fp32', 'bf16' or 'fp16' (CUDA only, with a gradient scaler)
+    aux_coef:float=1.0, # weight of the MoAE auxiliary loss
+    monitor:str='video_uar', # validation column whose best epoch `best_model` returns
+    checkpoint_dir=None, # folder of checkpoints, `manifest.json` and `run.lock`
+    resume=None, # None, 'last' (newest in `checkpoint_dir`) or a checkpoint file/folder
+    save_every:int=1, # epochs between checkpoints
+    max_bad_steps:int=3, # steps with a non-finite loss/gradient skipped before the run stops
+    grad_checkpointing:bool=False, # recompute activations in the backward pass (less memory)
+    compile:bool=False, # `torch.compile` the model
+    config:dict|None=None, # more settings to record in the run manifest (e.g. the command line)
+    cbs=None, path='.', **deprecated) -> Learner:
     "fastai `Learner` for joint fine-tuning with the published recipe; each piece an argument (see above)."
+    old = renamed_args(deprecated, 'finetune_learner', autocast='precision', checkpoint_every='save_every', resume_from='resume')
+    precision, save_every, resume = old.get('precision', precision), old.get('save_every', save_every), old.get('resume', resume)
+    precision = 'fp32' if precision is None else precision
     train = dls.train
     check_classes(model, train.dataset)
     check_classes(model, dls.valid.dataset)
@@ -288,22 +317,28 @@ def finetune_learner(model, dls:DataLoaders, lr:float|None=None, base_lr:float=1
     scale = video_bs * world / 8
     lr = base_lr * scale if lr is None else lr
     min_lr = base_min_lr * scale if min_lr is None else min_lr
-    heads = head_classes(model)
-    tasks = list(train.modalities)
+    device = train_device(dls, model)
+    prepare_model(model, grad_checkpointing, compile, device)
+    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, dict(
+        kind='finetune', lr=lr, min_lr=min_lr, weight_decay=weight_decay, layer_decay=layer_decay, betas=betas, eps=eps,
+        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing, precision=precision,
+        aux_coef=aux_coef, monitor=monitor, **(config or {})))
+    heads, tasks = head_classes(model), list(train.modalities)
     mix = {t: heads.get(t, heads.get('any')) for t in tasks}
     metrics = [TaskMetric(t, k) for t in dls.valid.modalities for k in ('uar', 'war')]
     callbacks = [ModalityMixup(mix, mixup_alpha, cutmix_alpha, label_smoothing), ModalityLossLogger(), AuxLossCallback(aux_coef),
-                 KeepBest(monitor)]
-    if autocast: callbacks.append(AutocastCallback(autocast))
-    if checkpoint_dir is not None: callbacks.append(CheckpointCallback(checkpoint_dir, every=checkpoint_every, resume_from=resume_from))
+                 KeepBest(monitor)] + train_callbacks(precision, device, max_bad_steps, checkpoint_dir, resume, save_every, manifest)
     groups = param_groups_layer_decay(model, weight_decay, layer_decay)
     learn = Learner(dls, model, loss_func=JointLoss(), opt_func=adamw(betas=betas, eps=eps, weight_decay=weight_decay, param_groups=groups),
                     metrics=metrics, cbs=callbacks + list(cbs or []), path=path)
     learn.lr, learn.min_lr = lr, min_lr
     return learn
 
+# %% ../nbs/03_joint_finetune.ipynb #eb0705c1
 def fit_joint(learn:Learner, epochs:int=100, warmup_epochs:int=5, lr:float|None=None, min_lr:float|None=None, cbs=None) -> pd.DataFrame:
     "Train with linear warmup then cosine decay; returns the per-epoch table (best epoch in `learn.best`)."
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"fit_joint: epochs must be a positive int, got {epochs!r}")
     lr, min_lr = lr or learn.lr, learn.min_lr if min_lr is None else min_lr
     sched = warmup_cosine(lr, warmup=int(warmup_epochs), lr_min=min_lr, n_epoch=epochs)
     learn.fit(epochs, cbs=[ParamScheduler({'lr': sched})] + list(cbs or []))

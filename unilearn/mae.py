@@ -380,12 +380,27 @@ class _NoValidation(Callback):
     order = -50
     def before_validate(self): raise CancelValidException()
 
-def pretrain_learner(model:MaskedAutoencoder, image_dl=None, video_dl=None, video_share:float|int|None=None, image_share:float|int=1.0,
-                     lr:float=1.2e-3, lr_min:float=0., warmup:float|int=0.05, weight_decay:float=0.05, betas=(0.9, 0.95),
-                     dtype:str|None='bf16', clip_grad:float|None=None, checkpoint_dir=None, checkpoint_every:int=10,
-                     resume=None, seed:int=0, valid_image_dl=None, valid_video_dl=None, quiet:bool=False, cbs=None,
-                     rank:int=0, world_size:int=1) -> Learner:
+# %% ../nbs/02b_mae.ipynb #198f6ec1
+from .train import train_callbacks, train_device, prepare_model, learner_manifest, renamed_args
+
+def pretrain_learner(model:MaskedAutoencoder, image_dl=None, video_dl=None,
+    video_share:float|int|None=None, image_share:float|int=1.0, # share of a pass (float) or steps (int) per epoch
+    lr:float=1.2e-3, lr_min:float=0., warmup:float|int=0.05, weight_decay:float=0.05, betas=(0.9, 0.95),
+    precision:str='bf16', # 'fp32', 'bf16' or 'fp16' (CUDA only, with a gradient scaler)
+    clip_grad:float|None=None,
+    checkpoint_dir=None, # folder of checkpoints, `manifest.json` and `run.lock`
+    resume=None, # None, 'last' (newest in `checkpoint_dir`) or a checkpoint file/folder
+    save_every:int=10, # epochs between checkpoints (and after the last)
+    max_bad_steps:int=3, # steps with a non-finite loss/gradient skipped before the run stops
+    grad_checkpointing:bool=False, # recompute activations in the backward pass (less memory)
+    compile:bool=False, # `torch.compile` the model
+    config:dict|None=None, # more settings to record in the run manifest (e.g. the command line)
+    seed:int=0, valid_image_dl=None, valid_video_dl=None, quiet:bool=False, cbs=None,
+    rank:int=0, world_size:int=1, **deprecated) -> Learner:
     "fastai `Learner` pre-training `model` on image batches, video batches or both, one modality per step."
+    old = renamed_args(deprecated, 'pretrain_learner', dtype='precision', checkpoint_every='save_every')
+    precision, save_every = old.get('precision', precision), old.get('save_every', save_every)
+    precision = 'fp32' if precision is None else precision
     if not isinstance(model, MaskedAutoencoder): raise TypeError(f"model must be a MaskedAutoencoder, got {type(model).__name__}")
     given = {'image': image_dl, 'video': video_dl}
     loaders = {k: inputs_only(dl) for k, dl in given.items() if dl is not None}
@@ -395,14 +410,17 @@ def pretrain_learner(model:MaskedAutoencoder, image_dl=None, video_dl=None, vide
     train = MixedModalityLoader(loaders, {k: shares[k] for k in loaders}, seed=seed, rank=rank, world_size=world_size)
     valid_given = {k: inputs_only(dl) for k, dl in (('image', valid_image_dl), ('video', valid_video_dl)) if dl is not None}
     valid = MixedModalityLoader(valid_given, shuffle=False, rank=rank, world_size=world_size) if valid_given else []
-    callbacks = [AutocastCallback(dtype), ModalityLossLogger(),
-                 ParamScheduler({'lr': warmup_cosine(lr, warmup=warmup, lr_min=lr_min)})]
+    dls = DataLoaders(train, valid)
+    device = train_device(dls, model)
+    prepare_model(model, grad_checkpointing, compile, device)
+    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, dict(
+        kind='pretrain', lr=lr, lr_min=lr_min, warmup=warmup, weight_decay=weight_decay, betas=betas, precision=precision,
+        clip_grad=clip_grad, **(config or {})))
+    callbacks = [ModalityLossLogger(), ParamScheduler({'lr': warmup_cosine(lr, warmup=warmup, lr_min=lr_min)})]
     if clip_grad: callbacks.append(GradientClip(clip_grad))
-    if checkpoint_dir is not None: callbacks.append(CheckpointCallback(checkpoint_dir, every=checkpoint_every, resume_from=resume))
-    elif resume not in (None, False): raise ValueError("resume needs checkpoint_dir (where the checkpoints are written)")
+    callbacks += train_callbacks(precision, device, max_bad_steps, checkpoint_dir, resume, save_every, manifest)
     if not valid_given: callbacks.append(_NoValidation())
-    learn = Learner(DataLoaders(train, valid), model, loss_func=model.loss, lr=lr,
-                    splitter=partial(param_groups_wd, weight_decay=weight_decay),
+    learn = Learner(dls, model, loss_func=model.loss, lr=lr, splitter=partial(param_groups_wd, weight_decay=weight_decay),
                     opt_func=adamw(betas=betas, weight_decay=weight_decay), cbs=callbacks + list(cbs or []))
     if not valid_given: learn.recorder.valid_metrics = False
     if quiet: quiet_learner(learn)

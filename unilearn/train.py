@@ -23,9 +23,13 @@ from fastai.optimizer import OptimWrapper, set_item_pg
 from fastai.learner import Learner, Recorder
 
 # %% auto #0
-__all__ = ['seed_everything', 'MixedModalityLoader', 'AutocastCallback', 'param_groups_wd', 'ScaledOptimWrapper', 'adamw',
-           'warmup_cosine', 'ModalityLossLogger', 'AuxLossCallback', 'checkpoint_state', 'latest_checkpoint',
-           'CheckpointCallback', 'quiet']
+__all__ = ['PRECISIONS', 'seed_everything', 'MixedModalityLoader', 'ModalityDatasets', 'task_names', 'get_rank', 'get_world_size',
+           'is_main_process', 'init_distributed', 'all_gather_objects', 'GatherRanks', 'ddp_kwargs', 'AutocastCallback',
+           'param_groups_wd', 'ScaledOptimWrapper', 'adamw', 'warmup_cosine', 'ModalityLossLogger', 'AuxLossCallback',
+           'NonFiniteError', 'CheckpointError', 'RunLockError', 'NonFiniteGuard', 'RunLock', 'code_version',
+           'data_fingerprint', 'run_manifest', 'write_manifest', 'read_manifest', 'check_manifest', 'checkpoint_state',
+           'save_checkpoint', 'latest_checkpoint', 'read_checkpoint', 'CheckpointCallback', 'precision_callback',
+           'train_device', 'prepare_model', 'learner_manifest', 'train_callbacks', 'renamed_args', 'quiet']
 
 # %% ../nbs/02a_train.ipynb #95e4333e
 def seed_everything(seed:int=0, reproducible:bool=False) -> int:
@@ -37,13 +41,13 @@ def seed_everything(seed:int=0, reproducible:bool=False) -> int:
 
 # %% ../nbs/02a_train.ipynb #57037652
 class _EveryNth:
-    "A sized iterable of batches (a batch sampler, or any loader) keeping batches `rank, rank+w, ...`, cut to `len // w` per rank so ranks stay in step."
-    def __init__(self, it, rank:int, world_size:int):
-        self.it, self.rank, self.w = it, rank, world_size
+    "A sized iterable of batches (a batch sampler, or any loader) keeping batches `rank, rank+w, ...`; `even`: cut to `len // w` per rank so ranks stay in step."
+    def __init__(self, it, rank:int, world_size:int, even:bool=True):
+        self.it, self.rank, self.w, self.even = it, rank, world_size, even
         self.generator = getattr(it, 'generator', None)
-    def __len__(self): return len(self.it) // self.w
+    def __len__(self): return len(self.it) // self.w if self.even else len(range(self.rank, len(self.it), self.w))
     def __iter__(self):
-        stop = len(self) * self.w
+        stop = len(self) * self.w if self.even else len(self.it)
         for i, b in enumerate(self.it):
             if i >= stop: break
             if i % self.w == self.rank: yield b
@@ -53,8 +57,8 @@ def _samplers(dl) -> list:
     out = [getattr(dl, 'sampler', None), getattr(getattr(dl, 'batch_sampler', None), 'sampler', None)]
     return [s for i, s in enumerate(out) if s is not None and all(s is not o for o in out[:i])]
 
-def _shard_loader(dl, rank:int, world_size:int, name:str):
-    "This rank's share of `dl`'s batches."
+def _shard_loader(dl, rank:int, world_size:int, name:str, even:bool=True):
+    "This rank's share of `dl`'s batches (`even=False`: every batch once, the first ranks taking one more)."
     if world_size == 1: return dl
     if any(isinstance(s, DistributedSampler) for s in _samplers(dl)):
         raise ValueError(f"MixedModalityLoader: loader {name!r} already uses a DistributedSampler; either pass per-rank loaders "
@@ -67,14 +71,20 @@ def _shard_loader(dl, rank:int, world_size:int, name:str):
                   generator=dl.generator, persistent_workers=dl.persistent_workers, pin_memory_device=dl.pin_memory_device)
         if dl.num_workers > 0: kw['prefetch_factor'] = dl.prefetch_factor
         if hasattr(dl, 'in_order'): kw['in_order'] = dl.in_order
-        return TorchDataLoader(dl.dataset, batch_sampler=_EveryNth(dl.batch_sampler, rank, world_size), **kw)
-    return _EveryNth(dl, rank, world_size)   # any other sized iterable: the other ranks' batches are still produced, then dropped
+        return TorchDataLoader(dl.dataset, batch_sampler=_EveryNth(dl.batch_sampler, rank, world_size, even), **kw)
+    return _EveryNth(dl, rank, world_size, even)   # any other sized iterable: the other ranks' batches are still produced, then dropped
 
 def _seed_of(*keys) -> int:
     "A 63-bit seed derived from integer `keys` (numpy's SeedSequence mixes them well)."
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 # %% ../nbs/02a_train.ipynb #0fc65a39
+def _classes_of(ds):
+    "Class names of a dataset (its `classes`, through `Subset`s), or None."
+    while ds is not None and getattr(ds, 'classes', None) is None and hasattr(ds, 'dataset'): ds = ds.dataset
+    c = getattr(ds, 'classes', None)
+    return list(c) if c is not None else None
+
 class MixedModalityLoader:
     "Single-modality batches `(x, task, y)` from several loaders, in an order fixed by `(seed, epoch)`; `len()` = steps per epoch."
     n_inp = 2  # fastai's Learner splits `(x, task, y)` into xb=(x, task), yb=(y,)
@@ -83,23 +93,29 @@ class MixedModalityLoader:
         steps:dict|None=None,      # name -> float share of one pass (in [0,1]) or int step count; missing names: 1.0
         seed:int=0,                # with the epoch, fixes the order and each loader's shuffling
         rank:int=0, world_size:int=1, # DDP: this rank's disjoint share of every modality's batches
-        shuffle:bool=True,         # False: modalities one after the other, in dict order (evaluation)
+        shuffle:bool=True,         # False: modalities one after the other, in dict order, every batch once (evaluation)
         device=None,               # move batches here (fastai's `Learner` also moves them to the model's device)
     ):
         if not isinstance(loaders, dict) or not loaders: raise ValueError("MixedModalityLoader: `loaders` must be a non-empty dict name -> loader")
-        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise ValueError(f"MixedModalityLoader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         steps = dict(steps or {})
         unknown = [k for k in steps if k not in loaders]
         if unknown: raise KeyError(f"MixedModalityLoader: steps given for unknown modality {unknown}; loaders are {list(loaders)}")
         for name in loaders:
             if not isinstance(name, str): raise TypeError(f"MixedModalityLoader: modality names must be str, got {name!r}")
-        self.loaders = {k: _shard_loader(dl, rank, world_size, k) for k, dl in loaders.items()}
-        self.seed, self.rank, self.world_size, self.shuffle, self.device = seed, rank, world_size, shuffle, device
+        self.sources, self.seed, self.shuffle, self.device = dict(loaders), seed, shuffle, device
         self.steps = {k: steps.get(k, 1.0) for k in loaders}
+        self.batch_sizes = {k: getattr(dl, 'batch_size', None) for k, dl in loaders.items()}
+        self.classes = {k: _classes_of(getattr(dl, 'dataset', None)) for k, dl in loaders.items()}
+        self.epoch, self.yielded, self.unlabelled = 0, [], set()  # `unlabelled`: modalities of test items, batches `(x, task)`
+        self._shard(rank, world_size)
+
+    def _shard(self, rank, world_size):
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"MixedModalityLoader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        self.rank, self.world_size = rank, world_size
+        self.loaders = {k: _shard_loader(dl, rank, world_size, k, even=self.shuffle) for k, dl in self.sources.items()}
         self.counts = {k: self._count(k, s) for k, s in self.steps.items()}
         if sum(self.counts.values()) == 0: raise ValueError(f"MixedModalityLoader: no steps per epoch (steps={self.steps})")
-        self.epoch = 0
 
     def _count(self, name, s) -> int:
         dl = self.loaders[name]
@@ -120,8 +136,6 @@ class MixedModalityLoader:
 
     @property
     def modalities(self) -> list: return list(self.loaders)
-    @property
-    def dataset(self) -> dict: return {k: getattr(dl, 'dataset', None) for k, dl in self.loaders.items()}
     def __len__(self) -> int: return sum(self.counts.values())
     def set_epoch(self, epoch:int): self.epoch = int(epoch)
     def state_dict(self) -> dict: return dict(epoch=self.epoch, seed=self.seed)
@@ -152,6 +166,7 @@ class MixedModalityLoader:
         return it, b
 
     def _batch(self, name, b):
+        if name in self.unlabelled: return (b if isinstance(b, torch.Tensor) else b[0], name)
         if isinstance(b, torch.Tensor): return (b, name, b)
         if isinstance(b, dict) or not isinstance(b, (tuple, list)) or not len(b):
             raise TypeError(f"MixedModalityLoader: loader {name!r} must yield `(x, y, ...)` tuples or tensors, got {type(b).__name__}")
@@ -160,7 +175,8 @@ class MixedModalityLoader:
     def __iter__(self):
         e = self.epoch
         self.epoch += 1  # iterating advances the epoch, as fastai never calls `set_epoch`
-        its, passes = {}, defaultdict(int)
+        its, passes, done = {}, defaultdict(int), defaultdict(int)
+        self.yielded = []  # (modality, pass, batch index in the whole pass, size) of each batch: `GatherRanks` orders by it
         for name in self.schedule(e):
             b = None
             if name in its:
@@ -168,12 +184,298 @@ class MixedModalityLoader:
                 except StopIteration: pass
             if b is None:
                 its[name], b = self._start_pass(name, e, passes[name])
-                passes[name] += 1
+                passes[name] += 1; done[name] = 0
             b = self._batch(name, b)
+            self.yielded.append((self.modalities.index(name), passes[name] - 1, done[name] * self.world_size + self.rank, find_bs(b)))
+            done[name] += 1
             yield b if self.device is None else to_device(b, self.device)
 
     def __repr__(self):
         return f"MixedModalityLoader(steps per epoch {self.counts}, seed={self.seed}, rank {self.rank}/{self.world_size}, epoch={self.epoch})"
+
+# %% ../nbs/02a_train.ipynb #b2a10002
+import copy
+from fastai.torch_core import to_detach, to_concat
+
+class ModalityDatasets(dict):
+    "The datasets of a `MixedModalityLoader` by modality; `new_empty()` keeps only the names (what `Learner.export` saves)."
+    def new_empty(self): return ModalityDatasets({k: [] for k in self})
+
+@patch(as_prop=True)
+def dataset(self:MixedModalityLoader) -> ModalityDatasets:
+    return ModalityDatasets({k: getattr(dl, 'dataset', None) for k, dl in self.sources.items()})
+
+@patch(as_prop=True)
+def n(self:MixedModalityLoader) -> int:
+    "Samples in one epoch on this rank (fastai's `DataLoader.n`)."
+    total = 0
+    for k, c in self.counts.items():
+        src, bs = self.sources[k], self.batch_sizes.get(k) or 1
+        try: N, nb = len(src.dataset), len(src)
+        except (AttributeError, TypeError): total += c * bs; continue
+        if self.shuffle or not nb: total += c * bs; continue
+        sizes = [bs] * nb
+        if not getattr(src, 'drop_last', False): sizes[-1] = N - (nb - 1) * bs
+        total += sum(sizes[self.rank::self.world_size])
+    return total
+
+# %% ../nbs/02a_train.ipynb #b2a10003
+class _Items(torch.utils.data.Dataset):
+    "A list of test items as a dataset."
+    def __init__(self, items): self.items = items
+    def __len__(self): return len(self.items)
+    def __getitem__(self, i): return self.items[i]
+
+def _by_task(items, task, default) -> dict:
+    "Test items `(x, task)`, `(x, task, y)`, or `x` / `(x, y)` of `task`, grouped by task (first appearance first)."
+    out = {}
+    for i, it in enumerate(items):
+        if isinstance(it, (tuple, list)) and len(it) >= 2 and isinstance(it[1], str): t, it = it[1], (it[0], *it[2:])
+        else: t, it = task or default, (it if isinstance(it, (tuple, list)) else (it,))
+        if t is None: raise ValueError(f"MixedModalityLoader.new: test item {i} names no task; give `(x, task)` items or task=")
+        out.setdefault(t, []).append(tuple(it))
+    return out
+
+# %% ../nbs/02a_train.ipynb #b2a10004
+@patch
+def new(self:MixedModalityLoader,
+        dataset=None,             # None (the same data), a dict modality -> dataset, or a list of test items `(x, task[, y])`
+        shuffle:bool|None=None,   # False: every item once, in order (what `get_preds` asks for)
+        drop_last:bool|None=None, bs:int|dict|None=None, num_workers:int|None=None,
+        task:str|list|None=None,  # keep only these modalities (or: the task of test items given without one)
+        **kwargs) -> MixedModalityLoader:
+    "A loader like this one over other data or settings: fastai's `DataLoader.new` (`get_preds`, `test_dl`, `export`)."
+    tasks = [task] if isinstance(task, str) else list(task or [])
+    if dataset is None or isinstance(dataset, dict):
+        datasets = {k: ds for k, ds in (dataset if dataset is not None else self.dataset).items() if not tasks or k in tasks}
+        missing = [t for t in tasks if t not in datasets]
+        if missing: raise KeyError(f"MixedModalityLoader.new: no modality {missing}; this loader has {self.modalities}")
+        unlabelled = {k for k in self.unlabelled if k in datasets}
+    else:
+        datasets = {k: _Items(v) for k, v in _by_task(dataset, tasks[0] if len(tasks) == 1 else None,
+                                                            self.modalities[0] if len(self.sources) == 1 else None).items()}
+        unlabelled = {k for k, ds in datasets.items() if len(ds.items[0]) == 1}
+    shuffle = self.shuffle if shuffle is None else shuffle
+    same = dataset is None and shuffle == self.shuffle and drop_last is None and bs is None and num_workers is None and not kwargs
+    loaders = {k: self.sources[k] if same else self._rebuild(k, ds, shuffle, drop_last, bs, num_workers, **kwargs)
+               for k, ds in datasets.items()}
+    res = copy.copy(self)
+    res.sources, res.shuffle, res.unlabelled, res.epoch, res.yielded = loaders, shuffle, unlabelled, 0, []
+    res.steps = {k: self.steps.get(k, 1.0) if shuffle and dataset is None else 1.0 for k in loaders}
+    res.batch_sizes = {k: getattr(dl, 'batch_size', None) for k, dl in loaders.items()}
+    res.classes = {k: self.classes.get(k) for k in loaders}
+    if all(len(ds) == 0 for ds in datasets.values()):  # `export` keeps the settings, not the data
+        res.loaders, res.counts = dict(loaders), {k: 0 for k in loaders}
+        return res
+    res._shard(self.rank, self.world_size)
+    return res
+
+# %% ../nbs/02a_train.ipynb #b2a10005
+@patch
+def _rebuild(self:MixedModalityLoader, name, ds, shuffle, drop_last, bs, num_workers, **kwargs):
+    "A torch `DataLoader` over `ds` with the collate function, workers and batch size of modality `name`."
+    if ds is None:
+        raise TypeError(f"MixedModalityLoader.new: loader {name!r} is a {type(self.sources.get(name)).__name__}, not a torch "
+                        "DataLoader, so it cannot be rebuilt; pass `dataset=` (a dict modality -> dataset)")
+    src = self.sources.get(name)
+    bs = bs.get(name) if isinstance(bs, dict) else bs
+    kw = dict(batch_size=bs or self.batch_sizes.get(name) or 1, shuffle=shuffle, drop_last=bool(drop_last),
+              num_workers=getattr(src, 'num_workers', 0) if num_workers is None else num_workers,
+              collate_fn=getattr(src, 'collate_fn', None), pin_memory=getattr(src, 'pin_memory', False))
+    if shuffle: kw['generator'] = torch.Generator()  # reseeded per pass from (seed, epoch, modality, pass)
+    return TorchDataLoader(ds, **{**kw, **kwargs})
+
+# %% ../nbs/02a_train.ipynb #b2a10006
+_TASKS = ['image', 'video']  # task ids of inputs gathered by `get_preds(with_input=True)`; new names are appended
+
+def task_names(ids) -> list:
+    "The task names of the ids in the inputs that `get_preds(with_input=True)` returns."
+    return [_TASKS[int(i)] for i in ids]
+
+def _task_id(name:str) -> int:
+    if name not in _TASKS: _TASKS.append(name)
+    return _TASKS.index(name)
+
+class _Task(str):
+    "A task name that fastai's `summary` can slice (`task[:1]` is the task) and measure (no shape)."
+    def __getitem__(self, i): return self if isinstance(i, slice) else str.__getitem__(self, i)
+    shape = torch.Size([])
+
+@patch
+def one_batch(self:MixedModalityLoader):
+    "The first batch of the next epoch, leaving that epoch unused."
+    if len(self) == 0: raise ValueError("MixedModalityLoader.one_batch: this loader has no batch (an exported, empty loader?)")
+    e, y, it = self.epoch, self.yielded, iter(self)
+    try: b = next(it)
+    finally: it.close(); self.epoch, self.yielded = e, y
+    return (b[0], _Task(b[1]), *b[2:])
+
+@patch
+def to_detach(self:MixedModalityLoader, b, cpu:bool=True, gather:bool=True):
+    "fastai's `to_detach` on this rank's batch (`GatherRanks` gathers once per epoch); a task name in inputs becomes ids."
+    if isinstance(b, tuple) and len(b) >= 2 and isinstance(b[1], str) and torch.is_tensor(b[0]):
+        b = (b[0], torch.full((len(b[0]),), _task_id(b[1])), *b[2:])
+    return to_detach(b, cpu=cpu, gather=False)
+
+# %% ../nbs/02a_train.ipynb #b2a10007
+@patch
+def decode_batch(self:MixedModalityLoader, b, max_n:int=9, full:bool=True) -> list:
+    "Items `(x, task, *decoded)` of batch `b = (x, task or task ids, ...)`; class indices become class names."
+    x, t, *rest = b
+    names = [str(t)] * len(x) if isinstance(t, str) else task_names(t)
+    def dec(o, i, task):
+        o = o[i]
+        cls = self.classes.get(task)
+        if torch.is_tensor(o) and o.ndim == 0 and not o.is_floating_point() and cls and 0 <= int(o) < len(cls): return cls[int(o)]
+        return o
+    return [(x[i], names[i], *[dec(o, i, names[i]) for o in rest]) for i in range(min(len(x), max_n))]
+
+def _frame(x:torch.Tensor) -> np.ndarray:
+    "An image `(C,H,W)` or the first frame of a clip `(C,T,H,W)` as an `(H,W,C)` array in [0,1]."
+    x = (x[:, 0] if x.ndim == 4 else x).float().cpu()
+    x = (x - x.min()) / (x.max() - x.min()).clamp(min=1e-8)
+    return x.permute(1, 2, 0).numpy() if x.ndim == 3 and x.shape[0] in (1, 3) else x.reshape(1, -1).numpy()
+
+def _show_items(items, titles, ncols:int=3, figsize=None):
+    import matplotlib.pyplot as plt
+    n = len(items); rows = math.ceil(n / ncols)
+    fig, axs = plt.subplots(rows, min(n, ncols), figsize=figsize or (2.2 * min(n, ncols), 2.4 * rows), squeeze=False)
+    for ax, it, title in zip(axs.flat, items, titles): ax.imshow(_frame(it[0]).squeeze(), cmap='gray'); ax.set_title(title, fontsize=9)
+    for ax in axs.flat: ax.axis('off')
+    return axs
+
+# %% ../nbs/02a_train.ipynb #b2a10008
+def _is_label(o) -> bool: return isinstance(o, str) or (torch.is_tensor(o) and o.ndim == 0)
+
+@patch
+def show_batch(self:MixedModalityLoader, b=None, max_n:int=9, ctxs=None, show:bool=True, unique:bool=False, **kwargs):
+    "Show the first frame (or image) of `max_n` items of `b` (default: `one_batch()`), titled task: label."
+    items = self.decode_batch(self.one_batch() if b is None else b, max_n)
+    titles = [f"{it[1]}: {it[2]}" if len(it) > 2 and _is_label(it[2]) else it[1] for it in items]
+    return _show_items(items, titles, **kwargs)
+
+@patch
+def show_results(self:MixedModalityLoader, b, out, max_n:int=9, ctxs=None, show:bool=True, **kwargs):
+    "Show items of `b` with their label and the decoded prediction `out` (fastai's `Learner.show_results`)."
+    items = self.decode_batch(b, max_n)
+    preds = self.decode_batch((b[0], b[1], out), max_n) if torch.is_tensor(out) else [(None, None, None)] * len(items)
+    titles = [f"{it[1]}: {it[2]} / {p[2]}" if len(it) > 2 and _is_label(p[2]) else it[1] for it, p in zip(items, preds)]
+    return _show_items(items, titles, **kwargs)
+
+@patch
+def get_task_preds(self:Learner, task:str, ds_idx:int=1, dl=None, **kwargs) -> tuple:
+    "`get_preds` over the items of one `task` of `dl` (default: `dls[ds_idx]`), in order; `kwargs` go to `get_preds`."
+    dl = self.dls[ds_idx] if dl is None else dl
+    return self.get_preds(dl=dl.new(shuffle=False, drop_last=False, task=task), **kwargs)
+
+# %% ../nbs/02a_train.ipynb #b2a1000e
+import os
+import torch.distributed as dist
+from fastai.torch_core import num_distrib
+
+def get_rank() -> int:
+    "This process's rank: torch.distributed's once initialised, else the launcher's RANK, else 0."
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else rank_distrib()
+
+def get_world_size() -> int:
+    "Number of processes: torch.distributed's once initialised, else the launcher's WORLD_SIZE, else 1."
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else max(num_distrib(), 1)
+
+def is_main_process() -> bool:
+    "True on rank 0, and in a single process: the process that writes checkpoints, logs and reports."
+    return get_rank() == 0
+
+def init_distributed(backend:str|None=None) -> tuple:
+    "Join the process group that torchrun / accelerate launch describe; `(rank, world_size)`, `(0, 1)` in one process."
+    world = int(os.environ.get('WORLD_SIZE') or 1)
+    if world <= 1: return 0, 1
+    if dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    missing = [k for k in ('RANK', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
+    if missing: raise RuntimeError(f"init_distributed: WORLD_SIZE={world} but {', '.join(missing)} unset; start with torchrun or accelerate launch")
+    backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')  # NCCL on GPUs, gloo on CPU
+    if backend == 'nccl':
+        if not torch.cuda.is_available(): raise RuntimeError("init_distributed: backend 'nccl' needs CUDA; use backend='gloo' on CPU")
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+# %% ../nbs/02a_train.ipynb #b2a1000f
+def _gathering(dl) -> bool:
+    "Whether `dl` is this rank's share of a split loader in a running process group."
+    return getattr(dl, 'world_size', 1) > 1 and dist.is_available() and dist.is_initialized()
+
+def all_gather_objects(obj) -> list:
+    "`obj` of every rank, in rank order (`[obj]` in one process)."
+    if not (dist.is_available() and dist.is_initialized()): return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+def _split(o, sizes:list) -> list:
+    "A result concatenated over batches of `sizes` items, cut back into one piece per batch."
+    if torch.is_tensor(o): return list(o.split(sizes))
+    if isinstance(o, tuple): return [type(o)(list(p)) for p in zip(*[_split(t, sizes) for t in o])] if len(o) else [o] * len(sizes)
+    if isinstance(o, (list, L)): ends = np.cumsum([0] + list(sizes)); return [L(o[a:b]) for a, b in zip(ends[:-1], ends[1:])]
+    raise TypeError(f"GatherRanks: cannot split a {type(o).__name__} into batches")
+
+def _regather(o, yielded:list):
+    "This rank's `o` (concatenated over its batches) -> all ranks' batches, concatenated in the single-process order."
+    pieces = sorted(sum(all_gather_objects(list(zip([y[:3] for y in yielded], _split(o, [y[3] for y in yielded])))), []),
+                    key=lambda kp: kp[0])
+    ps = [p for _, p in pieces]
+    return L(sum(map(list, ps), [])) if isinstance(o, (list, L)) else to_concat(ps)
+
+# %% ../nbs/02a_train.ipynb #b2a10010
+from fastai.callback.core import GatherPredsCallback
+
+def _sum_over_ranks(m):
+    "Add up a metric's `total` and `count` over the ranks."
+    dev = torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+    t = torch.tensor([float(m.total), float(m.count)], dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    m.total, m.count = t[0].item(), t[1].item()
+
+class GatherRanks(Callback):
+    "Under DDP, validation results of the whole validation set on every rank: loss, metrics and `get_preds`."
+    order = 20  # after `GatherPredsCallback` has concatenated this rank's batches, before the `Recorder` reads metrics
+    def after_validate(self):
+        dl = self.learn.dl
+        if not _gathering(dl): return
+        rec = getattr(self.learn, 'recorder', None)
+        for m in ([rec.loss, *rec.metrics] if rec is not None else []):
+            if callable(getattr(m, 'gather_ranks', None)): m.gather_ranks()
+            elif hasattr(m, 'total') and hasattr(m, 'count'): _sum_over_ranks(m)
+        for cb in self.learn.cbs:
+            if not isinstance(cb, GatherPredsCallback) or not hasattr(cb, 'preds'): continue
+            for attr, on in (('inputs', cb.with_input), ('preds', cb.with_preds), ('targets', cb.with_targs), ('losses', cb.with_loss)):
+                if on: setattr(cb, attr, _regather(getattr(cb, attr), dl.yielded))
+
+# %% ../nbs/02a_train.ipynb #b2a10011
+@patch
+def shard(self:MixedModalityLoader, rank:int, world_size:int) -> MixedModalityLoader:
+    "This loader split over `world_size` ranks, in place (one already split that way is returned as is)."
+    if (self.rank, self.world_size) == (rank, world_size): return self
+    if self.world_size != 1:
+        raise ValueError(f"MixedModalityLoader: split for rank {self.rank} of {self.world_size}, cannot split again for rank {rank} of {world_size}")
+    self._shard(rank, world_size)
+    return self
+
+try: from fastai.distributed import DistributedTrainer
+except ImportError: DistributedTrainer = None  # fastai's distributed path needs `accelerate`
+
+if DistributedTrainer is not None:
+    _fastai_wrap_dl = getattr(DistributedTrainer._wrap_dl, 'fastai', DistributedTrainer._wrap_dl)
+    def _wrap_dl(self, dl):
+        "A `MixedModalityLoader` splits itself by rank; other loaders go to fastai's `DistributedDL`."
+        return dl.shard(get_rank(), get_world_size()) if isinstance(dl, MixedModalityLoader) else _fastai_wrap_dl(self, dl)
+    _wrap_dl.fastai = _fastai_wrap_dl
+    DistributedTrainer._wrap_dl = _wrap_dl
+
+def ddp_kwargs(**kwargs) -> dict:
+    "Arguments for fastai's `learn.distrib_ctx(**ddp_kwargs())`: a step may leave a head unused; Accelerate on CPU without GPU."
+    from accelerate import DistributedDataParallelKwargs
+    return dict(sync_bn=False, cpu=not torch.cuda.is_available(),
+                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **kwargs)
 
 # %% ../nbs/02a_train.ipynb #55b9444d
 _DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16,
@@ -372,11 +674,208 @@ class AuxLossCallback(_EpochMeans):
     def _store(self, means):
         if 'aux_loss' in means: self.learn.aux_losses.append(means['aux_loss'])
 
+# %% ../nbs/02a_train.ipynb #bcca3d75
+class _OneLine:
+    "Keeps its message as `str(e)` even when fastai prefixes the callback name to `args`, so it stays one line."
+    def __init__(self, msg:str): super().__init__(msg); self.msg = msg
+    def __str__(self): return self.msg
+
+class NonFiniteError(_OneLine, FloatingPointError):
+    "Too many training steps with a non-finite loss or gradient, or non-finite weights about to be saved."
+
+class CheckpointError(_OneLine, ValueError):
+    "A checkpoint that cannot be written, read, or used for this run (the message names the file)."
+
+class RunLockError(_OneLine, RuntimeError):
+    "The output folder is in use by another run (the message names its process)."
+
+# %% ../nbs/02a_train.ipynb #663e7f4a
+from fastai.callback.core import CancelBatchException
+
+def _all_ranks_any(flag:bool, device) -> bool:
+    "`flag` OR-ed over the DDP ranks (so every rank skips the same step), or `flag` itself in one process."
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()): return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+class NonFiniteGuard(Callback):
+    "Skip a training step whose loss or gradient is not finite, before the weights change; stop after `max_bad_steps`."
+    order = AuxLossCallback.order + 1  # sees the loss with the auxiliary term added
+    def __init__(self, max_bad_steps:int=3): # skipped steps allowed in one run; one more raises `NonFiniteError`
+        if isinstance(max_bad_steps, bool) or not isinstance(max_bad_steps, int) or max_bad_steps < 0:
+            raise ValueError(f"max_bad_steps must be an int >= 0, got {max_bad_steps!r}")
+        self.max_bad_steps = max_bad_steps
+    def before_fit(self):
+        self.run = not hasattr(self.learn, 'lr_finder')  # lr_find explores divergence on purpose
+        if not isinstance(getattr(self.learn, 'bad_steps', None), list): self.learn.bad_steps = []
+    def _skip(self, what:str, exc):
+        task = _task_of(self.xb)
+        self.learn.bad_steps.append(dict(epoch=self.epoch, batch=self.iter, modality=task, what=what))
+        n = len(self.learn.bad_steps)
+        if n > self.max_bad_steps:
+            raise NonFiniteError(f"non-finite {what} at epoch {self.epoch}, batch {self.iter} ({task or 'batch'}): {n} bad "
+                                 f"steps > max_bad_steps={self.max_bad_steps}; check that input data and lr are sane")
+        warnings.warn(f"skipped a step with a non-finite {what} at epoch {self.epoch}, batch {self.iter} ({task or 'batch'}), "
+                      f"{n} of max_bad_steps={self.max_bad_steps}")
+        self.learn.yb = ()  # the recorder and loggers skip this batch
+        raise exc()
+    def after_loss(self):
+        if not self.training: return
+        if _all_ranks_any(not bool(torch.isfinite(self.loss_grad.detach()).all()), self.loss_grad.device):
+            self._skip('loss', CancelBatchException)
+    def before_step(self):
+        if getattr(self.learn, 'scaler', None) is not None: return  # a GradScaler skips overflowing fp16 steps itself
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()): self._skip('gradient', CancelStepException)
+
+# %% ../nbs/02a_train.ipynb #b4126dae
+import atexit, json, os, socket, time
+
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True  # alive, owned by someone else
+    return True
+
+class RunLock:
+    "One run per folder: `folder/run.lock` names the process holding it; a lock left by a dead process is taken over."
+    name = 'run.lock'
+    def __init__(self, folder): self.folder, self.held = Path(folder), False
+    @property
+    def file(self) -> Path: return self.folder / self.name
+    def owner(self) -> dict|None:
+        "The holder's `pid`, `host` and `started` time, or None when the folder is free."
+        try: return json.loads(self.file.read_text())
+        except FileNotFoundError: return None
+        except (ValueError, OSError): return dict(pid=None, host=None, started=None)  # half-written by a killed process
+
+    def acquire(self) -> RunLock:
+        "Take the lock (again, in the process that holds it); `RunLockError` naming the holder if another live run has it."
+        self.folder.mkdir(parents=True, exist_ok=True)
+        me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'))
+        for _ in range(3):
+            try: fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                o = self.owner()
+                if o is None: continue  # released meanwhile
+                if o.get('pid') == me['pid'] and o.get('host') == me['host']: self.held = True; return self
+                if o.get('host') == me['host'] and o.get('pid') and _pid_alive(o['pid']):
+                    raise RunLockError(f"{self.folder} is in use by run PID {o['pid']} (started {o.get('started')}); "
+                                       f"wait for it to end or choose another folder")
+                if o.get('host') not in (me['host'], None):
+                    raise RunLockError(f"{self.folder} is locked by PID {o.get('pid')} on host {o['host']}; if that run "
+                                       f"has ended, delete {self.file}, else choose another folder")
+                warnings.warn(f"{self.folder}: taking over the lock of PID {o.get('pid')}, which is no longer running")
+                self.file.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, 'w') as f: json.dump(me, f)
+            self.held = True
+            atexit.register(self.release)
+            return self
+        raise RunLockError(f"could not lock {self.folder}: {self.file} keeps changing; is another run starting there?")
+
+    def release(self):
+        "Remove the lock file if this process holds it."
+        o = self.owner()
+        if self.held and o is not None and o.get('pid') == os.getpid(): self.file.unlink(missing_ok=True)
+        self.held = False
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+    def __repr__(self): return f"RunLock({str(self.folder)!r}, held={self.held})"
+
+# %% ../nbs/02a_train.ipynb #3e6ef162
+import hashlib, subprocess
+from functools import lru_cache
+
+@lru_cache(None)
+def code_version() -> str:
+    "`unilearn.__version__`, plus `+g<commit>` when the package is in a git checkout."
+    from . import __version__
+    try:
+        r = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=Path(__file__).parent, capture_output=True,
+                           text=True, timeout=10)
+        return f"{__version__}+g{r.stdout.strip()}" if r.returncode == 0 and r.stdout.strip() else __version__
+    except (OSError, subprocess.SubprocessError): return __version__
+
+def _digest(o, h):
+    "Feed `o` (nested containers of numbers, strings, arrays, tensors) into the hash `h`."
+    if isinstance(o, (list, tuple)):
+        h.update(b'[%d' % len(o))
+        for v in o: _digest(v, h)
+    elif torch.is_tensor(o) or isinstance(o, np.ndarray):
+        a = np.ascontiguousarray(o.detach().cpu().numpy() if torch.is_tensor(o) else o)
+        h.update(f'{a.dtype}{a.shape}'.encode()); h.update(a.tobytes())
+    else: h.update(repr(o).encode())
+
+def _dataset_signature(ds, h):
+    "What identifies a dataset without reading its media: type, length, indices of a `Subset`, item ids and labels."
+    h.update(type(ds).__name__.encode())
+    try: h.update(b'%d' % len(ds))
+    except TypeError: pass
+    if isinstance(ds, torch.utils.data.Subset): _digest(list(ds.indices), h); return _dataset_signature(ds.dataset, h)
+    for a in ('ids', 'items', 'files', 'paths', 'labels', 'targets', 'tensors'):
+        v = getattr(ds, a, None)
+        if v is not None and not callable(v): h.update(a.encode()); _digest(list(v) if not torch.is_tensor(v) else v, h)
+    inner = getattr(ds, 'dataset', None)
+    if inner is not None and inner is not ds: _dataset_signature(inner, h)
+
+def data_fingerprint(datasets:dict) -> dict:
+    "A short hash per named dataset (e.g. `{'train.video': ds}`) from its type, length, ids and labels."
+    out = {}
+    for k, ds in datasets.items():
+        if ds is None: continue
+        h = hashlib.sha256(); _dataset_signature(ds, h); out[k] = h.hexdigest()[:16]
+    return out
+
+def _json(o):
+    "`o` as JSON-ready builtins (tuples as lists, numpy numbers as numbers, anything else by its repr)."
+    if isinstance(o, dict): return {str(k): _json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return [_json(v) for v in o]
+    if isinstance(o, np.generic): return o.item()
+    if o is None or isinstance(o, (bool, int, float, str)): return o
+    if isinstance(o, Path): return str(o)
+    return repr(o)
+
+def run_manifest(config:dict, seed:int|None=None, data:dict|None=None) -> dict:
+    "What a run is: its resolved `config`, `seed`, code version and `data` fingerprint (plus `epochs`, set by the fit)."
+    return dict(config=_json(config), seed=seed, code=code_version(), data=_json(data or {}))
+
+def write_manifest(folder, manifest:dict) -> Path:
+    "Write `folder/manifest.json` atomically."
+    f = Path(folder) / 'manifest.json'
+    _atomic_write(f, lambda fh: fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+    return f
+
+def read_manifest(folder) -> dict|None:
+    "`folder/manifest.json`, or None if there is none."
+    f = Path(folder) / 'manifest.json'
+    if not f.exists(): return None
+    try: return json.loads(f.read_text())
+    except ValueError as e: raise CheckpointError(f"{f} is not valid JSON ({e}); delete it or restore it from the run") from None
+
+def _flat(d, prefix='') -> dict:
+    if not isinstance(d, dict): return {prefix[:-1]: d}
+    return {k: v for key, val in d.items() for k, v in _flat(val, f'{prefix}{key}.').items()} if d else {prefix[:-1]: d}
+
+def check_manifest(saved:dict, current:dict, where:str='checkpoint', ignore=('epochs',)):
+    "Raise `CheckpointError` naming the keys where `saved` (the run being resumed) and `current` differ, bar `ignore`."
+    a, b = _flat(_json(saved)), _flat(_json(current))
+    diff = [k for k in sorted(set(a) | set(b)) if k.split('.')[-1] not in ignore and a.get(k, '<missing>') != b.get(k, '<missing>')]
+    if not diff: return
+    show = lambda v: (s if len(s := json.dumps(v)) <= 40 else s[:37] + '...') if v != '<missing>' else 'missing'
+    parts = ', '.join(f"{k} {show(a.get(k, '<missing>'))} -> {show(b.get(k, '<missing>'))}" for k in diff[:6])
+    more = f" and {len(diff) - 6} more" if len(diff) > 6 else ''
+    raise CheckpointError(f"{where} belongs to another run: {parts}{more}; resume with that run's settings "
+                          f"or start a new run in another folder")
+
 # %% ../nbs/02a_train.ipynb #abc92129
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     st = dict(torch=torch.get_rng_state(), python=random.getstate(),
-              numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss), gauss=float(gauss)))
+              numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss),
+                         gauss=float(gauss)))
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
@@ -386,7 +885,8 @@ def _set_rng_state(st:dict):
     random.setstate((v, tuple(internal), gauss))
     n = st['numpy']
     np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
-    if 'cuda' in st and torch.cuda.is_available() and len(st['cuda']) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(st['cuda'])
+    if 'cuda' in st and torch.cuda.is_available() and len(st['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st['cuda'])
 
 def _plain(o):
     "Containers as builtins (fastcore's `L` -> list, numpy scalars -> numbers) so `torch.load(weights_only=True)` reads them."
@@ -395,20 +895,44 @@ def _plain(o):
     if isinstance(o, (list, L)): return [_plain(v) for v in o]
     if isinstance(o, np.generic): return o.item()
     return o
+def _rank() -> int:
+    "This process's rank: from torch.distributed when initialised, else from the launcher's RANK variable."
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else rank_distrib()
+
+# %% ../nbs/02a_train.ipynb #7ce7b31e
+from fastai.callback.tracker import TrackerCallback
+
+def _cb_states(learn) -> dict:
+    "State of the callbacks that carry some across epochs: `state_dict()` if they have one, else a tracker's best/wait."
+    out = {}
+    for cb in learn.cbs:
+        if callable(getattr(cb, 'state_dict', None)): out[cb.name] = _plain(cb.state_dict())
+        elif isinstance(cb, TrackerCallback):
+            out[cb.name] = {k: _plain(getattr(cb, k)) for k in ('best', 'wait') if hasattr(cb, k)}
+    return out
+
+def _load_cb_states(learn, states:dict):
+    for cb in learn.cbs:
+        st = states.get(cb.name)
+        if st is None: continue
+        if callable(getattr(cb, 'load_state_dict', None)): cb.load_state_dict(st)
+        else:
+            for k, v in st.items(): setattr(cb, k, v)
 
 def checkpoint_state(learn, epoch:int) -> dict:
     "Everything needed to continue `learn` after `epoch` (0-based) exactly as an uninterrupted run would."
-    rec = getattr(learn, 'recorder', None)
+    rec, model = getattr(learn, 'recorder', None), get_model(learn.model)
     return dict(
-        epoch=epoch, n_epoch=getattr(learn, 'n_epoch', None), model=get_model(learn.model).state_dict(), opt=_plain(learn.opt.state_dict()) if learn.opt is not None else None,
+        epoch=epoch, n_epoch=getattr(learn, 'n_epoch', None), model=model.state_dict(),
+        opt=_plain(learn.opt.state_dict()) if learn.opt is not None else None,
         scaler=learn.scaler.state_dict() if getattr(learn, 'scaler', None) is not None else None,
-        # fastai's own optimisers zero gradients instead of freeing them, and step every param with a gradient:
-        # which params have one is state too
-        has_grad=[p.grad is not None for p in get_model(learn.model).parameters()],
-        rng=_rng_state(),
+        # fastai's own optimisers zero gradients instead of freeing them and step every param with one: state too
+        has_grad=[p.grad is not None for p in model.parameters()], rng=_rng_state(),
         loaders=[dl.state_dict() if hasattr(dl, 'state_dict') else None for dl in learn.dls.loaders],
-        recorder=_recorder_state(rec) if rec is not None else None,
-        history=dict(modality_losses=getattr(learn, 'modality_losses', None), aux_losses=getattr(learn, 'aux_losses', None)))
+        recorder=_recorder_state(rec) if rec is not None else None, callbacks=_cb_states(learn),
+        history={k: getattr(learn, k, None) for k in ('modality_losses', 'aux_losses', 'bad_steps')},
+        manifest=getattr(learn, 'manifest', None))
 
 def _recorder_state(rec) -> dict:
     "The recorder's history and its running smooth loss (the `train_loss` column), as plain numbers."
@@ -423,106 +947,280 @@ def _load_recorder_state(rec, st:dict):
     rec.losses = [torch.tensor(v) for v in st['losses']]
     rec.smooth_loss.count, rec.smooth_loss.val = st['smooth']['count'], st['smooth']['val']
 
-def _rank() -> int:
-    "This process's rank: from torch.distributed when initialised, else from the launcher's RANK variable."
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else rank_distrib()
+# %% ../nbs/02a_train.ipynb #93897be3
+import os, tempfile
+
+def _atomic_write(file:Path, write):
+    "Call `write(fh)` on a temporary file next to `file`, then rename it in place; on failure remove it and re-raise."
+    file = Path(file)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{file.name}.', suffix='.tmp', dir=file.parent)
+    try:
+        with os.fdopen(fd, 'wb') as fh:
+            write(fh); fh.flush(); os.fsync(fh.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+def _non_finite(sd:dict) -> str|None:
+    "Name of the first floating tensor of a state dict holding a NaN or an infinity."
+    return next((k for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+def save_checkpoint(state:dict, file, writer=torch.save) -> Path:
+    "Write a checkpoint atomically (a temporary file renamed in place, removed on failure); refuse non-finite weights."
+    file = Path(file)
+    bad = _non_finite(state.get('model', {}))
+    if bad: raise NonFiniteError(f"refusing to save {file}: weight {bad!r} is not finite")
+    try: _atomic_write(file, lambda fh: writer(state, fh))
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"could not write checkpoint {file}: {msg}; is the disk full? No file was replaced") from e
+    return file
 
 def latest_checkpoint(path) -> Path|None:
     "Newest `epoch_XXXX.pth` under `path`, or None."
     files = sorted(Path(path).glob('epoch_*.pth'))
     return files[-1] if files else None
 
-@patch
-def load_checkpoint(self:Learner, file, with_opt:bool=True, with_rng:bool=True) -> int:
-    "Load a `CheckpointCallback` file into this learner (model, optimiser, scaler, RNG, loaders, history); returns the next epoch."
+# %% ../nbs/02a_train.ipynb #7ca856ea
+_CKPT_KEYS = ('epoch', 'model', 'opt', 'has_grad', 'rng', 'loaders', 'history')
+
+def read_checkpoint(file) -> dict:
+    "A `CheckpointCallback` file as a dict, or a `CheckpointError` naming the file: missing, truncated, or not one of ours."
     file = Path(file)
-    if file.is_dir():
-        f = latest_checkpoint(file)
-        if f is None: raise FileNotFoundError(f"load_checkpoint: no epoch_*.pth checkpoint in {file}")
-        file = f
-    if not file.exists(): raise FileNotFoundError(f"load_checkpoint: checkpoint {file} not found")
-    ck = torch.load(file, map_location='cpu', weights_only=True)
-    model = get_model(self.model)
-    model.load_state_dict(ck['model'])
+    if not file.exists(): raise CheckpointError(f"checkpoint {file} not found")
+    try: ck = torch.load(file, map_location='cpu', weights_only=True)
+    except Exception as e:
+        what = ('truncated or corrupt (an interrupted copy?)' if 'zip' in str(e).lower() or isinstance(e, EOFError)
+                else 'not a unilearn training checkpoint (it holds more than tensors and numbers)')
+        raise CheckpointError(f"checkpoint {file} is {what}; delete it to resume from an earlier one") from None
+    missing = [k for k in _CKPT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing: raise CheckpointError(f"checkpoint {file} is not a CheckpointCallback checkpoint (no {', '.join(missing)}); "
+                                      f"to start from pre-trained weights, load them into the model instead")
+    return ck
+
+def _load_model_state(model, sd:dict, file):
+    own = model.state_dict()
+    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    if bad or missing or extra:
+        detail = (f"shape of {bad[0]} in the model" if bad else f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}")
+        raise CheckpointError(f"checkpoint {file} is for another architecture ({detail}); resume with the model it was "
+                              f"trained with")
+    model.load_state_dict(sd)
+
+# %% ../nbs/02a_train.ipynb #6ade1da3
+def _apply_checkpoint(learn, ck:dict, file, with_opt:bool=True, with_rng:bool=True) -> int:
+    model = get_model(learn.model)
+    _load_model_state(model, ck['model'], file)
     for p, g in zip(model.parameters(), ck['has_grad']): p.grad = torch.zeros_like(p) if g else None
     if with_opt and ck['opt'] is not None:
-        if self.opt is None: self.create_opt()
-        self.opt.load_state_dict(ck['opt'])
-    if ck['scaler'] is not None and getattr(self, 'scaler', None) is not None: self.scaler.load_state_dict(ck['scaler'])
-    for dl, sd in zip(self.dls.loaders, ck['loaders']):
+        if learn.opt is None: learn.create_opt()
+        learn.opt.load_state_dict(ck['opt'])
+    if ck.get('scaler') is not None and getattr(learn, 'scaler', None) is not None: learn.scaler.load_state_dict(ck['scaler'])
+    for dl, sd in zip(learn.dls.loaders, ck['loaders']):
         if sd is not None and hasattr(dl, 'load_state_dict'): dl.load_state_dict(sd)
     for k, v in ck['history'].items():
-        if v is not None: setattr(self, k, v)  # `modality_losses`, `aux_losses` continue from the checkpoint
-    self._ckpt_recorder, self._ckpt_n_epoch = ck['recorder'], ck.get('n_epoch')
+        if v is not None: setattr(learn, k, v)  # `modality_losses`, `aux_losses`, `bad_steps` continue
+    _load_cb_states(learn, ck.get('callbacks') or {})
     if with_rng: _set_rng_state(ck['rng'])
     return ck['epoch'] + 1
 
+@patch
+def load_checkpoint(self:Learner, file, with_opt:bool=True, with_rng:bool=True) -> int:
+    "Load a `CheckpointCallback` file (or the newest in a folder) into this learner; returns the next epoch."
+    file = Path(file)
+    if file.is_dir():
+        f = latest_checkpoint(file)
+        if f is None: raise CheckpointError(f"no epoch_*.pth checkpoint in {file}")
+        file = f
+    return _apply_checkpoint(self, read_checkpoint(file), file, with_opt, with_rng)
+
+def _training_fit(learn) -> bool:
+    "True in `fit`; False in `validate`/`get_preds` (no progress bar) and `lr_find`, which also call `before_fit`."
+    return getattr(learn, 'create_mbar', True) and not hasattr(learn, 'lr_finder') and not hasattr(learn, 'gather_preds')
+
+# %% ../nbs/02a_train.ipynb #e1aaa81d
 class CheckpointCallback(Callback):
     "Save a checkpoint every `every` epochs (and after the last) to `path/epoch_XXXX.pth`; `resume_from` continues a run exactly."
-    order = 90  # after the recorder, loggers and progress bar have finished with the epoch
-    def __init__(self, path, every:int=1, resume_from=None, with_opt:bool=True, keep:int|None=None):
-        "`keep`: how many of the newest checkpoints to keep (None: all)."
+    order = 90  # after the recorder, loggers, trackers and progress bar have finished with the epoch
+    def __init__(self, path, # folder of the `epoch_XXXX.pth` files
+                 every:int=1, # save after every `every`-th epoch, and after the last
+                 resume_from=None, # None, 'last' (newest under `path`, if any), a file, a folder, or a function of the learner
+                 with_opt:bool=True, # also restore the optimiser state
+                 keep:int|None=None, # how many of the newest checkpoints to keep (None: all)
+                 manifest:dict|None=None, # `run_manifest`: lock `path`, write `manifest.json`, refuse another run's checkpoints
+                ):
         if not isinstance(every, int) or every < 1: raise ValueError(f"CheckpointCallback: every must be a positive int, got {every!r}")
         if keep is not None and (not isinstance(keep, int) or keep < 1): raise ValueError(f"CheckpointCallback: keep must be None or a positive int, got {keep!r}")
         self.path, self.every, self.resume_from, self.with_opt, self.keep = Path(path), every, resume_from, with_opt, keep
-        self.start_epoch, self.resumed, self._resume_checked, self._in_fit, self._logger = 0, None, False, False, None
+        self.manifest, self.run_lock = manifest, RunLock(path) if manifest is not None else None
+        self.start_epoch, self.resumed, self._resume_checked, self._in_fit, self._muted, self._written = 0, None, False, False, [], set()
 
-    def _resolve(self):
-        r = self.resume_from
-        if callable(r): r = r(self.learn)
-        if r is None or r is False: return None
-        if r is True or r == 'last': return latest_checkpoint(self.path)  # nothing saved yet: start fresh
-        r = Path(r)
-        if r.is_dir():
-            f = latest_checkpoint(r)
-            if f is None: raise FileNotFoundError(f"CheckpointCallback: resume_from={r} holds no epoch_*.pth checkpoint")
-            return f
-        if not r.exists(): raise FileNotFoundError(f"CheckpointCallback: resume_from={r} not found")
-        return r
+# %% ../nbs/02a_train.ipynb #906cfa2d
+@patch
+def _resolve(self:CheckpointCallback) -> Path|None:
+    "The checkpoint file `resume_from` points at, or None to start from epoch 0."
+    r = self.resume_from
+    if callable(r): r = r(self.learn)
+    if r is None or r is False: return None
+    if r is True or r == 'last':
+        f = latest_checkpoint(self.path)
+        if f is None: warnings.warn(f"resume='last': no checkpoint in {self.path} yet, starting from epoch 0")
+        return f
+    r = Path(r)
+    if r.is_dir():
+        f = latest_checkpoint(r)
+        if f is None: raise CheckpointError(f"resume={r} holds no epoch_*.pth checkpoint; give a checkpoint file or its folder")
+        return f
+    if not r.exists(): raise CheckpointError(f"resume={r} not found")
+    return r
 
-    def before_fit(self):
-        self._in_fit, self._logger = False, None
-        # `validate`/`get_preds` (no progress bar: `create_mbar` False) and `lr_find` also call before_fit: not a training run
-        if not getattr(self.learn, 'create_mbar', True) or hasattr(self.learn, 'lr_finder') or hasattr(self.learn, 'gather_preds'): return
-        self._in_fit, self.start_epoch = True, 0
-        if self._resume_checked: return  # resume once: a later `fit` of the same learner simply continues
-        self._resume_checked = True
-        f = self._resolve()
-        if f is None: return
-        self.start_epoch, self.resumed = self.learn.load_checkpoint(f, with_opt=self.with_opt), f
-        if self.start_epoch >= self.n_epoch: warnings.warn(f"CheckpointCallback: {f} is already at epoch {self.start_epoch} >= n_epoch={self.n_epoch}")
-        n0 = getattr(self.learn, '_ckpt_n_epoch', None)
-        if n0 is not None and n0 != self.n_epoch:
-            warnings.warn(f"CheckpointCallback: {f} comes from a fit of {n0} epochs, this one has {self.n_epoch}: the schedule will differ")
-        rec = getattr(self.learn, 'recorder', None)
-        if rec is not None and self.learn._ckpt_recorder is not None: _load_recorder_state(rec, self.learn._ckpt_recorder)
-        self._logger, self.learn.logger = self.learn.logger, noop  # no table rows for the skipped epochs
+@patch
+def prepare(self:CheckpointCallback):
+    "On rank 0: lock `path`, refuse checkpoints of another run there, check and write `manifest.json` (factories call it early)."
+    if _rank() != 0: return
+    resuming = self.resume_from not in (None, False)
+    if self.run_lock is not None: self.run_lock.acquire()
+    last = latest_checkpoint(self.path) if self.path.exists() else None
+    if not resuming and last is not None and last.name not in self._written:
+        raise CheckpointError(f"{self.path} already holds checkpoints of a run ({last.name}); resume it with resume='last' "
+                              f"or choose another folder")
+    if self.manifest is None: return
+    saved = read_manifest(self.path)
+    if saved is not None and resuming: check_manifest(saved, self.manifest, f"the run in {self.path}")
+    write_manifest(self.path, {**(saved or {}), **self.manifest} if resuming else self.manifest)
 
-    def before_epoch(self):
-        if not self._in_fit: return
-        if self.epoch < self.start_epoch: raise CancelEpochException()
-        if self._logger is not None: self.learn.logger, self._logger = self._logger, None
+# %% ../nbs/02a_train.ipynb #1d579d20
+@patch
+def before_fit(self:CheckpointCallback):
+    self._in_fit, self.start_epoch = _training_fit(self.learn), 0
+    if not self._in_fit: return
+    if self.n_epoch < 1: raise CheckpointError(f"a fit of {self.n_epoch} epochs has nothing to train or save; give epochs >= 1")
+    self.prepare()
+    if self.manifest is not None:
+        self.learn.manifest = {**self.manifest, 'epochs': self.n_epoch}
+        if _rank() == 0: write_manifest(self.path, self.learn.manifest)
+    if self._resume_checked: return  # resume once: a later `fit` of the same learner simply continues
+    self._resume_checked = True
+    f = self._resolve()
+    if f is None: return
+    ck = read_checkpoint(f)
+    if self.manifest is not None:
+        if ck.get('manifest') is None: warnings.warn(f"{f} has no run manifest, so it cannot be checked against this run")
+        else: check_manifest(ck['manifest'], self.learn.manifest, f"checkpoint {f}")
+    self.start_epoch, self.resumed = _apply_checkpoint(self.learn, ck, f, self.with_opt), f
+    if self.start_epoch >= self.n_epoch: warnings.warn(f"{f} is already at epoch {self.start_epoch} >= n_epoch={self.n_epoch}")
+    if ck.get('n_epoch') not in (None, self.n_epoch):
+        warnings.warn(f"{f} comes from a fit of {ck['n_epoch']} epochs, this one has {self.n_epoch}: the schedule will differ")
+    rec = getattr(self.learn, 'recorder', None)
+    if rec is not None and ck['recorder'] is not None: _load_recorder_state(rec, ck['recorder'])
 
-    def after_epoch(self):
-        if not self._in_fit: return
-        if self.epoch < self.start_epoch:  # skipped: drop the empty row the recorder just added
-            rec = getattr(self.learn, 'recorder', None)
-            if rec is not None and rec.values: rec.values.pop(); rec.iters.pop()
-            return
-        if (self.epoch + 1) % self.every and self.epoch + 1 != self.n_epoch: return
-        if _rank() != 0: return
-        self.path.mkdir(parents=True, exist_ok=True)
-        f = self.path / f'epoch_{self.epoch + 1:04d}.pth'
-        tmp = f.with_suffix('.tmp')
-        torch.save(checkpoint_state(self.learn, self.epoch), tmp)
-        tmp.replace(f)  # a crash mid-write never leaves a half checkpoint under the real name
-        if self.keep is not None:
-            for old in sorted(self.path.glob('epoch_*.pth'))[:-self.keep]: old.unlink()
+@patch
+def before_epoch(self:CheckpointCallback):
+    if not self._in_fit or self.epoch >= self.start_epoch: return
+    self._muted = [cb for cb in self.learn.cbs if cb is not self and cb.run]
+    for cb in self._muted: cb.run = False  # an epoch done before the stop: no recorder row, tracker or logger sees it
+    raise CancelEpochException()
 
-    def after_fit(self):
-        if self._logger is not None: self.learn.logger, self._logger = self._logger, None
-        self._in_fit = False
+@patch
+def after_epoch(self:CheckpointCallback):
+    if not self._in_fit: return
+    if self.epoch < self.start_epoch:
+        for cb in self._muted: cb.run = True
+        self._muted = []
+        return
+    if ((self.epoch + 1) % self.every and self.epoch + 1 != self.n_epoch) or _rank() != 0: return
+    self.path.mkdir(parents=True, exist_ok=True)
+    f = save_checkpoint(checkpoint_state(self.learn, self.epoch), self.path / f'epoch_{self.epoch + 1:04d}.pth')
+    self._written.add(f.name)
+    if self.keep is not None:
+        for old in sorted(self.path.glob('epoch_*.pth'))[:-self.keep]: old.unlink()
+
+@patch
+def after_fit(self:CheckpointCallback):
+    if self._in_fit and self.run_lock is not None: self.run_lock.release()
+    self._in_fit = False
+
+# %% ../nbs/02a_train.ipynb #ce032c21
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+
+def precision_callback(precision:str='bf16', device=None) -> AutocastCallback|None:
+    "The `AutocastCallback` for `precision` on `device` (None for fp32); fp16 needs CUDA, where it gets a `GradScaler`."
+    if precision not in PRECISIONS: raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dev = torch.device(device if device is not None else 'cpu')
+    if precision == 'fp16' and dev.type != 'cuda':
+        raise ValueError(f"precision='fp16' needs a CUDA device for its gradient scaler; on {dev.type} use precision='bf16' or 'fp32'")
+    if precision == 'bf16' and dev.type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision='bf16' is not supported by this GPU; use precision='fp16' or 'fp32'")
+    return None if precision == 'fp32' else AutocastCallback(precision)
+
+def train_device(dls, model) -> torch.device:
+    "Where a `Learner` on `dls` trains `model`: the loaders' device if set, else the model's."
+    dev = getattr(dls, 'device', None)
+    return torch.device(dev) if dev is not None else next(model.parameters()).device
+
+# %% ../nbs/02a_train.ipynb #1a20c532
+def _can_compile(device) -> str|None:
+    "None if `torch.compile` works on `device` here, else the first line of its error."
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))
+        return None
+    except Exception as e: return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+def prepare_model(model:nn.Module, grad_checkpointing:bool=False, compile:bool=False, device=None) -> nn.Module:
+    "Turn on `model.set_grad_checkpointing(True)` and `torch.compile` (in place, same state dict names), or say why not."
+    if grad_checkpointing:
+        f = getattr(model, 'set_grad_checkpointing', None)
+        if not callable(f): raise ValueError(f"grad_checkpointing=True: {type(model).__name__} has no set_grad_checkpointing()")
+        f(True)
+    if compile:
+        why = _can_compile(device if device is not None else next(model.parameters()).device)
+        if why: raise ValueError(f"compile=True: torch.compile cannot compile on this machine ({why}); run without compile")
+        model.compile()
+    return model
+
+# %% ../nbs/02a_train.ipynb #e54565c5
+def learner_manifest(model:nn.Module, dls, config:dict) -> dict:
+    "`run_manifest` of training `model` on `dls`: `config`, the model's class and tensor shapes, the loaders' seed and data."
+    shapes = hashlib.sha256(repr([(k, tuple(v.shape)) for k, v in get_model(model).state_dict().items()]).encode())
+    arch = dict(model=type(get_model(model)).__name__, shapes=shapes.hexdigest()[:16])
+    train = dls.train
+    loaders = dict(steps=getattr(train, 'counts', None), batch_sizes=getattr(train, 'batch_sizes', None),
+                   world_size=getattr(train, 'world_size', 1))
+    data = {f'{split}.{k}': ds for split, dl in (('train', dls.train), ('valid', dls.valid))
+            for k, ds in (getattr(dl, 'dataset', None) or {}).items()} if isinstance(getattr(dls.train, 'dataset', None), dict) else {}
+    return run_manifest({**config, **arch, 'loaders': loaders}, seed=getattr(train, 'seed', None), data=data_fingerprint(data))
+
+def train_callbacks(precision:str='bf16', # 'fp32', 'bf16' or 'fp16' (CUDA only)
+                    device=None, # where training runs (see `train_device`)
+                    max_bad_steps:int=3, # steps with a non-finite loss/gradient skipped before the run stops
+                    checkpoint_dir=None, # folder of checkpoints, `manifest.json` and `run.lock`
+                    resume=None, # None, 'last' or a checkpoint file/folder
+                    save_every:int=1, # epochs between checkpoints
+                    manifest:dict|None=None, # `learner_manifest` of the run
+                   ) -> list:
+    "Callbacks both training factories share: `NonFiniteGuard`, autocast, and a checkpoint that locks its folder."
+    cbs = [NonFiniteGuard(max_bad_steps)] + [c for c in [precision_callback(precision, device)] if c is not None]
+    if checkpoint_dir is None:
+        if resume not in (None, False): raise ValueError(f"resume={resume!r} needs checkpoint_dir (where checkpoints are written)")
+        return cbs
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
+        raise ValueError(f"save_every must be a positive int (epochs between checkpoints), got {save_every!r}")
+    if not (resume in (None, False, True, 'last') or callable(resume) or isinstance(resume, (str, Path))):
+        raise ValueError(f"resume must be None, 'last' or a checkpoint path, got {resume!r}")
+    ck = CheckpointCallback(checkpoint_dir, every=save_every, resume_from=resume, manifest=manifest)
+    ck.prepare()  # a locked folder or another run's checkpoints show now, not after the first epoch
+    return cbs + [ck]
+
+def renamed_args(kwargs:dict, fname:str, **new_names) -> dict:
+    "Old keyword arguments under their new names (a `DeprecationWarning` each); an unknown one is a `TypeError`."
+    out = {}
+    for k, v in kwargs.items():
+        if k not in new_names: raise TypeError(f"{fname}() got an unexpected keyword argument {k!r}")
+        warnings.warn(f"{fname}: {k}= is deprecated, use {new_names[k]}=", DeprecationWarning, stacklevel=3)
+        out[new_names[k]] = v
+    return out
 
 # %% ../nbs/02a_train.ipynb #758861e3
 class quiet:
