@@ -257,14 +257,15 @@ def new(self:MixedModalityLoader,
         unlabelled = {k for k, ds in datasets.items() if len(ds.items[0]) == 1}
     shuffle = self.shuffle if shuffle is None else shuffle
     same = dataset is None and shuffle == self.shuffle and drop_last is None and bs is None and num_workers is None and not kwargs
-    loaders = {k: self.sources[k] if same else self._rebuild(k, ds, shuffle, drop_last, bs, num_workers, **kwargs)
+    empty = all(ds is not None and len(ds) == 0 for ds in datasets.values())  # `export` keeps the settings, not the data
+    loaders = {k: self.sources[k] if same else self._rebuild(k, ds, shuffle and not empty, drop_last, bs, num_workers, **kwargs)
                for k, ds in datasets.items()}
     res = copy.copy(self)
     res.sources, res.shuffle, res.unlabelled, res.epoch, res.yielded = loaders, shuffle, unlabelled, 0, []
     res.steps = {k: self.steps.get(k, 1.0) if shuffle and dataset is None else 1.0 for k in loaders}
     res.batch_sizes = {k: getattr(dl, 'batch_size', None) for k, dl in loaders.items()}
     res.classes = {k: self.classes.get(k) for k in loaders}
-    if all(len(ds) == 0 for ds in datasets.values()):  # `export` keeps the settings, not the data
+    if empty:
         res.loaders, res.counts = dict(loaders), {k: 0 for k in loaders}
         return res
     res._shard(self.rank, self.world_size)
