@@ -216,17 +216,26 @@ def param_groups_layer_decay(model:nn.Module, weight_decay:float=0.05, layer_dec
                                    layer_decay=layer_decay)
 
 # %% ../nbs/03_joint_finetune.ipynb #bc8f2375
+from .train import all_gather_objects, get_world_size, _gathering
+
 class TaskMetric(Metric):
-    "UAR or WAR (%) of one task's validation batches, for fastai's recorder (name `<task>_<uar|war>`)."
+    "UAR or WAR (%) of one task's validation batches, for fastai's recorder (name `<task>_<uar|war>`); pooled over DDP ranks."
     def __init__(self, task:str, kind:str='uar'):
         if kind not in ('uar', 'war'): raise ValueError(f"kind must be 'uar' or 'war', got {kind!r}")
         self.task, self.kind = task, kind
-    def reset(self): self.preds, self.targs = [], []
+    def reset(self): self.preds, self.targs, self.split, self.pooled = [], [], False, False
     def accumulate(self, learn):
-        if learn.xb[1] != self.task: return
+        self.split = self.split or _gathering(learn.dl)  # this rank holds a share of the validation set
+        if learn.xb[1] != self.task or not learn.yb: return
         self.preds.append(learn.pred.argmax(-1).cpu()); self.targs.append(learn.yb[0].cpu())
+    def gather_ranks(self):
+        "Pool every rank's predictions, once per validation (every rank calls it: `GatherRanks`, or `value`)."
+        if not self.split or self.pooled: return
+        parts = all_gather_objects((self.preds, self.targs))
+        self.preds, self.targs, self.pooled = [p for ps, _ in parts for p in ps], [t for _, ts in parts for t in ts], True
     @property
     def value(self):
+        self.gather_ranks()
         if not self.preds: return None
         y, p = torch.cat(self.targs).numpy(), torch.cat(self.preds).numpy()
         return 100 * (float(np.nanmean(per_class_recall(y, p))) if self.kind == 'uar' else float((y == p).mean()))
@@ -248,6 +257,9 @@ class KeepBest(TrackerCallback):
                  higher_is_better:bool|None=None): # older spelling of `comp`
         if higher_is_better is not None: comp = np.greater if higher_is_better else np.less
         super().__init__(monitor, comp, min_delta)
+    def __setattr__(self, name, value):  # `best` is the tracked value here, the best epoch's dict on the learner
+        if name == 'best': object.__setattr__(self, name, value)
+        else: super().__setattr__(name, value)
     def before_fit(self):
         if not _training_fit(self.learn): self.run = False; return  # validate/get_preds/lr_find keep `learn.best` as it is
         names = list(self.recorder.metric_names[1:-1])
@@ -291,7 +303,8 @@ def check_classes(model, datasets:dict):
 # %% ../nbs/03_joint_finetune.ipynb #b47ffdab
 def finetune_learner(model, dls:DataLoaders,
     lr:float|None=None, base_lr:float=1e-5, # lr, or `base_lr` per 8 clips of global video batch
-    min_lr:float|None=None, base_min_lr:float=1e-6, # end of the cosine, or its value per 8 clips
+    min_lr:float|None=None, base_min_lr:float=1e-6, # end of the cosine, or its value per 256 clips of global video batch
+    warmup_lr:float|None=None, base_warmup_lr:float=1e-6, # start of the warmup, or its value per 256 clips
     weight_decay:float=0.05, layer_decay:float=0.75, betas=(0.9, 0.999), eps:float=1e-8,
     mixup_alpha:float=0.8, cutmix_alpha:float=1.0, label_smoothing:float=0.1,
     precision:str='bf16', # 'fp32', 'bf16' or 'fp16' (CUDA only, with a gradient scaler)
@@ -312,15 +325,16 @@ def finetune_learner(model, dls:DataLoaders,
     train = dls.train
     check_classes(model, train.dataset)
     check_classes(model, dls.valid.dataset)
-    world = getattr(train, 'world_size', 1)
-    video_bs = getattr(train, 'batch_sizes', {}).get('video', 8)
-    scale = video_bs * world / 8
-    lr = base_lr * scale if lr is None else lr
-    min_lr = base_min_lr * scale if min_lr is None else min_lr
+    world = train.world_size if getattr(train, 'world_size', 1) > 1 else get_world_size()  # `distrib_ctx` splits loaders later
+    total = getattr(train, 'batch_sizes', {}).get('video', 8) * world  # published total batch: clips per step, all ranks
+    lr = base_lr * total / 8 if lr is None else lr
+    min_lr = base_min_lr * total / 256 if min_lr is None else min_lr  # published: per 256 clips, not per 8
+    warmup_lr = base_warmup_lr * total / 256 if warmup_lr is None else warmup_lr
     device = train_device(dls, model)
     prepare_model(model, grad_checkpointing, compile, device)
     manifest = None if checkpoint_dir is None else learner_manifest(model, dls, dict(
-        kind='finetune', lr=lr, min_lr=min_lr, weight_decay=weight_decay, layer_decay=layer_decay, betas=betas, eps=eps,
+        kind='finetune', lr=lr, min_lr=min_lr, warmup_lr=warmup_lr,
+        weight_decay=weight_decay, layer_decay=layer_decay, betas=betas, eps=eps,
         mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing, precision=precision,
         aux_coef=aux_coef, monitor=monitor, **(config or {})))
     heads, tasks = head_classes(model), list(train.modalities)
@@ -331,7 +345,7 @@ def finetune_learner(model, dls:DataLoaders,
     groups = param_groups_layer_decay(model, weight_decay, layer_decay)
     learn = Learner(dls, model, loss_func=JointLoss(), opt_func=adamw(betas=betas, eps=eps, weight_decay=weight_decay, param_groups=groups),
                     metrics=metrics, cbs=callbacks + list(cbs or []), path=path)
-    learn.lr, learn.min_lr = lr, min_lr
+    learn.lr, learn.min_lr, learn.warmup_lr = lr, min_lr, warmup_lr
     return learn
 
 # %% ../nbs/03_joint_finetune.ipynb #eb0705c1
@@ -340,7 +354,8 @@ def fit_joint(learn:Learner, epochs:int=100, warmup_epochs:int=5, lr:float|None=
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"fit_joint: epochs must be a positive int, got {epochs!r}")
     lr, min_lr = lr or learn.lr, learn.min_lr if min_lr is None else min_lr
-    sched = warmup_cosine(lr, warmup=int(warmup_epochs), lr_min=min_lr, n_epoch=epochs)
+    sched = warmup_cosine(lr, warmup=int(warmup_epochs), lr_min=min_lr, n_epoch=epochs,
+                         warmup_start=getattr(learn, 'warmup_lr', 0.))
     learn.fit(epochs, cbs=[ParamScheduler({'lr': sched})] + list(cbs or []))
     return history(learn)
 

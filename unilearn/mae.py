@@ -409,7 +409,8 @@ def pretrain_learner(model:MaskedAutoencoder, image_dl=None, video_dl=None,
     shares = {'image': image_share, 'video': video_share}
     train = MixedModalityLoader(loaders, {k: shares[k] for k in loaders}, seed=seed, rank=rank, world_size=world_size)
     valid_given = {k: inputs_only(dl) for k, dl in (('image', valid_image_dl), ('video', valid_video_dl)) if dl is not None}
-    valid = MixedModalityLoader(valid_given, shuffle=False, rank=rank, world_size=world_size) if valid_given else []
+    valid = (MixedModalityLoader(valid_given, shuffle=False, rank=rank, world_size=world_size) if valid_given
+             else train.new(train.dataset.new_empty()))  # no validation: an empty loader (`export`, `distrib_ctx`)
     dls = DataLoaders(train, valid)
     device = train_device(dls, model)
     prepare_model(model, grad_checkpointing, compile, device)

@@ -456,6 +456,7 @@ class GatherRanks(Callback):
 def shard(self:MixedModalityLoader, rank:int, world_size:int) -> MixedModalityLoader:
     "This loader split over `world_size` ranks, in place (one already split that way is returned as is)."
     if (self.rank, self.world_size) == (rank, world_size): return self
+    if not any(self.counts.values()): self.rank, self.world_size = rank, world_size; return self  # an empty loader
     if self.world_size != 1:
         raise ValueError(f"MixedModalityLoader: split for rank {self.rank} of {self.world_size}, cannot split again for rank {rank} of {world_size}")
     self._shard(rank, world_size)
@@ -590,9 +591,16 @@ def adamw(betas=(0.9, 0.95), eps:float=1e-8, weight_decay:float=0.05, param_grou
     return partial(_adamw, betas=tuple(betas), eps=eps, weight_decay=weight_decay, param_groups=param_groups, **kwargs)
 
 # %% ../nbs/02a_train.ipynb #21435a4a
-def warmup_cosine(lr_max:float, warmup:float|int=0.05, lr_min:float=0., n_epoch:int|None=None, warmup_start:float=0.):
-    "`ParamScheduler` schedule: linear warmup (`warmup`: float fraction, or int epochs out of `n_epoch`) then cosine to `lr_min`."
-    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real): raise TypeError(f"warmup_cosine: warmup must be a fraction (float) or a number of epochs (int), got {warmup!r}")
+def warmup_cosine(lr_max:float, # peak learning rate, reached at the end of the warmup
+                  warmup:float|int=0.05, # float: fraction of training; int: epochs out of `n_epoch`
+                  lr_min:float=0., # learning rate at the end of the cosine
+                  n_epoch:int|None=None, # epochs of the fit (needed for an int `warmup`)
+                  warmup_start:float=0.): # learning rate at the first step
+    "`ParamScheduler` schedule: linear warmup then cosine to `lr_min`."
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real):
+        raise TypeError(f"warmup_cosine: warmup must be a fraction (float) or a number of epochs (int), got {warmup!r}")
+    if n_epoch is not None and (isinstance(n_epoch, bool) or not isinstance(n_epoch, numbers.Integral) or n_epoch < 1):
+        raise ValueError(f"warmup_cosine: n_epoch must be a positive number of epochs, got {n_epoch!r}")
     if isinstance(warmup, numbers.Integral):
         if n_epoch is None: raise ValueError(f"warmup_cosine: warmup={warmup} epochs needs n_epoch")
         if not 0 <= warmup <= n_epoch: raise ValueError(f"warmup_cosine: warmup={warmup} epochs must be in [0, n_epoch={n_epoch}]")
@@ -992,15 +1000,16 @@ def read_checkpoint(file) -> dict:
     if not file.exists(): raise CheckpointError(f"checkpoint {file} not found")
     try: ck = torch.load(file, map_location='cpu', weights_only=True)
     except Exception as e:
-        what = ('truncated or corrupt (an interrupted copy?)' if 'zip' in str(e).lower() or isinstance(e, EOFError)
-                else 'not a unilearn training checkpoint (it holds more than tensors and numbers)')
+        what = ('not a unilearn training checkpoint (it holds more than tensors and numbers)'
+                if 'weights only load failed' in str(e).lower() else 'truncated or corrupt (an interrupted copy?)')
         raise CheckpointError(f"checkpoint {file} is {what}; delete it to resume from an earlier one") from None
     missing = [k for k in _CKPT_KEYS if not isinstance(ck, dict) or k not in ck]
     if missing: raise CheckpointError(f"checkpoint {file} is not a CheckpointCallback checkpoint (no {', '.join(missing)}); "
                                       f"to start from pre-trained weights, load them into the model instead")
     return ck
 
-def _load_model_state(model, sd:dict, file):
+def _check_model_state(model, sd:dict, file):
+    "A `CheckpointError` naming `file` if the state dict `sd` does not fit `model`."
     own = model.state_dict()
     bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
     missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
@@ -1008,6 +1017,9 @@ def _load_model_state(model, sd:dict, file):
         detail = (f"shape of {bad[0]} in the model" if bad else f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}")
         raise CheckpointError(f"checkpoint {file} is for another architecture ({detail}); resume with the model it was "
                               f"trained with")
+
+def _load_model_state(model, sd:dict, file):
+    _check_model_state(model, sd, file)
     model.load_state_dict(sd)
 
 # %% ../nbs/02a_train.ipynb #6ade1da3
@@ -1107,6 +1119,7 @@ def before_fit(self:CheckpointCallback):
     f = self._resolve()
     if f is None: return
     ck = read_checkpoint(f)
+    _check_model_state(get_model(self.model), ck['model'], f)
     if self.manifest is not None:
         if ck.get('manifest') is None: warnings.warn(f"{f} has no run manifest, so it cannot be checked against this run")
         else: check_manifest(ck['manifest'], self.learn.manifest, f"checkpoint {f}")
@@ -1201,8 +1214,8 @@ def train_callbacks(precision:str='bf16', # 'fp32', 'bf16' or 'fp16' (CUDA only)
                     save_every:int=1, # epochs between checkpoints
                     manifest:dict|None=None, # `learner_manifest` of the run
                    ) -> list:
-    "Callbacks both training factories share: `NonFiniteGuard`, autocast, and a checkpoint that locks its folder."
-    cbs = [NonFiniteGuard(max_bad_steps)] + [c for c in [precision_callback(precision, device)] if c is not None]
+    "Callbacks both training factories share: `NonFiniteGuard`, `GatherRanks`, autocast, and a checkpoint that locks its folder."
+    cbs = [NonFiniteGuard(max_bad_steps), GatherRanks()] + [c for c in [precision_callback(precision, device)] if c is not None]
     if checkpoint_dir is None:
         if resume not in (None, False): raise ValueError(f"resume={resume!r} needs checkpoint_dir (where checkpoints are written)")
         return cbs
