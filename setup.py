@@ -27,6 +27,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['unilearn', 'unilearn.*']),
     include_package_data=True,
+    package_data={'unilearn': ['recipes/*.toml']},   # the recipe files of the paper's experiments (`unilearn recipes`)
     install_requires=shlex.split(cfg.get('requirements', '')),
     extras_require={'dev': shlex.split(cfg.get('dev_requirements', ''))},
     python_requires='>=' + cfg['min_python'],

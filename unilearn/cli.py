@@ -4,22 +4,20 @@
 
 # %% ../nbs/09_cli.ipynb #e75f548b
 from __future__ import annotations
-import inspect, json, os, resource, sys, time
+import importlib, inspect, json, os, resource, sys, time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from torch.utils.data import Dataset, Subset, DataLoader
-from fastcore.script import call_parse, anno_parser
-
-from .vit import create_vit
+# nothing heavy at import time: `unilearn --help` answers without loading torch; each command imports what it uses
+from fastcore.script import anno_parser
 
 # %% auto #0
-__all__ = ['DEMO_PRESETS', 'ABLATIONS', 'COMMANDS', 'demo_config', 'Stages', 'RemapLabels', 'demo_data', 'pretrain_stage',
+__all__ = ['DEMO_PRESETS', 'ABLATIONS', 'VIDEO_DATASETS', 'RECIPE_META', 'RECIPE_COMMANDS', 'PRECISIONS', 'DATA_FLAGS',
+           'COMMANDS', 'SUMMARIES', 'demo_config', 'Stages', 'RemapLabels', 'demo_data', 'pretrain_stage',
            'finetune_stage', 'evaluate_stage', 'loss_figure', 'write_report', 'run_demo', 'demo', 'markdown_table',
-           'ablation_table', 'run_ablations', 'ablate', 'pretrain', 'finetune', 'evaluate', 'predict_file', 'predict',
-           'main']
+           'ablation_table', 'run_ablations', 'ablate', 'UsageError', 'video_task', 'parse_folds', 'video_dataset',
+           'run_folder', 'recipe_dir', 'check_recipe_section', 'load_recipe', 'list_recipes', 'resolve_args',
+           'run_device', 'check_precision', 'flag_errors', 'epoch_lines', 'parse_moae', 'pretrain', 'finetune',
+           'evaluate', 'pool_predictions', 'pool_results', 'pool', 'recipes', 'command', 'main']
 
 # %% ../nbs/09_cli.ipynb #26b47797
 DEMO_PRESETS = {
@@ -66,11 +64,12 @@ class Stages:
         return _S()
     def elapsed(self) -> float: return time.perf_counter() - self.t0[0]
     def summary(self) -> dict:
+        import torch
         return dict(wall={k: round(v, 1) for k, v in self.wall.items()}, cpu={k: round(v, 1) for k, v in self.cpu.items()},
                     total_wall=round(self.elapsed(), 1), total_cpu=round(_cpu() - self.t0[1], 1), threads=torch.get_num_threads())
 
 # %% ../nbs/09_cli.ipynb #83454b78
-class RemapLabels(Dataset):
+class RemapLabels:
     "A dataset whose labels are mapped into another class list by name (a one-head ViT sees images in DFEW's order)."
     def __init__(self, ds, classes:list[str]):
         from unilearn.metrics import dataset_classes, dataset_ids
@@ -94,7 +93,7 @@ def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
                                video_pretrain_transform, image_pretrain_transform, media_cache)
     from unilearn.joint import stratified_split
     from unilearn.synth import benchmark_paths
-    from torch.utils.data import ConcatDataset
+    from torch.utils.data import ConcatDataset, Subset
     p, S, T, s = benchmark_paths(root), cfg['img_size'], cfg['frames'], cfg['stride']
     # every reader decodes from one in-memory copy: reading the data was 6.4 s of a 10.5 s pre-training epoch (about 250 MB at the `small` preset)
     mc = media_cache(cache)
@@ -123,6 +122,8 @@ def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
 # %% ../nbs/09_cli.ipynb #2c6ec1a3
 def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=0, quiet:bool=False, epochs:int|None=None):
     "MAE pre-training of a small ViT on the `modalities` of `data`; returns `(mae, dict(losses, epochs))`."
+    import torch
+    from torch.utils.data import DataLoader
     from unilearn.mae import create_mae, pretrain_learner
     from unilearn.train import seed_everything
     seed_everything(seed)
@@ -222,6 +223,7 @@ def write_report(out, figures:list, metrics:dict, title:str='UniLearn demo') -> 
 
 # %% ../nbs/09_cli.ipynb #9b9107f5
 def _features(model, data, tasks):
+    import numpy as np
     from unilearn.metrics import predict
     parts = [(t, predict(model, data[f'test_{t}s'], t, bs=32, features=True)) for t in ('video', 'image') if t in tasks]
     return dict(ids=np.concatenate([r['ids'] for _, r in parts]), labels=np.concatenate([r['labels'] for _, r in parts]),
@@ -238,6 +240,7 @@ def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=
     from unilearn.moae import param_counts
     from unilearn.metrics import save_predictions, save_features
     from unilearn import panels
+    import torch
     if threads: torch.set_num_threads(threads)
     cfg = demo_config(preset, **overrides)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +288,6 @@ def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=
     return metrics
 
 # %% ../nbs/09_cli.ipynb #2d711cc2
-@call_parse
 def demo(preset:str='default',     # demo preset: 'default' (7.2 to 8 minutes measured on 2 CPU cores), 'small' (the 1,000-clip benchmark of the ablation tables, 7 to 8.5 minutes) or 'tiny' (a minute or two)
          out:str='demo_out',       # folder for report.html, metrics.json, predictions.csv, features.npz
          data_dir:str=None,        # benchmark folder (generated there if missing); default data/synth-<preset>-seed<seed>
@@ -296,8 +298,11 @@ def demo(preset:str='default',     # demo preset: 'default' (7.2 to 8 minutes me
          ft_epochs:int=None,       # joint fine-tuning epochs (default: the preset's)
          quiet:bool=False):        # no per-batch progress bars, stage lines only
     "Run UniLearn end to end on the embedded benchmark and write an HTML report with metrics.json."
-    return run_demo(preset, out=out, data_dir=data_dir, seed=seed, label_noise=label_noise, threads=threads, quiet=quiet,
-                    pre_epochs=pre_epochs, ft_epochs=ft_epochs)
+    m = run_demo(preset, out=out, data_dir=data_dir, seed=seed, label_noise=label_noise, threads=threads, quiet=quiet,
+                 pre_epochs=pre_epochs, ft_epochs=ft_epochs)
+    model = Path(out) / 'model.safetensors'
+    print(f"model: {model}\nuse it on your own videos and photos:\n  unilearn predict VIDEO_OR_IMAGE --model {model} --out predictions")
+    return m
 
 # %% ../nbs/09_cli.ipynb #2b2315e4
 ABLATIONS = {
@@ -323,6 +328,7 @@ def _run_key(cfg:dict, row:dict) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in r.items()))
 
 def _cell(vals) -> str:
+    import numpy as np
     vals = [v for v in vals if v is not None]
     if not vals: return '-'
     return f"{np.mean(vals):.1f} ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
@@ -334,6 +340,7 @@ def markdown_table(df:pd.DataFrame) -> str:
 
 def ablation_table(title:str, rows:list, results:dict, cfg:dict, seeds) -> pd.DataFrame:
     "A paper-style table: one row per setting, UAR/WAR (%) of both heads as mean ± std over seeds."
+    import pandas as pd
     out = []
     for name, row in rows:
         rs = [results.get((_run_key(cfg, row), s)) for s in seeds]
@@ -386,7 +393,6 @@ def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3')
     return tabs
 
 # %% ../nbs/09_cli.ipynb #35e0a19a
-@call_parse
 def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-training), 3 (model), 4 (fine-tuning data), 5 (MoAE position), fig3 (experts, SFER share)
            seeds:str='0,1,2',          # comma-separated training seeds (the benchmark itself is fixed)
            preset:str='default',       # demo preset whose benchmark, model and budget each row uses
@@ -396,19 +402,214 @@ def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-train
            ft_epochs:int=None,         # fine-tuning epochs per run (default: the preset's)
            threads:int=None):          # torch CPU threads
     "Run the paper's ablations (Tables 2-5, Figure 3) on the embedded benchmark over several seeds and print the tables."
+    import torch
     if threads: torch.set_num_threads(threads)
     run_ablations(preset, tables=tuple(t.strip() for t in tables.split(',') if t.strip()),
                   seeds=tuple(int(s) for s in seeds.split(',')), out=out, data_dir=data_dir, pre_epochs=pre_epochs, ft_epochs=ft_epochs)
 
-# %% ../nbs/09_cli.ipynb #30ca79aa
+# %% ../nbs/09_cli.ipynb #9b756e69
+class UsageError(ValueError):
+    "A mistake on the command line or in a recipe: `main` prints it as one line, without a traceback."
+
+# command-line flag -> (reader in unilearn.data, number of folds, published frame stride)
+VIDEO_DATASETS = {'dfew': ('DFEW', 5, 4), 'ferv39k': ('FERV39K', 0, 1), 'mafw': ('MAFW', 5, 4)}
+
+def video_task(dfew=None, ferv39k=None, mafw=None) -> tuple:
+    "`(flag, root)` of the one video dataset given, `(None, None)` if none; two at once is an error naming both flags."
+    given = [(k, v) for k, v in (('dfew', dfew), ('ferv39k', ferv39k), ('mafw', mafw)) if v]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join('--' + k for k, _ in given)}: give one video dataset per run (a run trains one video head)")
+    return given[0] if given else (None, None)
+
+def parse_folds(fold, dataset:str|None) -> list:
+    "Folds of `--fold` for `dataset`: `[N]`, or `[1, ..., 5]` for 'all'; `[None]` where there are no folds (FERV39K, images only)."
+    n = VIDEO_DATASETS[dataset][1] if dataset else 0
+    if fold is None or str(fold).strip() == '': return [1] if n else [None]
+    s = str(fold).strip().lower()
+    if not n:
+        what = 'FERV39K has one train/test split' if dataset == 'ferv39k' else 'folds belong to --dfew and --mafw'
+        raise UsageError(f"--fold {fold}: {what}; drop --fold")
+    if s == 'all': return list(range(1, n + 1))
+    if not s.isdigit() or not 1 <= int(s) <= n:
+        raise UsageError(f"--fold {fold}: {VIDEO_DATASETS[dataset][0]} has folds 1 to {n}, or 'all' for every fold")
+    return [int(s)]
+
+def video_dataset(dataset:str, root, fold:int|None, split:str, annotation=None, **kwargs):
+    "The `unilearn.data` reader of `dataset` ('dfew', 'ferv39k', 'mafw') for `split` of `fold`; `annotation`: folder of its split files."
+    from unilearn import data
+    name, n, stride = VIDEO_DATASETS[dataset]
+    kwargs['stride'] = kwargs.get('stride') or stride
+    if n: kwargs['fold'] = fold
+    return getattr(data, name)(root=root, split=split, split_dir=annotation, **kwargs)
+
+def run_folder(out, fold:int|None) -> Path:
+    "Where one run writes: `OUT/fold_N` for a fold of DFEW or MAFW, `OUT` itself for a single split."
+    return Path(out) / f'fold_{fold}' if fold else Path(out)
+
+# %% ../nbs/09_cli.ipynb #025d8446
+RECIPE_META = ('title', 'paper', 'published', 'inputs', 'notes')   # top-level keys; every other one is a command's section
+RECIPE_COMMANDS = ('pretrain', 'finetune', 'evaluate')
+
+def recipe_dir() -> Path:
+    "The folder of the recipe files shipped inside the package (`unilearn/recipes/*.toml`)."
+    return Path(str(importlib.resources.files('unilearn') / 'recipes'))
+
+def _read_toml(path) -> dict:
+    import tomllib
+    try: return tomllib.loads(Path(path).read_text(encoding='utf-8'))
+    except tomllib.TOMLDecodeError as e: raise UsageError(f"recipe {path}: not valid TOML ({e})") from None
+
+def _type_ok(v, want) -> bool:
+    if want is bool: return isinstance(v, bool)
+    if isinstance(v, bool): return False
+    return isinstance(v, (int, float)) if want is float else isinstance(v, want)
+
+def check_recipe_section(fn, section:dict, where:str):
+    "Every key of a recipe's `[command]` section must be an option of the command, with a value of its type."
+    import typing
+    params, hints = inspect.signature(fn).parameters, typing.get_type_hints(fn)
+    for k, v in section.items():
+        if k not in params or k == 'recipe':
+            raise UsageError(f"{where}: unknown key {k!r}; the keys are the options of `unilearn {fn.__name__} --help`")
+        want = typing.get_args(hints.get(k))[0] if typing.get_args(hints.get(k)) else hints.get(k, str)
+        if not _type_ok(v, want): raise UsageError(f"{where}: key {k!r} must be {want.__name__}, not {type(v).__name__} {v!r}")
+
+# %% ../nbs/09_cli.ipynb #1b648c20
+def load_recipe(name_or_path) -> dict:
+    "A recipe by name (`unilearn recipes` lists them) or from a TOML file, checked key by key; adds `name` and `path`."
+    p = Path(name_or_path)
+    if p.suffix != '.toml' and not p.is_file():
+        p = recipe_dir() / f'{name_or_path}.toml'
+        if not p.is_file(): raise UsageError(f"--recipe {name_or_path}: no such recipe; `unilearn recipes` lists them, or give a .toml file")
+    elif not p.is_file(): raise UsageError(f"--recipe {name_or_path}: no such file")
+    r = _read_toml(p)
+    for k, v in r.items():
+        if k in RECIPE_META: continue
+        if k not in RECIPE_COMMANDS: raise UsageError(f"recipe {p}: unknown key {k!r}; top-level keys are {RECIPE_META + RECIPE_COMMANDS}")
+        if not isinstance(v, dict): raise UsageError(f"recipe {p}: key {k!r} must be a table ([{k}]) of options")
+        check_recipe_section(globals()[k], v, f"recipe {p} [{k}]")
+    return dict(r, name=p.stem, path=str(p))
+
+def list_recipes() -> dict:
+    "`{name: title}` of the recipes shipped inside the package."
+    return {p.stem: _read_toml(p).get('title', '') for p in sorted(recipe_dir().glob('*.toml'))}
+
+_GIVEN = None   # names of the options typed on the command line (set by `main`); None for calls from Python
+
+def resolve_args(fn, values:dict) -> dict:
+    "The options of command `fn` with its `--recipe` applied: options given explicitly win over the recipe, which wins over defaults."
+    params = inspect.signature(fn).parameters
+    values = {k: str(values[k]) if isinstance(values[k], Path) else values[k] for k in params}   # JSON-ready: recorded with the run
+    if not values.get('recipe'): return values
+    r = load_recipe(values['recipe'])
+    cmd = fn.__name__
+    if cmd not in r: raise UsageError(f"--recipe {values['recipe']}: it has no [{cmd}] section (it has {[k for k in r if k in RECIPE_COMMANDS]})")
+    given = _GIVEN if _GIVEN is not None else {k for k, p in params.items() if values[k] != p.default}
+    values.update({k: v for k, v in r[cmd].items() if k not in given})
+    need = r.get('inputs', {}).get(cmd)
+    if need is not None:
+        data = [k for k in DATA_FLAGS.get(cmd, ()) if values.get(k)]
+        if sorted(data) != sorted(need):
+            raise UsageError(f"--recipe {r['name']}: this experiment runs `unilearn {cmd}` on {' '.join('--' + k + ' PATH' for k in need)}; "
+                             f"got {' '.join('--' + k for k in data) or 'none'}")
+    values['recipe'] = r['path']
+    return values
+
+# %% ../nbs/09_cli.ipynb #12b2c86e
+import re
+
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+
+def run_device(device:str|None) -> str:
+    "`--device`: the device to train on (default: the first CUDA device, else the CPU)."
+    import torch
+    if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
+    try: d = torch.device(device)
+    except RuntimeError: raise UsageError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps)") from None
+    if d.type == 'cuda' and not torch.cuda.is_available(): raise UsageError(f"--device {device}: no CUDA device here; use --device cpu")
+    return str(d)
+
+def check_precision(precision:str, device:str) -> str|None:
+    "`--precision` as an autocast dtype name (None for fp32); fp16 needs CUDA (a gradient scaler on the GPU)."
+    if precision not in PRECISIONS: raise UsageError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if precision == 'fp16' and not device.startswith('cuda'):
+        raise UsageError(f"--precision fp16 needs a CUDA device (here: {device}); on the CPU use bf16 or fp32")
+    return None if precision == 'fp32' else precision
+
+_ARG_FLAGS = ('compile', 'grad_checkpointing', 'precision', 'resume', 'save_every', 'max_bad_steps', 'checkpoint_dir')
+
+class flag_errors:
+    "Errors of the Learner factories about one of their arguments become one-line `UsageError`s naming its command-line flag."
+    def __enter__(self): return self
+    def __exit__(self, typ, e, tb):
+        if typ is None or not issubclass(typ, (ValueError, RuntimeError)) or isinstance(e, UsageError): return False
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else typ.__name__
+        for k in _ARG_FLAGS:
+            if re.match(rf"(\w+: )?{k}\b", msg): raise UsageError(f"--{k}: {msg}") from None
+        return False
+
+def _epoch_line(learn, log):
+    names, fmt = learn.recorder.metric_names, lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    print(f"epoch {int(log[0]) + 1}/{getattr(learn, 'n_epoch', '?')} " +
+          ' '.join(f"{k} {fmt(v)}" for k, v in zip(names[1:], log[1:]) if v is not None), flush=True)
+
+def epoch_lines(learn, interactive:bool|None=None):
+    "Without a terminal (a log file, a batch job), replace the progress bar by one line per epoch."
+    from functools import partial
+    from fastai.callback.progress import ProgressCallback
+    if sys.stdout.isatty() if interactive is None else interactive: return learn
+    learn.remove_cb(ProgressCallback)
+    learn.logger = partial(_epoch_line, learn)
+    return learn
+
+# %% ../nbs/09_cli.ipynb #8c5e1374
+DATA_FLAGS = {'pretrain': ('images', 'videos', 'dfew', 'ferv39k', 'mafw'), 'finetune': ('dfew', 'ferv39k', 'mafw', 'affectnet'),
+              'evaluate': ('dfew', 'ferv39k', 'mafw', 'affectnet')}
+
 def _size(size:str, embed_dim:int|None, depth:int|None, heads:int|None):
     if embed_dim is None: return size
     return dict(embed_dim=embed_dim, depth=depth or 12, num_heads=heads or max(1, embed_dim // 64))
 
-@call_parse
+def parse_moae(moae:str):
+    "`--moae`: a placement (later, early, middle, alternate) or a comma list of block indices."
+    s = (moae or '').strip()
+    if not s: raise UsageError("--moae is empty: give later, early, middle, alternate, or block indices such as 6,7,8,9,10,11")
+    if s[0].isdigit() or ',' in s:
+        try: return [int(b) for b in s.split(',')]
+        except ValueError: raise UsageError(f"--moae {moae}: block indices are integers separated by commas, e.g. 6,7,8,9,10,11") from None
+    if s not in ('later', 'early', 'middle', 'alternate'):
+        raise UsageError(f"--moae {moae}: choose later, early, middle, alternate, or block indices such as 6,7,8")
+    return s
+
+def _at_least(a, **mins):
+    for k, m in mins.items():
+        v = a[k]
+        if v is not None and v < m: raise UsageError(f"--{k} {v}: must be at least {m}")
+
+def _fresh_run(rd:Path, ckdir, resume:bool):
+    "A run never writes over another: a folder with a finished run or with checkpoints needs --resume (or another --out)."
+    from unilearn.train import latest_checkpoint
+    done = [f.name for f in (rd / 'best.safetensors', rd / 'mae.safetensors') if f.exists()]
+    if done and not resume: raise UsageError(f"{rd} holds a finished run ({done[0]}); choose another --out, or --resume to skip it")
+    if ckdir is not None and not resume and Path(ckdir).is_dir() and latest_checkpoint(ckdir):
+        raise UsageError(f"{ckdir} holds checkpoints of an earlier run; continue it with --resume or choose another --checkpoint_dir")
+    return bool(done)
+
+def _write_config(rd:Path, cfg:dict) -> Path:
+    rd.mkdir(parents=True, exist_ok=True)
+    (rd / 'config.json').write_text(json.dumps(cfg, indent=1, default=str))
+    return rd / 'config.json'
+
+# %% ../nbs/09_cli.ipynb #fc9788d7
 def pretrain(images:str=None,          # AffectNet root (images listed in train_affectnet7.txt); omit for video-only pre-training
              videos:str=None,          # VoxCeleb2 root (every video below it); omit for image-only pre-training
-             out:str='runs/mae.safetensors',  # checkpoint to write
+             dfew:str=None,            # also pre-train on DFEW's training clips of --fold (no labels used)
+             ferv39k:str=None,         # also pre-train on FERV39K's training clips
+             mafw:str=None,            # also pre-train on MAFW's training clips of --fold
+             annotation:str=None,      # folder of that video dataset's split files, when not under its root
+             fold:str=None,            # DFEW/MAFW fold whose training split is used (default 1): its test clips stay unseen
+             recipe:str=None,          # recipe name (`unilearn recipes`) or TOML file; options given here override its values
+             out:str='runs/pretrain',  # output folder: mae.safetensors and config.json
              size:str='base',          # ViT size: tiny, small or base
              embed_dim:int=None,       # custom width (overrides size)
              depth:int=None,           # custom depth (with embed_dim)
@@ -423,202 +624,396 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
              epochs:int=100,           # epochs (one pass of the images, video_share of the video batches, per epoch)
              video_share:float=0.25,   # share of one pass of video batches per epoch (published: 0.25, each clip as 4 copies)
              copies:int=4,             # augmented copies per clip (repeated augmentation)
-             image_bs:int=64,          # image batch size
-             video_bs:int=16,          # video batch size (before copies)
-             lr:float=1.2e-3,          # peak learning rate
+             image_bs:int=64,          # image batch size (per process)
+             video_bs:int=16,          # video batch size before copies (per process)
+             lr:float=None,            # peak learning rate (default: base_lr x total batch / 512)
+             base_lr:float=1.6e-3,     # learning rate per 512 samples of total batch (published: 1.2e-3 at 384)
+             precision:str='bf16',     # fp32, bf16 or fp16 (fp16: CUDA only, with a gradient scaler)
+             device:str=None,          # cpu, cuda, cuda:1 ... (default: CUDA if there is one)
+             checkpoint_dir:str=None,  # folder for resumable checkpoints
+             resume:bool=False,        # continue from the newest checkpoint in checkpoint_dir
+             save_every:int=10,        # epochs between resumable checkpoints
+             compile:bool=False,       # torch.compile the model
+             grad_checkpointing:bool=False,  # recompute activations in the backward pass (less memory, slower)
+             max_bad_steps:int=None,   # non-finite steps skipped before the run stops (default: the Learner's)
              workers:int=4,            # data-loading worker processes
-             checkpoint_dir:str=None,  # folder for resumable training checkpoints
-             resume:bool=False,        # resume from the latest checkpoint in checkpoint_dir
              seed:int=0):              # random seed
-    "Dual-modal MAE pre-training on face images and face videos; writes a checkpoint with its config."
+    "Dual-modal MAE pre-training on face images and face videos; writes OUT/mae.safetensors with its resolved configuration."
+    import torch
+    from torch.utils.data import DataLoader, ConcatDataset
     from unilearn.data import AffectNet, VoxCeleb2
     from unilearn.mae import create_mae, pretrain_learner, RepeatedAugmentation, collate_copies
     from unilearn.interop import save_checkpoint
-    from unilearn.train import seed_everything
-    if not images and not videos: sys.exit("unilearn pretrain: give --images, --videos or both")
-    seed_everything(seed)
-    mae = create_mae(_size(size, embed_dim, depth, heads), img_size=img_size, all_frames=frames, patch_size=patch,
-                     image_mask_ratio=image_mask, video_mask_ratio=video_mask, masking=masking)
-    g = torch.Generator().manual_seed(seed)
-    image_dl = DataLoader(AffectNet(images, split='train', mode='pretrain', img_size=img_size), batch_size=image_bs, shuffle=True,
-                          drop_last=True, num_workers=workers, generator=g) if images else None
+    from unilearn.train import seed_everything, latest_checkpoint, init_distributed
+    a = resolve_args(pretrain, locals())
+    vflag, vroot = video_task(a['dfew'], a['ferv39k'], a['mafw'])
+    folds = parse_folds(a['fold'], vflag)
+    if len(folds) > 1: raise UsageError("--fold all: pre-training uses one fold's training clips; give --fold N")
+    if not (a['images'] or a['videos'] or vflag): raise UsageError("give --images, --videos (and/or --dfew, --ferv39k, --mafw) PATH")
+    _at_least(a, epochs=1, image_bs=1, video_bs=1, copies=1, save_every=1)
+    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir (where the run's checkpoints are)")
+    if a['resume'] and not latest_checkpoint(a['checkpoint_dir']): raise UsageError(f"--resume: no epoch_*.pth checkpoint in {a['checkpoint_dir']}")
+    if a['masking'] not in ('random', 'tube'): raise UsageError(f"--masking {a['masking']}: choose random or tube")
+    dev = a['device'] = run_device(a['device'])
+    prec = check_precision(a['precision'], dev)
+    rd = Path(a['out'])
+    _fresh_run(rd, a['checkpoint_dir'], a['resume'])
+    rank, world = init_distributed()
+    seed_everything(a['seed'])
+    S, T = a['img_size'], a['frames']
+    mae = create_mae(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), img_size=S, all_frames=T, patch_size=a['patch'],
+                     image_mask_ratio=a['image_mask'], video_mask_ratio=a['video_mask'], masking=a['masking'])
+    mae.to(dev)
+    g = torch.Generator().manual_seed(a['seed'])
+    image_dl = DataLoader(AffectNet(a['images'], split='train', mode='pretrain', img_size=S), batch_size=a['image_bs'], shuffle=True,
+                          drop_last=True, num_workers=a['workers'], generator=g) if a['images'] else None
+    vids = [VoxCeleb2(a['videos'], num_frames=T, stride=a['stride'], img_size=S)] if a['videos'] else []
+    if vflag: vids.append(video_dataset(vflag, vroot, folds[0], 'train', a['annotation'], mode='pretrain', num_frames=T,
+                                        stride=a['stride'], img_size=S))
     video_dl = None
-    if videos:
-        v = VoxCeleb2(videos, num_frames=frames, stride=stride, img_size=img_size)
-        video_dl = DataLoader(RepeatedAugmentation(v, copies) if copies > 1 else v, batch_size=video_bs, shuffle=True, drop_last=True,
-                              num_workers=workers, generator=g, collate_fn=collate_copies if copies > 1 else None)
-    learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, video_share=video_share if images else 1.0, lr=lr,
-                             checkpoint_dir=checkpoint_dir, resume=resume or None, seed=seed)
-    learn.fit(epochs)
-    print(f"wrote {save_checkpoint(mae, out, input=dict(img_size=img_size, frames=frames), epochs=epochs)}")
+    if vids:
+        v, c = vids[0] if len(vids) == 1 else ConcatDataset(vids), a['copies']
+        video_dl = DataLoader(RepeatedAugmentation(v, c) if c > 1 else v, batch_size=a['video_bs'], shuffle=True, drop_last=True,
+                              num_workers=a['workers'], generator=g, collate_fn=collate_copies if c > 1 else None)
+    total = (a['image_bs'] if image_dl is not None else a['video_bs'] * a['copies']) * world
+    lr = a['lr'] or a['base_lr'] * total / 512
+    cfg = dict(command='pretrain', **a, lr_used=lr, total_batch=total, world_size=world)
+    with flag_errors():
+        learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, video_share=a['video_share'] if image_dl is not None else 1.0,
+                                 lr=lr, seed=a['seed'], rank=rank, world_size=world, precision=a['precision'],
+                                 checkpoint_dir=a['checkpoint_dir'], resume='last' if a['resume'] else None, save_every=a['save_every'],
+                                 grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
+                                 config={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST},
+                                 **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
+    learn.dls.device = torch.device(dev)
+    epoch_lines(learn)
+    if rank == 0: _write_config(rd, cfg)
+    learn.fit(a['epochs'])
+    if rank == 0:
+        print(f"wrote {save_checkpoint(mae, rd / 'mae.safetensors', input=dict(img_size=S, frames=T), epochs=a['epochs'], run_config=cfg)}")
+    return mae
 
-@call_parse
-def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/ and the split files); the video task
-             affectnet:str=None,       # AffectNet root (train/test lists); the image task
-             fold:int=1,               # DFEW fold
-             mae:str=None,             # MAE checkpoint to start from (`unilearn pretrain` output or a published one)
-             out:str='runs/unilearn.safetensors',  # checkpoint to write (the best validation epoch)
-             kind:str='unilearn',      # unilearn, vit_mtl, vit_moe or vit
+# %% ../nbs/09_cli.ipynb #b0cd58ab
+def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/ and the split files): the video task, 7 classes, 5 folds
+             ferv39k:str=None,         # FERV39K root (2_ClipsforFaceCrop/, train.csv, test.csv): the video task, 7 classes, one split
+             mafw:str=None,            # MAFW root (frames_crop_align_224/, set_N/): the video task, 11 classes, 5 folds
+             affectnet:str=None,       # AffectNet root (train/test lists): the image task
+             annotation:str=None,      # folder of the video dataset's split files, when not under its root (e.g. MAFW's anno/single/no_caption)
+             fold:str=None,            # DFEW/MAFW fold 1-5, or 'all': five runs under OUT/fold_N (default 1); none for FERV39K
+             recipe:str=None,          # recipe name (`unilearn recipes`) or TOML file; options given here override its values
+             mae:str=None,             # MAE checkpoint to start from (`unilearn pretrain` output file or folder, or a published one)
+             out:str='runs/finetune',  # output folder: best.safetensors, last.safetensors, predictions*.csv, history.csv, config.json
+             kind:str='unilearn',      # unilearn, vit_mtl, vit_moe or vit (one head; with --affectnet its images use the video classes)
              moae:str='later',         # MoAE blocks: later, early, middle, alternate or a comma list of block indices
              experts:int=8,            # experts per MoAE layer
              top_k:int=2,              # experts per token
              size:str='base',          # ViT size: tiny, small or base
+             embed_dim:int=None,       # custom width (overrides size)
+             depth:int=None,           # custom depth (with embed_dim)
+             heads:int=None,           # custom attention heads (with embed_dim)
              img_size:int=160,         # frame side in pixels
              frames:int=16,            # frames per clip
-             stride:int=4,             # frame stride (4 for DFEW and MAFW)
+             stride:int=None,          # frame stride (default: the dataset's published one, 4 for DFEW and MAFW, 1 for FERV39K)
              patch:int=16,             # patch side
              epochs:int=100,           # epochs (all video batches + sfer_ratio of an image pass each)
              warmup:int=5,             # warmup epochs
              sfer_ratio:float=0.5,     # share of one pass of image batches per epoch
-             video_bs:int=16,          # video batch size
-             image_bs:int=32,          # image batch size
-             lr:float=None,            # peak learning rate (default: 1e-5 x video_bs/8)
+             video_bs:int=16,          # video batch size (per process)
+             image_bs:int=32,          # image batch size (per process)
+             lr:float=None,            # peak learning rate (default: 1e-5 x total video batch / 8)
+             min_lr:float=None,        # final learning rate of the cosine (default: the Learner's rule)
              layer_decay:float=0.75,   # layer-wise lr decay
+             weight_decay:float=0.05,  # AdamW weight decay
+             mixup:float=0.8,          # Mixup alpha (0: off)
+             cutmix:float=1.0,         # CutMix alpha (0: off)
+             smoothing:float=0.1,      # label smoothing
+             drop_path:float=0.0,      # stochastic depth rate
+             monitor:str=None,         # validation metric choosing the best epoch (default video_uar, image_uar without video)
              valid_pct:float=0.1,      # share of each training set held out for choosing the best epoch
+             views:int=2,              # temporal views per test clip (averaged softmax)
+             precision:str='bf16',     # fp32, bf16 or fp16 (fp16: CUDA only, with a gradient scaler)
+             device:str=None,          # cpu, cuda, cuda:1 ... (default: CUDA if there is one)
+             checkpoint_dir:str=None,  # folder for resumable checkpoints (DIR/fold_N per fold); none kept if not given
+             resume:bool=False,        # continue from the newest checkpoint in checkpoint_dir (finished folds are skipped)
+             save_every:int=1,         # epochs between resumable checkpoints
+             compile:bool=False,       # torch.compile the model
+             grad_checkpointing:bool=False,  # recompute activations in the backward pass (less memory, slower)
+             max_bad_steps:int=None,   # non-finite steps skipped before the run stops (default: the Learner's)
              workers:int=4,            # data-loading worker processes
              seed:int=0):              # random seed
-    "Joint fine-tuning on DFEW (video head) and AffectNet-7 (image head) with MoAE; writes the best checkpoint."
-    from unilearn.data import DFEW, AffectNet
-    from unilearn.joint import stratified_split, create_model, joint_dataloaders, finetune_learner, fit_joint, best_model
-    from unilearn.interop import save_checkpoint
-    from unilearn.train import seed_everything
-    if not dfew and not affectnet: sys.exit("unilearn finetune: give --dfew, --affectnet or both")
-    seed_everything(seed)
-    placement = [int(b) for b in moae.split(',')] if moae[0].isdigit() else moae
-    extra = dict(num_experts=experts, top_k=top_k) if kind in ('unilearn', 'vit_moe') else {}
-    model = create_model(size, num_classes=7 if kind == 'vit' else dict(image=7, video=7), moae=placement, kind=kind, img_size=img_size,
-                         all_frames=frames, patch_size=patch, mae_checkpoint=mae, **extra)
-    tv = va_v = ti = va_i = None
-    if dfew:
-        tv, va_v = stratified_split(DFEW(dfew, fold=fold, split='train', num_frames=frames, stride=stride, img_size=img_size), valid_pct, seed)
-        va_v = Subset(DFEW(dfew, fold=fold, split='train', mode='test', num_clips=1, num_frames=frames, stride=stride, img_size=img_size), va_v.indices)
-    if affectnet:
-        ti, va_i = stratified_split(AffectNet(affectnet, split='train', img_size=img_size), valid_pct, seed)
-        va_i = Subset(AffectNet(affectnet, split='train', mode='test', img_size=img_size), va_i.indices)
-    dls = joint_dataloaders(ti, tv, va_i, va_v, image_bs=image_bs, video_bs=video_bs, sfer_ratio=sfer_ratio, seed=seed, num_workers=workers)
-    learn = finetune_learner(model, dls, lr=lr, layer_decay=layer_decay, monitor='video_uar' if dfew else 'image_uar')
-    fit_joint(learn, epochs=epochs, warmup_epochs=warmup)
-    best = best_model(learn)
-    print(f"best epoch {learn.best['epoch']} ({learn.best['value']:.2f}); wrote "
-          f"{save_checkpoint(best, out, input=dict(img_size=img_size, frames=frames), stride=stride, fold=fold)}")
+    "Joint fine-tuning: one video dataset (DFEW, FERV39K or MAFW) and/or AffectNet-7; per fold the best and last checkpoints and test predictions."
+    a = resolve_args(finetune, locals())
+    vflag, _ = video_task(a['dfew'], a['ferv39k'], a['mafw'])
+    folds = parse_folds(a['fold'], vflag)
+    if not vflag and not a['affectnet']: raise UsageError("give a video dataset (--dfew, --ferv39k or --mafw PATH), --affectnet PATH, or both")
+    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir (where the run's checkpoints are)")
+    a['moae_blocks'] = parse_moae(a['moae']) if a['kind'] in ('unilearn', 'vit_moe') else None
+    _at_least(a, epochs=1, warmup=0, views=1, video_bs=1, image_bs=1, save_every=1, experts=1, top_k=1)
+    if a['kind'] not in ('unilearn', 'vit_mtl', 'vit_moe', 'vit'): raise UsageError(f"--kind {a['kind']}: choose unilearn, vit_mtl, vit_moe or vit")
+    a['device'] = run_device(a['device'])
+    check_precision(a['precision'], a['device'])
+    results = {f: _finetune_fold(a, vflag, f) for f in folds}
+    from unilearn.train import is_main_process
+    if len(folds) > 1 and is_main_process(): pool(a['out'])
+    return results
 
-@call_parse
-def evaluate(model:str,                # checkpoint written by `unilearn finetune`
-             dfew:str=None,            # DFEW root: evaluate the video head on test_set_<fold>
-             affectnet:str=None,       # AffectNet root: evaluate the image head on test_affectnet7_2w.txt
-             fold:int=1,               # DFEW fold
+# %% ../nbs/09_cli.ipynb #b115bf69
+_NOT_IN_MANIFEST = ('resume', 'workers', 'save_every', 'device')   # may change when a run is resumed
+
+def _mae_file(mae):
+    if mae and Path(mae).is_dir(): return Path(mae) / 'mae.safetensors'
+    return mae
+
+def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
+    "One fine-tuning run (one fold): data, model, Learner, fit, then best/last checkpoints and test predictions in its folder."
+    from torch.utils.data import Subset
+    from unilearn.data import AffectNet, AFFECTNET7_CLASSES
+    from unilearn.joint import stratified_split, create_model, joint_dataloaders, finetune_learner, fit_joint, best_model, evaluate_joint
+    from unilearn.interop import save_checkpoint
+    from unilearn.metrics import save_predictions, scores
+    from unilearn.train import seed_everything, latest_checkpoint, init_distributed
+    rank, world = init_distributed()
+    rd, ck = run_folder(a['out'], f), run_folder(a['checkpoint_dir'], f) if a['checkpoint_dir'] else None
+    if _fresh_run(rd, ck, a['resume']):
+        print(f"{rd}: finished already, skipped (--resume)"); return {}
+    if a['resume'] and not latest_checkpoint(ck) and len(parse_folds(a['fold'], vflag)) == 1:
+        raise UsageError(f"--resume: no epoch_*.pth checkpoint in {ck}")
+    seed_everything(a['seed'])
+    S, T, vroot = a['img_size'], a['frames'], a[vflag] if vflag else None
+    tv = va_v = ti = va_i = None
+    tests, classes = {}, {}
+    if vflag:
+        kw = dict(num_frames=T, stride=a['stride'], img_size=S)
+        train = video_dataset(vflag, vroot, f, 'train', a['annotation'], **kw)
+        tv, va = stratified_split(train, a['valid_pct'], a['seed'])
+        va_v = Subset(video_dataset(vflag, vroot, f, 'train', a['annotation'], mode='test', num_clips=1, **kw), va.indices)
+        tests['video'] = video_dataset(vflag, vroot, f, 'test', a['annotation'], num_clips=a['views'], **kw)
+        classes['video'], stride = list(train.classes), train.stride
+    if a['affectnet']:
+        ti, va = stratified_split(AffectNet(a['affectnet'], split='train', img_size=S), a['valid_pct'], a['seed'])
+        va_i = Subset(AffectNet(a['affectnet'], split='train', mode='test', img_size=S), va.indices)
+        tests['image'], classes['image'] = AffectNet(a['affectnet'], split='test', mode='test', img_size=S), list(AFFECTNET7_CLASSES)
+    if a['kind'] == 'vit' and vflag and ti is not None:   # one head: images take the video dataset's class order
+        ti, va_i, tests['image'] = (RemapLabels(d, classes['video']) for d in (ti, va_i, tests['image']))
+        classes['image'] = classes['video']
+    ncls = {t: len(c) for t, c in classes.items()}
+    extra = dict(num_experts=a['experts'], top_k=a['top_k'], moae=a['moae_blocks']) if a['moae_blocks'] is not None else {}
+    model = create_model(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), kind=a['kind'], img_size=S, all_frames=T,
+                         num_classes=next(iter(ncls.values())) if a['kind'] == 'vit' else ncls, patch_size=a['patch'],
+                         mae_checkpoint=_mae_file(a['mae']), drop_path_rate=a['drop_path'], verbose=rank == 0, **extra).to(a['device'])
+    dls = joint_dataloaders(ti, tv, va_i, va_v, image_bs=a['image_bs'], video_bs=a['video_bs'], sfer_ratio=a['sfer_ratio'], seed=a['seed'],
+                            num_workers=a['workers'], rank=rank, world_size=world, device=a['device'])
+    monitor = a['monitor'] or ('video_uar' if vflag else 'image_uar')
+    cfg = dict(command='finetune', **{k: v for k, v in a.items() if k != 'moae_blocks'}, fold_run=f, classes=classes,
+               stride_used=stride if vflag else None, world_size=world)
+    with flag_errors():
+        learn = finetune_learner(model, dls, lr=a['lr'], min_lr=a['min_lr'], layer_decay=a['layer_decay'], weight_decay=a['weight_decay'],
+                                 mixup_alpha=a['mixup'], cutmix_alpha=a['cutmix'], label_smoothing=a['smoothing'], monitor=monitor,
+                                 precision=a['precision'], checkpoint_dir=ck, resume='last' if a['resume'] else None,
+                                 save_every=a['save_every'], grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
+                                 config={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST},
+                                 **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
+    epoch_lines(learn)
+    if rank == 0: _write_config(rd, cfg)
+    hist = fit_joint(learn, epochs=a['epochs'], warmup_epochs=a['warmup'])
+    if rank: return {}
+    info = dict(input=dict(img_size=S, frames=T), fold=f, dataset=vflag, classes=classes, run_config=cfg, monitor=monitor)
+    if vflag: info['stride'] = stride
+    best, last, res = best_model(learn), getattr(learn.model, 'module', learn.model), {}
+    for name, m, ep in (('best', best, learn.best['epoch']), ('last', last, a['epochs'] - 1)):
+        save_checkpoint(m, rd / f'{name}.safetensors', epoch=ep, **info)
+        preds = evaluate_joint(m.eval(), tests, fold=f, bs=max(a['video_bs'], 1), device=a['device'])
+        save_predictions(rd / ('predictions.csv' if name == 'best' else 'predictions_last.csv'), preds)
+        res[name] = {t: scores(preds, t) for t in tests}
+        print(f"{'fold ' + str(f) if f else 'run'}: {name} epoch {ep} -> {rd / (name + '.safetensors')}; test " + '; '.join(
+            f"{t} UAR {100 * s['uar']:.2f} WAR {100 * s['war']:.2f} (n={s['n']})" for t, s in res[name].items()), flush=True)
+    hist.to_csv(rd / 'history.csv', index=False)
+    return res
+
+# %% ../nbs/09_cli.ipynb #2029d1ad
+def _classifier(path) -> Path:
+    "A fine-tuned checkpoint file; an MAE pre-training checkpoint (no head) is refused, naming it."
+    from unilearn.interop import checkpoint_config
+    path = Path(path)
+    if not path.is_file(): raise UsageError(f"{path}: no such checkpoint file")
+    if 'mae' in checkpoint_config(path).get('builder', '').lower():
+        raise UsageError(f"{path} is an MAE pre-training checkpoint (no classification head); fine-tune it first: unilearn finetune --mae {path} ...")
+    return path
+
+def evaluate(model:str,                # checkpoint of `unilearn finetune` (best.safetensors), or its output folder (one checkpoint per fold)
+             dfew:str=None,            # DFEW root: the video head on test_set_<fold>
+             ferv39k:str=None,         # FERV39K root: the video head on test.csv
+             mafw:str=None,            # MAFW root: the video head on set_<fold>/test
+             affectnet:str=None,       # AffectNet root: the image head on test_affectnet7_2w.txt
+             annotation:str=None,      # folder of the video dataset's split files, when not under its root
+             fold:str=None,            # DFEW/MAFW fold 1-5 or 'all' (MODEL must then be a folder with fold_N/); default: the checkpoint's
+             which:str='best',         # with a folder MODEL: its 'best' or 'last' checkpoints
              stride:int=None,          # frame stride (default: the checkpoint's)
              views:int=2,              # temporal views per clip (averaged softmax)
-             out:str=None,             # predictions CSV (with a .json sidecar of class names)
+             out:str=None,             # predictions CSV (with a .json sidecar of class names); a folder with --fold all (pooled there)
+             device:str=None,          # cpu, cuda ... (default: CUDA if there is one)
              bs:int=16):               # batch size
-    "Multi-view evaluation of a fine-tuned checkpoint: UAR/WAR and per-class recall of each head."
-    from unilearn.data import DFEW, AffectNet
+    "Multi-view evaluation of fine-tuned checkpoints: UAR/WAR and per-class recall of each head, per fold."
+    from unilearn.data import AffectNet
     from unilearn.interop import load_checkpoint, checkpoint_config
     from unilearn.joint import evaluate_joint
     from unilearn.metrics import scores, save_predictions
-    info = checkpoint_config(model).get('info', {})
-    geo = info.get('input', {})
-    net = load_checkpoint(model)
-    S, T, s = geo.get('img_size', 160), geo.get('frames', 16), stride or info.get('stride', 4)
-    sets = {}
-    if dfew: sets['video'] = DFEW(dfew, fold=fold, split='test', mode='test', num_clips=views, num_frames=T, stride=s, img_size=S)
-    if affectnet: sets['image'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
-    if not sets: sys.exit("unilearn evaluate: give --dfew, --affectnet or both")
-    preds = evaluate_joint(net, sets, fold=fold, bs=bs)
-    for t in sets:
-        sc = scores(preds, t)
-        print(f"{t}: UAR {100 * sc['uar']:.2f}  WAR {100 * sc['war']:.2f}  (n={sc['n']})  " +
-              ' '.join(f"{c} {100 * r:.1f}" for c, r in sc['recall'].items()))
-    if out: print(f"wrote {save_predictions(out, preds)}")
-    return preds
+    a = dict(locals())
+    vflag, vroot = video_task(dfew, ferv39k, mafw)
+    if not vflag and not affectnet: raise UsageError("give --dfew, --ferv39k, --mafw (one of them) and/or --affectnet PATH")
+    _at_least(a, views=1, bs=1)
+    if which not in ('best', 'last'): raise UsageError(f"--which {which}: choose best or last")
+    m = Path(model)
+    if m.is_dir():
+        folds = parse_folds(fold, vflag)
+        files = {f: run_folder(m, f) / f'{which}.safetensors' for f in folds}
+    else:
+        if str(fold).lower() == 'all': raise UsageError(f"--fold all needs MODEL to be a `unilearn finetune` output folder (one checkpoint per fold), not {m}")
+        f = parse_folds(fold, vflag)[0] if fold is not None else checkpoint_config(_classifier(m)).get('info', {}).get('fold')
+        if vflag and VIDEO_DATASETS[vflag][1] and not f: f = 1
+        files = {f: m}
+    dev, frames_out = run_device(device), []
+    for f, path in files.items():
+        info = checkpoint_config(_classifier(path)).get('info', {})
+        geo = info.get('input', {})
+        net = load_checkpoint(path, device=dev)
+        S, T = geo.get('img_size', 160), geo.get('frames', 16)
+        sets = {}
+        if vflag: sets['video'] = video_dataset(vflag, vroot, f, 'test', annotation, mode='test', num_clips=views, num_frames=T,
+                                                stride=stride or info.get('stride'), img_size=S)
+        if affectnet: sets['image'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
+        preds = evaluate_joint(net, sets, fold=f, bs=bs, device=dev)
+        for t in sets:
+            sc = scores(preds, t)
+            print(f"{'fold ' + str(f) + ' ' if f else ''}{t}: UAR {100 * sc['uar']:.2f}  WAR {100 * sc['war']:.2f}  (n={sc['n']})  " +
+                  ' '.join(f"{c} {100 * r:.1f}" for c, r in sc['recall'].items()))
+        if out and len(files) > 1: save_predictions(run_folder(out, f) / 'predictions.csv', preds)
+        elif out: print(f"wrote {save_predictions(out, preds)}")
+        frames_out.append(preds)
+    if out and len(files) > 1: pool(out)
+    return frames_out
 
-# %% ../nbs/09_cli.ipynb #1d8441b5
-def predict_file(model, path, cropper=None, stride:int|None=None, hop:int|None=None, classes=None, size:int|None=None,
-                 frames:int|None=None, crop:bool=True) -> dict:
-    "Prediction for one video, frame folder or image: `dict(kind, probs, label, timeline)` (timeline: DataFrame of windows for videos)."
-    from unilearn.data import open_clip, load_image, image_eval_transform, video_eval_transform, VIDEO_EXTS
-    from unilearn.faces import FaceCropper
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path}: no such file or folder")
-    cfg = getattr(model, 'unilearn_config', {}) or {}
-    info = cfg.get('info', {}) if isinstance(cfg, dict) else {}
-    S = size or info.get('input', {}).get('img_size', 160)
-    T = frames or info.get('input', {}).get('frames', 16)
-    stride = stride or info.get('stride', 4)
-    cropper = cropper or FaceCropper(size=max(S, 64))
-    heads = getattr(model, 'head', None)
-    classes = classes or info.get('classes')
-    model.eval()
-    def faces(imgs):
-        if not crop: return np.stack(list(imgs))       # frames that are face crops already (DFEW-style folders)
-        out, prev = [], None
-        for im in imgs:
-            f = cropper.detect(im, prev)
-            if f is None and prev is None: raise ValueError(f"{path}: no face found in the first frame(s)")
-            prev = f or prev
-            out.append(cropper.crop(im, prev))
-        return np.stack(out)
-    if path.is_file() and path.suffix.lower() not in VIDEO_EXTS:
-        crop = faces([load_image(path)])[0]
-        x = image_eval_transform(S, S)(torch.from_numpy(crop).permute(2, 0, 1))[None]
-        with torch.no_grad(): p = torch.softmax(model(x, 'image').float(), -1)[0].numpy()
-        names = (classes or {}).get('image') if isinstance(classes, dict) else classes
-        return dict(kind='image', probs=p, label=(names or list(range(len(p))))[int(p.argmax())], timeline=None)
-    src = open_clip(path)
-    n = src.num_frames
-    idx = np.arange(n)
-    crops = faces(src.read(idx))
-    win = T * stride
-    hop = hop or win
-    starts = list(range(0, max(1, n - win + 1), hop)) or [0]
-    tf = video_eval_transform(S)
-    rows, probs = [], []
-    for s0 in starts:
-        sel = np.clip(s0 + np.arange(T) * stride, 0, n - 1)
-        x = tf(torch.from_numpy(crops[sel]).permute(0, 3, 1, 2)).transpose(0, 1)[None]
-        with torch.no_grad(): p = torch.softmax(model(x, 'video').float(), -1)[0].numpy()
-        probs.append(p)
-        rows.append(dict(start_frame=int(s0), end_frame=int(min(n - 1, s0 + win - 1)), **{f'p{i}': float(v) for i, v in enumerate(p)}))
-    names = (classes or {}).get('video') if isinstance(classes, dict) else classes
-    names = names or [str(i) for i in range(len(probs[0]))]
-    tl = pd.DataFrame(rows).rename(columns={f'p{i}': c for i, c in enumerate(names)})
-    tl.insert(2, 'emotion', [names[int(np.argmax(p))] for p in probs])
-    mean = np.mean(probs, 0)
-    return dict(kind='video', probs=mean, label=names[int(mean.argmax())], timeline=tl)
+# %% ../nbs/09_cli.ipynb #604d2600
+def pool_predictions(out, which:str='best') -> tuple:
+    "The test predictions of a run folder: `OUT/fold_N/predictions.csv` of every fold (or `OUT/predictions.csv`), concatenated."
+    from unilearn.metrics import load_predictions, concat_predictions
+    name = 'predictions.csv' if which == 'best' else f'predictions_{which}.csv'
+    out = Path(out)
+    files = sorted(out.glob(f'fold_*/{name}'), key=lambda p: int(p.parent.name[5:]) if p.parent.name[5:].isdigit() else 0)
+    files = files or ([out / name] if (out / name).is_file() else [])
+    if not files: raise UsageError(f"{out}: no {name} here or in fold_N/ sub-folders; run `unilearn finetune --out {out}` first")
+    df = concat_predictions([load_predictions(f) for f in files])
+    dup = df.duplicated(['task', 'id'])
+    if dup.any():
+        r = df[dup].iloc[0]
+        raise UsageError(f"{out}: {r.task} item {r.id!r} is in the test predictions of more than one fold; pooling needs disjoint test folds")
+    return df, files
 
-@call_parse
-def predict(path:str,                  # a video file, a folder of frames, or an image
-            model:str='runs/unilearn.safetensors',  # checkpoint written by `unilearn finetune` (or `unilearn demo`)
-            hop:int=None,              # frames between timeline windows (default: one window, frames x stride)
-            stride:int=None,           # frame stride within a window (default: the checkpoint's)
-            timeline:str=None,         # CSV for the emotion timeline of a video
-            no_crop:bool=False):       # the frames are face crops already: skip face detection
-    "Emotion of the face in a video (clip-level, and a timeline over a long video) or an image."
-    from unilearn.interop import load_checkpoint
-    from unilearn.data import DFEW_CLASSES, AFFECTNET7_CLASSES
-    net = load_checkpoint(model)
-    info = net.unilearn_config.get('info', {})
-    classes = info.get('classes') or dict(video=DFEW_CLASSES, image=AFFECTNET7_CLASSES)
-    r = predict_file(net, path, stride=stride, hop=hop, classes=classes, crop=not no_crop)
-    print(f"{path}: {r['label']}  (" + ', '.join(f"{p:.2f}" for p in r['probs']) + ")")
-    if r['timeline'] is not None:
-        print(r['timeline'].to_string(index=False, float_format=lambda v: f'{v:.2f}'))
-        if timeline: r['timeline'].to_csv(timeline, index=False); print(f"wrote {timeline}")
+def pool_results(df, resamples:int=1000, seed:int=0) -> dict:
+    "Per task: UAR/WAR (%) of each fold, their mean and std, and of all folds' predictions pooled, with per-class recall and 95% bootstrap intervals."
+    from unilearn.metrics import fold_report, scores, score_intervals
+    rep, res = fold_report(df), {}
+    for t in df.task.unique():
+        r, s = rep[rep.task == t], scores(df, t)
+        per = {str(x.fold): dict(n=int(x.n), uar=float(x.uar), war=float(x.war)) for x in r.itertuples()}
+        ci = score_intervals(df, t, n_resamples=resamples, seed=seed)
+        pooled = dict(n=s['n'], uar=100 * s['uar'], war=100 * s['war'], uar_ci=[100 * v for v in ci['uar']],
+                      war_ci=[100 * v for v in ci['war']], recall={c: None if v != v else 100 * v for c, v in s['recall'].items()})   # NaN: class absent
+        res[t] = dict(folds={k: v for k, v in per.items() if k not in ('pooled', 'mean', 'std')}, pooled=pooled,
+                      fold_mean=per.get('mean'), fold_std=per.get('std'))
+    return res
+
+def pool(out:str,                      # output folder of `unilearn finetune` (fold_N/ sub-folders, or one split)
+         which:str='best',             # pool the test predictions of the 'best' or the 'last' checkpoints
+         resamples:int=1000,           # bootstrap resamples of the 95% intervals
+         seed:int=0):                  # seed of the bootstrap
+    "Pool the folds' test predictions as the paper reports (all folds' predictions together, UAR/WAR once); writes OUT/results.json."
+    if which not in ('best', 'last'): raise UsageError(f"--which {which}: choose best or last")
+    df, files = pool_predictions(out, which)
+    res = pool_results(df, resamples, seed)
+    for t, r in res.items():
+        for k, v in r['folds'].items(): print(f"{t} fold {k}: UAR {v['uar']:.2f} WAR {v['war']:.2f} (n={v['n']})")
+        if r['fold_mean']: print(f"{t} mean of {len(r['folds'])} folds: UAR {r['fold_mean']['uar']:.2f} ± {r['fold_std']['uar']:.2f} "
+                                 f"WAR {r['fold_mean']['war']:.2f} ± {r['fold_std']['war']:.2f}")
+        p = r['pooled']
+        print(f"{t} pooled: UAR {p['uar']:.2f} [{p['uar_ci'][0]:.2f}, {p['uar_ci'][1]:.2f}]  WAR {p['war']:.2f} "
+              f"[{p['war_ci'][0]:.2f}, {p['war_ci'][1]:.2f}]  (n={p['n']}, 95% bootstrap intervals)")
+        print(f"{t} recall (pooled): " + '  '.join(f"{c} {'-' if v is None else f'{v:.1f}'}" for c, v in p['recall'].items()))
+    path = Path(out) / 'results.json'
+    path.write_text(json.dumps(dict(which=which, files=[str(f) for f in files], percent=True, tasks=res), indent=1))
+    print(f"wrote {path}")
+    return res
+
+# %% ../nbs/09_cli.ipynb #024b9865
+def recipes(name:str=None):            # a recipe to print (its TOML text and the commands that run it); none: list them all
+    "List the recipes shipped with unilearn (one per experiment of the paper), or print one."
+    if name is None:
+        rs = list_recipes()
+        w = max(map(len, rs), default=0)
+        for n, t in rs.items(): print(f"{n:{w}s}  {t}")
+        print(f"\n{len(rs)} recipes in {recipe_dir()}; `unilearn recipes NAME` prints one, `unilearn CMD --recipe NAME ...` runs it")
+        return rs
+    r = load_recipe(name)
+    print(Path(r['path']).read_text(encoding='utf-8').rstrip())
+    for cmd in RECIPE_COMMANDS:
+        if cmd in r:
+            data = ' '.join(f"--{k} PATH" for k in r.get('inputs', {}).get(cmd, ()))
+            print(f"\nrun: unilearn {cmd} --recipe {r['name']} {data}".rstrip())
     return r
 
-# %% ../nbs/09_cli.ipynb #faef3b88
-COMMANDS = {'demo': demo, 'ablate': ablate, 'pretrain': pretrain, 'finetune': finetune, 'evaluate': evaluate, 'predict': predict}
+# %% ../nbs/09_cli.ipynb #ec5c6f8f
+COMMANDS = {'demo': 'unilearn.cli:demo', 'ablate': 'unilearn.cli:ablate', 'pretrain': 'unilearn.cli:pretrain',
+            'finetune': 'unilearn.cli:finetune', 'evaluate': 'unilearn.cli:evaluate', 'pool': 'unilearn.cli:pool',
+            'recipes': 'unilearn.cli:recipes', 'predict': 'unilearn.predict:predict'}
+SUMMARIES = {'demo': "run UniLearn end to end on the embedded benchmark and write an HTML report",
+             'ablate': "the paper's ablation tables on the embedded benchmark",
+             'pretrain': "dual-modal MAE pre-training on face images and videos",
+             'finetune': "joint fine-tuning on DFEW, FERV39K or MAFW and/or AffectNet-7, per fold",
+             'evaluate': "multi-view evaluation of fine-tuned checkpoints",
+             'pool': "pool the folds' test predictions: UAR/WAR with intervals, results.json",
+             'recipes': "list the recipe files of the paper's experiments, or print one",
+             'predict': "expressions in your own videos and photos"}
+
+def command(name:str):
+    "The function of subcommand `name`, imported only now (so `unilearn --help` stays fast)."
+    if name not in COMMANDS: raise UsageError(f"unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
+    mod, fn = COMMANDS[name].split(':')
+    try: f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e: raise UsageError(f"command {name!r} ({COMMANDS[name]}) is not available: {e}") from None
+    return getattr(f, '__wrapped__', f)
+
+def _help() -> str:
+    return ("usage: unilearn {" + ",".join(COMMANDS) + "} [options]\n\n" +
+            '\n'.join(f"  {k:10s} {SUMMARIES.get(k, '')}" for k in COMMANDS) + "\n\n`unilearn CMD --help` lists the options of CMD.")
+
+# %% ../nbs/09_cli.ipynb #f01e2012
+def _given(parser, argv) -> set:
+    "Names of the options typed in `argv` (not defaults), so a recipe fills in only the others."
+    import argparse, copy
+    p = copy.deepcopy(parser)
+    for act in p._actions: act.default = argparse.SUPPRESS
+    return set(vars(p.parse_known_args(argv)[0]))
 
 def main(argv:list|None=None):
-    "Entry point of the `unilearn` console script: `unilearn CMD [options]`."
+    "Entry point of the `unilearn` console script: `unilearn CMD [options]`; with no arguments it prints the help."
+    global _GIVEN
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ('-h', '--help'):
-        print("usage: unilearn {" + ",".join(COMMANDS) + "} [options]\n")
-        for k, f in COMMANDS.items(): print(f"  {k:10s} {(f.__doc__ or '').splitlines()[0]}")
-        print("\n`unilearn CMD --help` lists the options of CMD.")
-        return
+    if not argv or argv[0] in ('-h', '--help'): print(_help()); return
     cmd, rest = argv[0], argv[1:]
-    if cmd not in COMMANDS: sys.exit(f"unilearn: unknown command {cmd!r}; choose one of {', '.join(COMMANDS)}")
-    args = anno_parser(COMMANDS[cmd].__wrapped__, prog=f'unilearn {cmd}').parse_args(rest)
-    params = inspect.signature(COMMANDS[cmd].__wrapped__).parameters  # drop fastcore's own --pdb/--xtra
-    COMMANDS[cmd](**{k: v for k, v in vars(args).items() if k in params})
+    try:
+        fn = command(cmd)
+        p = anno_parser(fn, prog=f'unilearn {cmd}')
+        p.allow_abbrev = False
+        params = inspect.signature(fn).parameters   # drop fastcore's own --pdb/--xtra
+        args = {k: v for k, v in vars(p.parse_args(rest)).items() if k in params}
+        _GIVEN = _given(p, rest)
+        try: return fn(**args)
+        finally: _GIVEN = None
+    except Exception as e:   # mistakes in the input: one line (UNILEARN_DEBUG=1 shows the traceback)
+        if os.environ.get('UNILEARN_DEBUG') or not ({c.__name__ for c in type(e).__mro__} & _ONE_LINE): raise
+        sys.exit(f"unilearn {cmd}: {e}")
+
+_ONE_LINE = {'UsageError', 'DataError', 'CheckpointError', '_OneLine', 'FileNotFoundError'}
+
+# `python -m unilearn.cli ...` (and `torchrun -m unilearn.cli ...`); not when this notebook runs
+if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'unilearn.cli': main()
