@@ -4,24 +4,218 @@
 
 # %% ../nbs/08_interop.ipynb #be06d1f7
 from __future__ import annotations
-import datetime, fnmatch, importlib, json, math, re
+import argparse, datetime, fnmatch, importlib, json, math, pickle, re, struct, zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import unilearn
 from .vit import VisionTransformer, sinusoid_table, create_vit
-# reading checkpoints and the load report are shared with `unilearn.moae.load_backbone`; re-exported here
-from .moae import (CheckpointError, sniff_checkpoint, read_checkpoint, state_dict_of, strip_wrappers, unwrap_model,
-                           LoadReport, _state_dict_of, _summarise)
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'CONFIG_KEY', 'CONFIG_FORMAT', 'CONFIG_VERSION', 'detect_layout', 'videomae_to_unilearn',
+__all__ = ['LAYOUTS', 'CONFIG_KEY', 'CONFIG_FORMAT', 'CONFIG_VERSION', 'CheckpointError', 'sniff_checkpoint', 'read_checkpoint',
+           'unwrap_model', 'strip_wrappers', 'state_dict_of', 'LoadReport', 'detect_layout', 'videomae_to_unilearn',
            'unilearn_to_videomae', 'load_pretrained', 'model_config', 'build_model', 'save_checkpoint',
-           'checkpoint_config', 'videomae_vit_kwargs', 'load_checkpoint', 'export_published', 'export_videomae']
+           'checkpoint_config', 'videomae_vit_kwargs', 'load_checkpoint', 'export_published', 'export_videomae',
+           'load_backbone']
+
+# %% ../nbs/08_interop.ipynb #2c3cc668
+class CheckpointError(ValueError):
+    "A file that is not a usable checkpoint, an unknown layout, or weights that do not fit the model."
+    def __init__(self, msg:str, report=None):
+        super().__init__(msg)
+        self.report = report
+
+# %% ../nbs/08_interop.ipynb #9e09580d
+def _safetensors_check(path:Path, size:int):
+    "Header and data extent of a safetensors file, or a clear error when it is cut short."
+    with open(path, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        if n > size - 8:
+            raise CheckpointError(f"{path} is truncated: its safetensors header claims {n:,} bytes but the file has {size:,} bytes")
+        try: header = json.loads(f.read(n))
+        except ValueError as e: raise CheckpointError(f"{path} has a damaged safetensors header ({e})") from None
+    end = max([v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'], default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{path} is truncated: it has {size:,} bytes, its tensors need {8 + n + end:,}")
+    return header
+
+# %% ../nbs/08_interop.ipynb #088d3c31
+def sniff_checkpoint(path) -> str:
+    "The format of a checkpoint file, `'safetensors'`, `'torch'` (zip) or `'torch-legacy'` (pickle), or an error saying what it is instead."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}")
+    size = path.stat().st_size
+    if size == 0: raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
+    with open(path, 'rb') as f: head = f.read(16)
+    if size >= 9 and head[8:9] == b'{' and struct.unpack('<Q', head[:8])[0] < 100_000_000:  # safetensors caps headers at 100 MB
+        # (tested before the pickle test: a header length can start with byte 0x80)
+        _safetensors_check(path, size)
+        return 'safetensors'
+    if head[:4] == b'PK\x03\x04':
+        try:
+            with zipfile.ZipFile(path) as z: names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointError(f"{path} is a truncated or damaged PyTorch (zip) checkpoint ({e})") from None
+        if not any(n.endswith('data.pkl') for n in names):
+            raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (it holds {names[:3]}...)")
+        return 'torch'
+    if head[:2] == b'\x80\x02' and size > 2: return 'torch-legacy'
+    kind = 'text' if all(32 <= b < 127 or b in b'\t\r\n' for b in head) else 'binary data'
+    raise CheckpointError(f"{path} is not a checkpoint: it starts with {head[:12]!r} ({kind}); "
+                          "expected a safetensors file or a PyTorch .pt/.pth/.bin file")
+
+# %% ../nbs/08_interop.ipynb #ea566aa0
+_HF_WEIGHTS = ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json', 'pytorch_model.bin.index.json')
+
+def _torch_load(path:Path, trust:bool):
+    try:
+        if trust: return torch.load(path, map_location='cpu', weights_only=False)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Weights only load failed' in str(e):
+            what = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+            raise CheckpointError(f"{path} holds Python objects besides tensors ({what.group(1) if what else 'unknown class'}); "
+                                  "pass trust=True to unpickle it, only if you trust where the file came from") from None
+        raise CheckpointError(f"{path} is a damaged or truncated PyTorch checkpoint ({e})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        msg = (str(e).splitlines() or ['unexpected end of file'])[0]
+        if 'magic number' in msg: raise CheckpointError(f"{path} is a Python pickle but not a PyTorch checkpoint ({msg})") from None
+        raise CheckpointError(f"{path} is a truncated or damaged PyTorch checkpoint ({type(e).__name__}: {msg})") from None
+
+# %% ../nbs/08_interop.ipynb #49875e5b
+def read_checkpoint(path, trust:bool=False):
+    "The object stored in a checkpoint file or `transformers` model directory (tensors on CPU)."
+    path = Path(path)
+    if path.is_dir():
+        found = [path/n for n in _HF_WEIGHTS if (path/n).exists()]
+        if not found: raise CheckpointError(f"{path} is a directory without {' / '.join(_HF_WEIGHTS)}: not a model directory")
+        if found[0].suffix == '.json':
+            shards = sorted(set(json.loads(found[0].read_text())['weight_map'].values()))
+            out = {}
+            for s in shards: out.update(_state_dict_of(read_checkpoint(path/s, trust), path/s))
+            return out
+        path = found[0]
+    fmt = sniff_checkpoint(path)
+    if fmt == 'safetensors':
+        try: return load_file(path)
+        except Exception as e: raise CheckpointError(f"{path} is a damaged safetensors file ({e})") from None
+    return _torch_load(path, trust)
+
+# %% ../nbs/08_interop.ipynb #f18ea3e0
+_CONTAINER_KEYS = ('model', 'module', 'state_dict', 'model_state_dict', 'model_state', 'net', 'network')
+_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+def _is_tensor_dict(obj) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+def _state_dict_of(obj, source='state dict') -> dict:
+    if isinstance(obj, nn.Module): obj = obj.state_dict()
+    if _is_tensor_dict(obj): return dict(obj)
+    if isinstance(obj, dict):
+        for k in _CONTAINER_KEYS:
+            if k in obj and (_is_tensor_dict(obj[k]) or isinstance(obj[k], nn.Module)): return _state_dict_of(obj[k], source)
+        for k in _CONTAINER_KEYS:  # a container that holds more than tensors: say which entries
+            if isinstance(obj.get(k), dict) and obj[k]:
+                bad = [n for n, v in obj[k].items() if not isinstance(v, torch.Tensor)]
+                raise CheckpointError(f"{source}: entries {bad[:5]} of its '{k}' are not tensors; "
+                                      "is this a training checkpoint with extra fields?")
+        raise CheckpointError(f"{source} is a dict without a state dict in it: keys {sorted(map(str, obj))[:12]}; "
+                              f"expected tensors, or one of {list(_CONTAINER_KEYS)} holding them")
+    raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a state dict")
+
+# %% ../nbs/08_interop.ipynb #319c1e4b
+def unwrap_model(model:nn.Module) -> nn.Module:
+    "The model inside DDP/DataParallel (`.module`) and `torch.compile` (`._orig_mod`) wrappers."
+    while isinstance(getattr(model, 'module', None), nn.Module) or isinstance(getattr(model, '_orig_mod', None), nn.Module):
+        model = getattr(model, 'module', None) if isinstance(getattr(model, 'module', None), nn.Module) else model._orig_mod
+    return model
+
+def strip_wrappers(sd:dict) -> dict:
+    "Remove DDP (`module.`) and `torch.compile` (`_orig_mod.`) prefixes from every key that has them."
+    out = {}
+    for k, v in sd.items():
+        while k.startswith(_WRAPPER_PREFIXES): k = k.split('.', 1)[1]
+        out[k] = v
+    return out
+
+def state_dict_of(src, trust:bool=False) -> tuple:
+    "`(state_dict, source_name)` from a path, a `transformers` directory, a checkpoint dict, a state dict or a module."
+    if isinstance(src, (str, Path)): obj, name = read_checkpoint(src, trust), str(src)
+    else: obj, name = src, f"a {type(src).__name__}"
+    return strip_wrappers(_state_dict_of(obj, name)), name
+
+# %% ../nbs/08_interop.ipynb #a82df198
+def _ranges(nums) -> str:
+    nums = sorted(set(nums))
+    if len(nums) == 1: return str(nums[0])
+    if nums == list(range(nums[0], nums[-1] + 1)): return f"{{{nums[0]}..{nums[-1]}}}"
+    return '{' + ','.join(map(str, nums)) + '}'
+
+def _collapse(keys, universe) -> list:
+    "Replace keys by `prefix.*` where every key of `universe` under that prefix is in `keys`."
+    keys, out = list(dict.fromkeys(keys)), []
+    if universe is None: return keys
+    kset, uni = set(keys), list(universe)
+    for k in keys:
+        parts = k.split('.')
+        for n in range(1, len(parts)):
+            p = '.'.join(parts[:n]) + '.'
+            if all(u in kset for u in uni if u.startswith(p)):
+                k = p + '*'; break
+        if k not in out: out.append(k)
+    return out
+
+# %% ../nbs/08_interop.ipynb #00da7ef0
+def _summarise(keys, limit:int=12, universe=None) -> str:
+    "Keys in a short form: `blocks.{6..11}.moe_layer.*` (numbers grouped; `prefix.*` when all of `universe` under it is meant)."
+    groups = {}
+    for k in _collapse(keys, universe):
+        parts = k.split('.')
+        pat = tuple('#' if p.isdigit() else p for p in parts)
+        groups.setdefault(pat, []).append([int(p) for p in parts if p.isdigit()])
+    out = []
+    for pat, nums in groups.items():
+        cols = list(zip(*nums)) if nums and nums[0] else []
+        it = iter(_ranges(c) for c in cols)
+        out.append('.'.join(next(it) if p == '#' else p for p in pat))
+    more = f" ... (+{len(out) - limit} more)" if len(out) > limit else ''
+    return ', '.join(out[:limit]) + more if out else '(none)'
+
+# %% ../nbs/08_interop.ipynb #fd378100
+@dataclass
+class LoadReport:
+    "What a loader did: keys loaded, new (kept their init), unused (in the file only), mismatched `(key, file shape, model shape)`, upcycled, converted."
+    loaded: list = field(default_factory=list)
+    new: list = field(default_factory=list)
+    unused: list = field(default_factory=list)
+    mismatched: list = field(default_factory=list)  # (key, shape in the file, shape in the model)
+    upcycled: list = field(default_factory=list)    # loaded from the pre-trained FFN of their block (ViT-MoE experts)
+    converted: dict = field(default_factory=dict)   # key -> what was done to it (renamed layouts, new shapes)
+    layout: str = ''
+    source: str = ''
+    _universe: dict = field(default_factory=dict, repr=False, compare=False)  # all model / checkpoint keys, for short summaries
+
+    def __repr__(self):
+        head = 'LoadReport' + (f" from {self.source}" if self.source else '') + (f" (layout {self.layout})" if self.layout else '')
+        lines = [f"{head}: {len(self.loaded)} loaded" + (f" ({len(self.upcycled)} upcycled)" if self.upcycled else '') +
+                 f", {len(self.new)} new, {len(self.unused)} unused, {len(self.mismatched)} mismatched, {len(self.converted)} converted"]
+        for name in ('new', 'unused'):
+            keys = getattr(self, name)
+            if keys: lines.append(f"  {name}: {_summarise(keys, universe=self._universe.get(name))}")
+        if self.mismatched:
+            shapes = '; '.join(f"{k} {tuple(a)} in the file, {tuple(b)} in the model" for k, a, b in self.mismatched[:2])
+            lines.append(f"  mismatched: {_summarise([k for k, *_ in self.mismatched], universe=self._universe.get('mismatched'))} (e.g. {shapes})")
+        if self.converted:
+            notes = {}
+            for k, v in self.converted.items(): notes.setdefault(v, []).append(k)
+            for v, ks in notes.items(): lines.append(f"  converted {_summarise(ks, 4)}: {v}")
+        return '\n'.join(lines)
 
 # %% ../nbs/08_interop.ipynb #1a7247c6
 LAYOUTS = {
@@ -236,65 +430,70 @@ def load_pretrained(model:nn.Module, path_or_state_dict, ignore=(), trust:bool=F
 # %% ../nbs/08_interop.ipynb #c5afaacd
 CONFIG_KEY, CONFIG_FORMAT, CONFIG_VERSION = 'unilearn', 'unilearn-checkpoint', 1
 
-def _grid_from_tokens(n:int, patch:int, tubelet:int, input:dict|None=None) -> tuple:
-    "`(img_size, frames)`: from `input` when given, else a square input of `n` tokens, 16 frames preferred (800 tokens: (160, 16))."
-    if input and 'img_size' in input and 'frames' in input: return int(input['img_size']), int(input['frames'])
-    t = 16 // tubelet
-    if n % t == 0 and math.isqrt(n // t) ** 2 == n // t: return math.isqrt(n // t) * patch, 16
-    for h in range(math.isqrt(n), 0, -1):
-        if n % (h * h) == 0: return h * patch, (n // (h * h)) * tubelet
-    return patch, n * tubelet
+def _drop_p(m) -> float: return float(getattr(m, 'drop_prob', getattr(m, 'p', 0.)) or 0.)
 
-def _drop_p(m) -> float:
-    return float(getattr(m, 'drop_prob', getattr(m, 'p', 0.)) or 0.)
+def _geometry(m:VisionTransformer) -> tuple:
+    "`(img_size, frames)` the model was built for (recorded by `VisionTransformer`, never inferred)."
+    if not hasattr(m, 'num_frames'): raise ValueError(f"this {type(m).__name__} records no input geometry; pass config=")
+    return m.img_size, m.num_frames
 
-def _vit_kwargs(m:VisionTransformer, input:dict|None=None) -> dict:
+# %% ../nbs/08_interop.ipynb #d11247ed
+def _vit_kwargs(m:VisionTransformer) -> dict:
     "`create_vit`-style arguments of a `VisionTransformer` (size, geometry, MLP ratio, biases, dropouts)."
     blk = m.blocks[0]
     eps = {b.norm1.eps for b in m.blocks}
-    if eps != {1e-6}: raise ValueError(f"LayerNorm eps {sorted(eps)} differs from the 1e-6 of create_vit; pass config= explicitly")
-    ffn = next((b.mlp for b in m.blocks if hasattr(b, 'mlp')), None)
-    hidden = ffn.fc1.out_features if ffn is not None else blk.moe_layer.bottleneck
-    img_size, frames = _grid_from_tokens(m.pos_embed.shape[1], m.patch_size, m.tubelet_size, input)
+    if eps != {1e-6}: raise ValueError(f"LayerNorm eps {sorted(eps)} differs from create_vit's 1e-6; pass config=")
+    ffn = next((b.mlp for b in m.blocks if getattr(b, 'mlp', None) is not None), None)
+    hidden = ffn.fc1.out_features if ffn is not None else next(b.moe_layer for b in m.blocks).bottleneck
+    img_size, frames = _geometry(m)
     return dict(size=dict(embed_dim=m.embed_dim, depth=m.depth, num_heads=blk.attn.num_heads),
                 img_size=img_size, all_frames=frames, patch_size=m.patch_size, tubelet_size=m.tubelet_size,
                 in_chans=m.in_chans, mlp_ratio=hidden / m.embed_dim, qkv_bias=blk.attn.q_bias is not None,
                 drop_rate=_drop_p(m.pos_drop), attn_drop_rate=float(blk.attn.attn_drop),
                 drop_path_rate=_drop_p(m.blocks[-1].drop_path), fc_drop_rate=_drop_p(m.fc_dropout))
 
-def model_config(model:nn.Module, input:dict|None=None) -> dict:
-    "`{'builder': ..., 'kwargs': ...}` that rebuilds `model` (a ViT, a `unilearn.moae` model, an MAE, or any model carrying `unilearn_config`); `input` may give `img_size`/`frames`."
+# %% ../nbs/08_interop.ipynb #9893987a
+def _mae_config(model) -> dict:
+    enc, kw = model.encoder, _vit_kwargs(model.encoder)
+    kw.pop('fc_drop_rate')
+    kw.update(decoder_dim=model.mask_token.shape[-1], decoder_depth=len(model.decoder.blocks),
+              decoder_heads=model.decoder.blocks[0].attn.num_heads, image_mask_ratio=model.maskings['image'].mask_ratio,
+              video_mask_ratio=model.maskings['video'].mask_ratio, masking=model.maskings['video'].kind,
+              norm_pix_loss=bool(model.norm_pix_loss), mean=model.pixel_mean.flatten().tolist(),
+              std=model.pixel_std.flatten().tolist())
+    return dict(builder='unilearn.mae.create_mae', kwargs=kw)
+
+# %% ../nbs/08_interop.ipynb #b942aa86
+def _multitask_config(model) -> dict:
+    kw, heads = _vit_kwargs(model), model.head
+    kw['num_classes'] = ({t: h.out_features for t, h in heads.items()} if isinstance(heads, nn.ModuleDict)
+                         else heads.out_features)
+    if not model.moae_kind:
+        return dict(builder='unilearn.moae.' + ('vit_mtl' if isinstance(heads, nn.ModuleDict) else 'vit_single'), kwargs=kw)
+    blk = model.blocks[model.moe_blocks[0]]
+    layer, at = blk.moe_layer, list(model.moe_blocks)
+    moe = dict(num_experts=layer.num_experts, top_k=layer.top_k, noise_at_eval=layer.router.noise_at_eval,
+               capacity_factor=layer.capacity_factor, aux_loss_coef=layer.aux_loss_coef)
+    if model.moae_kind == 'ffn': return dict(builder='unilearn.moae.vit_moe', kwargs=dict(kw, moae=at, **moe))
+    kw['mlp_ratio'] = blk.mlp.fc1.out_features / model.embed_dim
+    return dict(builder='unilearn.moae.unilearn_vit', kwargs=dict(kw, moae=at, bottleneck=layer.bottleneck,
+                                                                   adapter_residual=layer.adapter_residual, **moe))
+
+# %% ../nbs/08_interop.ipynb #6918c1cb
+def model_config(model:nn.Module) -> dict:
+    "`{'builder': ..., 'kwargs': ...}` that rebuilds `model` (ViT, `unilearn.moae` model, MAE or `unilearn_config`)."
     model = unwrap_model(model)
     cfg = getattr(model, 'unilearn_config', None)
     if cfg: return dict(builder=cfg['builder'], kwargs=cfg['kwargs'])
     cls = type(model).__name__
-    if cls == 'MaskedAutoencoder':
-        enc, kw = model.encoder, _vit_kwargs(model.encoder, input)
-        for k in ('fc_drop_rate',): kw.pop(k)
-        img_size, frames = _grid_from_tokens(model.decoder_pos_embed.shape[1], enc.patch_size, enc.tubelet_size, input)
-        kw.update(img_size=img_size, all_frames=frames, decoder_dim=model.mask_token.shape[-1], decoder_depth=len(model.decoder.blocks),
-                  decoder_heads=model.decoder.blocks[0].attn.num_heads, image_mask_ratio=model.maskings['image'].mask_ratio,
-                  video_mask_ratio=model.maskings['video'].mask_ratio, masking=model.maskings['video'].kind,
-                  norm_pix_loss=bool(model.norm_pix_loss), mean=model.pixel_mean.flatten().tolist(), std=model.pixel_std.flatten().tolist())
-        return dict(builder='unilearn.mae.create_mae', kwargs=kw)
-    if cls == 'MultiTaskViT':
-        kw = _vit_kwargs(model, input)
-        heads = model.head
-        kw['num_classes'] = {t: h.out_features for t, h in heads.items()} if isinstance(heads, nn.ModuleDict) else heads.out_features
-        if not model.moe: return dict(builder='unilearn.moae.' + ('vit_mtl' if isinstance(heads, nn.ModuleDict) else 'vit_single'), kwargs=kw)
-        layer = model.blocks[model.moe_blocks[0]].moe_layer
-        moe = dict(num_experts=layer.num_experts, top_k=layer.top_k, noise_at_eval=layer.router.noise_at_eval,
-                   capacity_factor=layer.capacity_factor, aux_loss_coef=layer.aux_loss_coef)
-        if model.moe == 'adapter':
-            kw['mlp_ratio'] = model.blocks[model.moe_blocks[0]].mlp.fc1.out_features / model.embed_dim
-            return dict(builder='unilearn.moae.unilearn_vit', kwargs=dict(kw, moae=list(model.moe_blocks), bottleneck=layer.bottleneck,
-                                                                         adapter_residual=layer.adapter_residual, **moe))
-        return dict(builder='unilearn.moae.vit_moe', kwargs=dict(kw, moe=list(model.moe_blocks), **moe))
+    if cls == 'MaskedAutoencoder': return _mae_config(model)
+    if cls == 'MultiTaskViT': return _multitask_config(model)
     if isinstance(model, VisionTransformer):
-        return dict(builder='unilearn.vit.create_vit', kwargs=dict(_vit_kwargs(model, input), num_classes=model.num_classes))
+        return dict(builder='unilearn.vit.create_vit', kwargs=dict(_vit_kwargs(model), num_classes=model.num_classes))
     raise ValueError(f"Cannot read the config off a {cls}; pass config=dict(builder='unilearn....', kwargs={{...}}) "
                      "or give the model a `unilearn_config` attribute")
 
+# %% ../nbs/08_interop.ipynb #de6ba103
 def build_model(config:dict) -> nn.Module:
     "`builder(**kwargs)` of a unilearn checkpoint config; only constructors inside `unilearn` are called."
     builder, kwargs = config.get('builder'), config.get('kwargs', {})
@@ -326,10 +525,13 @@ def _check_rebuilds(config:dict, model:nn.Module):
 def save_checkpoint(model:nn.Module, path, config:dict|None=None, **info) -> Path:
     "Write `model`'s weights and the config that rebuilds it to a safetensors file; `info` (classes, input, metrics...) is stored with it."
     model = unwrap_model(model)
-    cfg = dict(model_config(model, info.get('input')) if config is None else config)
+    cfg = dict(model_config(model) if config is None else config)
     if 'builder' not in cfg: raise ValueError("config needs a 'builder' (e.g. 'unilearn.vit.create_vit') and 'kwargs'")
     info = {**{k: v for k, v in cfg.items() if k not in ('builder', 'kwargs')}, **info}
     cfg = dict(builder=cfg['builder'], kwargs=cfg.get('kwargs', {}))
+    kw = cfg['kwargs']
+    if 'input' not in info and 'img_size' in kw:   # the geometry the model was built for
+        info['input'] = dict(img_size=kw['img_size'], frames=kw.get('all_frames'))
     header = dict(format=CONFIG_FORMAT, version=CONFIG_VERSION, unilearn_version=unilearn.__version__,
                   created=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'), **cfg, info=info)
     try: text = json.dumps(header)
@@ -443,9 +645,8 @@ def export_videomae(model:nn.Module, path, task:str|None=None, img_size:int|None
     from transformers import VideoMAEConfig, VideoMAEForVideoClassification
     model = unwrap_model(model)
     sd = unilearn_to_videomae(model.state_dict(), task)
-    known = getattr(model, 'unilearn_config', {}).get('kwargs', {})  # VideoMAE fixes the input size: take it from the config when known
-    img_size, frames = img_size or known.get('img_size'), frames or known.get('all_frames')
-    kw = _vit_kwargs(model, dict(img_size=img_size, frames=frames) if img_size and frames else None)
+    kw = _vit_kwargs(model)  # VideoMAE fixes the input size: the model's own, unless img_size / frames are given
+    kw.update(img_size=img_size or kw['img_size'], all_frames=frames or kw['all_frames'])
     if kw['size']['embed_dim'] % kw['size']['num_heads']: raise ValueError("embed_dim must be divisible by num_heads")
     n = sd['classifier.weight'].shape[0] if 'classifier.weight' in sd else 0
     cfg = VideoMAEConfig(image_size=kw['img_size'], patch_size=kw['patch_size'], num_channels=kw['in_chans'], num_frames=kw['all_frames'],
@@ -459,3 +660,39 @@ def export_videomae(model:nn.Module, path, task:str|None=None, img_size:int|None
         raise CheckpointError(f"VideoMAE does not fit this model: missing {_summarise(missing)}, unexpected {_summarise(unexpected)}")
     hf.save_pretrained(path)
     return Path(path)
+
+# %% ../nbs/08_interop.ipynb #cea37bb4
+_MAY_BE_NEW = re.compile(r'(^|\.)(moe_layer|head|fc_norm)(\.|$)')
+
+def load_backbone(model:nn.Module, state_dict, strict:bool=True, upcycle:bool=True) -> LoadReport:
+    "Load pre-trained backbone weights into `model` by name; report loaded/new/unused/mismatched keys (see above)."
+    sd, source = state_dict_of(state_dict)
+    model = unwrap_model(model)
+    names = dict.fromkeys(sd, None)                # file key -> model key it feeds (None: unused so far)
+    if any(k.startswith('encoder.') for k in sd):  # MAE checkpoint: the encoder is the backbone
+        src = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
+        origin = {k[len('encoder.'):]: k for k in sd if k.startswith('encoder.')}
+    else: src, origin = sd, {k: k for k in sd}
+    target = model.state_dict()
+    rep, load = LoadReport(source=source, _universe=dict(new=list(target), unused=list(sd), mismatched=list(target))), {}
+    for k, t in target.items():
+        v, src_key = src.get(k), k
+        if v is None and upcycle:                  # ViT-MoE expert from its block's pre-trained FFN
+            hit = re.fullmatch(r'(blocks\.\d+\.)moe_layer\.experts\.\d+\.(fc[12]\.(?:weight|bias))', k)
+            ffn = hit and f"{hit[1]}mlp.{hit[2]}"
+            if ffn and ffn in src and ffn not in target: src_key, v = ffn, src[ffn]   # only where the block lost its FFN
+        if v is None: rep.new.append(k); continue
+        names[origin[src_key]] = k
+        if tuple(v.shape) != tuple(t.shape): rep.mismatched.append((k, tuple(v.shape), tuple(t.shape))); continue
+        load[k] = v
+        rep.loaded.append(k)
+        if src_key != k: rep.upcycled.append(k)
+    rep.unused = [k for k, used in names.items() if used is None]
+    backbone_new = [k for k in rep.new if not _MAY_BE_NEW.search(k)]
+    if strict and (rep.mismatched or backbone_new):
+        raise ValueError(f"load_backbone refused (strict=True): {len(rep.mismatched)} shape mismatches, "
+                         f"{len(backbone_new)} backbone weights missing from the file {backbone_new[:8]}\n{rep!r}\n"
+                         "Pass strict=False to load what matches anyway.")
+    missing, unexpected = model.load_state_dict(load, strict=False)
+    assert not unexpected and set(missing) == set(target) - set(load), "load_backbone: internal key bookkeeping error"
+    return rep

@@ -4,27 +4,24 @@
 
 # %% ../nbs/01_moae.ipynb #42800af6
 from __future__ import annotations
-import argparse, json, pickle, re, struct, zipfile
+import inspect, re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from fastcore.basics import patch
 from timm.layers import Mlp, trunc_normal_
 
-from .vit import GELU, Block, VisionTransformer, vit_size
+from .vit import GELU, Block, VisionTransformer, recomputing, vit_size
 
 # %% auto #0
-__all__ = ['DISPATCHES', 'PLACEMENTS', 'MODELS', 'Routing', 'NoisyTopKRouter', 'choose_dispatch', 'MoAELayer', 'MoAEBlock',
-           'MoEBlock', 'moae_blocks', 'MultiTaskViT', 'moe_layers', 'vit_single', 'vit_mtl', 'unilearn_vit', 'vit_moe',
-           'WithAuxLoss', 'track_gates', 'reset_gate_stats', 'gate_stats', 'param_counts', 'CheckpointError',
-           'sniff_checkpoint', 'read_checkpoint', 'unwrap_model', 'strip_wrappers', 'state_dict_of', 'LoadReport',
-           'load_backbone']
+__all__ = ['DISPATCHES', 'PLACEMENTS', 'MOAE_KINDS', 'MODELS', 'TIMM_KIND_ARGS', 'Routing', 'NoisyTopKRouter', 'choose_dispatch',
+           'MoAELayer', 'MoAEBlock', 'MoEBlock', 'moae_blocks', 'moae_block_fns', 'MultiTaskViT', 'moe_layers',
+           'vit_single', 'vit_mtl', 'unilearn_vit', 'vit_moe', 'WithAuxLoss', 'track_gates', 'reset_gate_stats',
+           'gate_stats', 'param_counts', 'create_timm_model']
 
 # %% ../nbs/01_moae.ipynb #c2ed35a5
 class Routing(NamedTuple):
@@ -76,37 +73,58 @@ def choose_dispatch(dispatch:str, dim:int, num_experts:int, top_k:int, bottlenec
     small = top_k == num_experts or (num_experts - top_k) * bottleneck * dim <= 24576
     return 'dense' if small and drop == 0 else 'sorted'
 
+# %% ../nbs/01_moae.ipynb #81a36bef
+def _check_layer(dim, num_experts, top_k, bottleneck, capacity_factor, aux_loss_coef) -> int:
+    "The bottleneck width (default `dim // 4`), after a one-line error for any argument out of range."
+    _check_experts(num_experts, top_k)
+    bottleneck = dim // 4 if bottleneck is None else bottleneck
+    if not isinstance(bottleneck, int) or bottleneck < 1:
+        raise ValueError(f"bottleneck must be a positive int, got {bottleneck!r}")
+    if capacity_factor is not None and not capacity_factor > 0:
+        raise ValueError(f"capacity_factor must be > 0 or None (no limit), got {capacity_factor!r}")
+    if not aux_loss_coef >= 0: raise ValueError(f"aux_loss_coef must be >= 0, got {aux_loss_coef!r}")
+    return bottleneck
+
 # %% ../nbs/01_moae.ipynb #7f8d5d18
 class MoAELayer(nn.Module):
-    "Mixture of `num_experts` bottleneck MLP experts (`dim -> bottleneck -> dim`), `top_k` per token, noisy top-k routed."
+    """Mixture of `num_experts` adapter experts (`dim -> bottleneck -> dim`), `top_k` per token, chosen by a router.
+
+    Example: `MoAELayer(768)(torch.randn(2, 800, 768))` is `(2, 800, 768)`: 8 timm `Mlp` experts of width 192, top 2,
+    noisy top-k routed. Parts are passed in: `router_layer(dim, num_experts, top_k, noise_at_eval=...)` returns a
+    `Routing`; `expert_layer(dim, bottleneck, act_layer=..., drop=...)` is one expert (e.g. `partial(Mlp, bias=False)`).
+    Arguments: `num_experts` experts, `top_k` per token; `bottleneck` expert width (default `dim // 4`);
+    `noise_at_eval` router noise at eval too (published code: True); `adapter_residual` the paper's `x + W2 GELU(W1 x)`;
+    `capacity_factor` caps each expert at `N*k/E * c` slots (None: no cap; published: 1.0); `aux_loss_coef` weight of
+    the load-balancing loss (0: none); `dispatch` 'sorted', 'dense' or 'auto' (see `choose_dispatch`)."""
     def __init__(self, dim:int,
-                 num_experts:int=8,              # number of adapter experts
-                 top_k:int=2,                    # experts per token
-                 bottleneck:int|None=None,       # expert hidden width (default `dim // 4`; the FFN width gives FFN experts)
-                 noise_at_eval:bool=False,       # add router noise at eval too (published code: True)
-                 adapter_residual:bool=False,    # paper's expert form `x + W2 GELU(W1 x)` (published code: False)
-                 capacity_factor:float|None=None,# each expert takes at most `N*k/E * capacity_factor` slots; None: no limit
-                 aux_loss_coef:float=1e-2,       # weight of the load-balancing loss (0: none)
-                 dispatch:str='auto',            # 'sorted', 'dense' or 'auto' (dense for small layers, see `choose_dispatch`)
-                 act_layer=GELU, drop:float=0.):
+                 num_experts:int=8,               # number of adapter experts
+                 top_k:int=2,                     # experts per token
+                 bottleneck:int|None=None,        # expert hidden width (default `dim // 4`)
+                 noise_at_eval:bool=False,        # router noise at eval too (published code: True)
+                 adapter_residual:bool=False,     # paper's expert form `x + W2 GELU(W1 x)` (published code: False)
+                 capacity_factor:float|None=None, # each expert takes at most `N*k/E * c` slots; None: no limit
+                 aux_loss_coef:float=1e-2,        # weight of the load-balancing loss (0: none)
+                 dispatch:str='auto',             # 'sorted', 'dense' or 'auto' (see `choose_dispatch`)
+                 router_layer=None,               # `router_layer(dim, num_experts, top_k, noise_at_eval=)`: a `Routing`
+                 expert_layer=Mlp,                # `expert_layer(dim, bottleneck, act_layer=, drop=)`: one expert
+                 act_layer=GELU, drop:float=0.):  # the experts' activation and output dropout
         super().__init__()
-        _check_experts(num_experts, top_k)
-        bottleneck = dim // 4 if bottleneck is None else bottleneck
-        if not isinstance(bottleneck, int) or bottleneck < 1: raise ValueError(f"bottleneck must be a positive int, got {bottleneck!r}")
-        self.dispatch = choose_dispatch(dispatch, dim, num_experts, top_k, bottleneck, drop)
-        if capacity_factor is not None and not capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be > 0 or None (no limit), got {capacity_factor!r}")
-        if not aux_loss_coef >= 0: raise ValueError(f"aux_loss_coef must be >= 0, got {aux_loss_coef!r}")
+        bottleneck = _check_layer(dim, num_experts, top_k, bottleneck, capacity_factor, aux_loss_coef)
         self.dim, self.num_experts, self.top_k, self.bottleneck = dim, num_experts, top_k, bottleneck
         self.adapter_residual, self.capacity_factor, self.aux_loss_coef = adapter_residual, capacity_factor, aux_loss_coef
-        self.router = NoisyTopKRouter(dim, num_experts, top_k, noise_at_eval)
-        self.experts = nn.ModuleList([Mlp(dim, bottleneck, act_layer=act_layer, drop=drop) for _ in range(num_experts)])
+        self.router = (router_layer or NoisyTopKRouter)(dim, num_experts, top_k, noise_at_eval=noise_at_eval)
+        self.experts = nn.ModuleList([expert_layer(dim, bottleneck, act_layer=act_layer, drop=drop)
+                                      for _ in range(num_experts)])
+        mlp_like = all(isinstance(e, Mlp) for e in self.experts)
+        self.dispatch = choose_dispatch(dispatch if mlp_like or dispatch != 'auto' else 'sorted', dim, num_experts,
+                                        top_k, bottleneck, drop)
+        if self.dispatch == 'dense' and not mlp_like: raise ValueError("dispatch='dense' needs timm Mlp experts")
         self.apply(VisionTransformer._init_weights)
         self.task, self.track, self.aux, self.stats = None, False, None, {}
 
     def extra_repr(self):
         return (f"dim={self.dim}, num_experts={self.num_experts}, top_k={self.top_k}, bottleneck={self.bottleneck}, "
-                f"noise_at_eval={self.router.noise_at_eval}, adapter_residual={self.adapter_residual}, "
+                f"noise_at_eval={getattr(self.router, 'noise_at_eval', None)}, adapter_residual={self.adapter_residual}, "
                 f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}, dispatch={self.dispatch!r}")
 
     def capacity(self, tokens:int) -> int|None:
@@ -114,65 +132,74 @@ class MoAELayer(nn.Module):
         if self.capacity_factor is None: return None
         return int(tokens * self.top_k / self.num_experts * self.capacity_factor)
 
-    def forward(self, x:torch.Tensor, out:torch.Tensor|None=None) -> torch.Tensor:
-        "Experts' weighted sum per token; with `out` (x's shape, e.g. the FFN's output) it is added to `out` (in place when `out` is contiguous) and returned."
-        shape, E, k = x.shape, self.num_experts, self.top_k
-        if out is not None and out.shape != shape:
-            raise ValueError(f"MoAELayer: out has shape {tuple(out.shape)}, expected the input's {tuple(shape)}")
-        flat = x.reshape(-1, shape[-1])
-        n = flat.shape[0]
-        route = self.router(flat)
-        slot_expert = route.experts.reshape(-1)            # slot t*k+j: token t's j-th choice
-        counts = torch.bincount(slot_expert, minlength=E)
-        kept, cap, order = counts, self.capacity(n), None
-        if cap is not None or self.dispatch == 'sorted':
-            order = slot_expert.argsort(stable=True)       # slots grouped by expert, token order kept inside a group
-        if cap is not None:                                # first come, first served, as the published code
-            rank = torch.arange(n * k, device=x.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
-            order, kept = order[rank < cap], counts.clamp(max=cap)
-        if self.dispatch == 'dense':
-            y = self._dense(flat, route, order)
-            out = y.to(flat.dtype) if out is None else out.reshape(-1, shape[-1]).add_(y.to(out.dtype))
-        else: out = self._sorted(flat, route, order, kept, out)
+# %% ../nbs/01_moae.ipynb #3deeb1f6
+@patch
+def forward(self:MoAELayer, x:torch.Tensor, out:torch.Tensor|None=None) -> torch.Tensor:
+    "Experts' weighted sum per token; with `out` (x's shape, e.g. the FFN's output) it is added to `out` (in place when `out` is contiguous) and returned."
+    shape, E, k = x.shape, self.num_experts, self.top_k
+    if out is not None and out.shape != shape:
+        raise ValueError(f"MoAELayer: out has shape {tuple(out.shape)}, expected the input's {tuple(shape)}")
+    flat = x.reshape(-1, shape[-1])
+    n = flat.shape[0]
+    route = self.router(flat)
+    slot_expert = route.experts.reshape(-1)            # slot t*k+j: token t's j-th choice
+    counts = torch.bincount(slot_expert, minlength=E)
+    kept, cap, order = counts, self.capacity(n), None
+    if cap is not None or self.dispatch == 'sorted':
+        order = slot_expert.argsort(stable=True)       # slots grouped by expert, token order kept inside a group
+    if cap is not None:                                # first come, first served, as the published code
+        rank = torch.arange(n * k, device=x.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+        order, kept = order[rank < cap], counts.clamp(max=cap)
+    if self.dispatch == 'dense':
+        y = self._dense(flat, route, order)
+        out = y.to(flat.dtype) if out is None else out.reshape(-1, shape[-1]).add_(y.to(out.dtype))
+    else: out = self._sorted(flat, route, order, kept, out)
+    if not recomputing():  # activation checkpointing re-runs the forward in backward: count and set once
         self.aux = self._aux_loss(route, counts, n) if self.training and self.aux_loss_coef > 0 else None
         if self.track: self._record(route, slot_expert, counts, kept, n)
-        return out.view(shape)
+    return out.view(shape)
 
-    def _sorted(self, flat, route, order, kept, out):
-        token, weight = order // self.top_k, route.weights.reshape(-1).index_select(0, order).unsqueeze(-1)
-        sizes = kept.tolist()
-        out = torch.zeros_like(flat) if out is None else out.reshape(-1, flat.shape[-1])   # a view of a contiguous `out`: filled in place
-        parts = zip(self.experts, flat.index_select(0, token).split(sizes), token.split(sizes), weight.split(sizes))
-        for expert, xe, tok, w in parts:                  # one expert's slots: a contiguous slice, no masks
-            if len(tok):
-                ye = expert(xe) + xe if self.adapter_residual else expert(xe)
-                out.index_add_(0, tok, ye.mul_(w).to(out.dtype))   # in place: fc2's output is not saved for backward
-        return out
+# %% ../nbs/01_moae.ipynb #77316f49
+@patch
+def _sorted(self:MoAELayer, flat, route, order, kept, out):
+    token, weight = order // self.top_k, route.weights.reshape(-1).index_select(0, order).unsqueeze(-1)
+    sizes = kept.tolist()
+    out = torch.zeros_like(flat) if out is None else out.reshape(-1, flat.shape[-1])   # a view of a contiguous `out`: filled in place
+    parts = zip(self.experts, flat.index_select(0, token).split(sizes), token.split(sizes), weight.split(sizes))
+    for expert, xe, tok, w in parts:                  # one expert's slots: a contiguous slice, no masks
+        if len(tok):
+            ye = expert(xe) + xe if self.adapter_residual else expert(xe)
+            out.index_add_(0, tok, ye.mul_(w).to(out.dtype))   # in place: fc2's output is not saved for backward
+    return out
 
-    def _dense(self, flat, route, kept_slots):
-        n, E, ex = flat.shape[0], self.num_experts, self.experts
-        w = route.weights
-        if kept_slots is not None:                         # capacity: dropped slots weigh 0
-            w = torch.zeros_like(w).view(-1).index_copy_(0, kept_slots, w.reshape(-1).index_select(0, kept_slots)).view_as(w)
-        gates = torch.zeros(n, E, dtype=w.dtype, device=w.device).scatter_(1, route.experts, w)
-        hid = ex[0].act(F.linear(flat, torch.cat([e.fc1.weight for e in ex]), torch.cat([e.fc1.bias for e in ex])))
-        hid = (hid.view(n, E, self.bottleneck) * gates.unsqueeze(-1).to(hid.dtype)).view(n, -1)   # gates folded into the hidden units
-        b2 = torch.stack([e.fc2.bias for e in ex])
-        y = F.linear(hid, torch.cat([e.fc2.weight for e in ex], 1)) + (gates @ b2).to(hid.dtype)   # so all fc2s are one product
-        return y + flat * gates.sum(-1, keepdim=True).to(flat.dtype) if self.adapter_residual else y
+@patch
+def _dense(self:MoAELayer, flat, route, kept_slots):
+    n, E, ex = flat.shape[0], self.num_experts, self.experts
+    w = route.weights
+    if kept_slots is not None:                         # capacity: dropped slots weigh 0
+        w = torch.zeros_like(w).view(-1).index_copy_(0, kept_slots, w.reshape(-1).index_select(0, kept_slots)).view_as(w)
+    gates = torch.zeros(n, E, dtype=w.dtype, device=w.device).scatter_(1, route.experts, w)
+    hid = ex[0].act(F.linear(flat, torch.cat([e.fc1.weight for e in ex]), torch.cat([e.fc1.bias for e in ex])))
+    hid = (hid.view(n, E, self.bottleneck) * gates.unsqueeze(-1).to(hid.dtype)).view(n, -1)   # gates folded into the hidden units
+    b2 = torch.stack([e.fc2.bias for e in ex])
+    y = F.linear(hid, torch.cat([e.fc2.weight for e in ex], 1)) + (gates @ b2).to(hid.dtype)   # so all fc2s are one product
+    return y + flat * gates.sum(-1, keepdim=True).to(flat.dtype) if self.adapter_residual else y
 
-    def _aux_loss(self, route, counts, n):
-        frac = counts.float() / (n * self.top_k)            # share of slots per expert
-        prob = route.logits.softmax(-1).mean(0)             # mean router probability per expert
-        return self.aux_loss_coef * self.num_experts * (frac * prob).sum()
+# %% ../nbs/01_moae.ipynb #9c2e0388
+@patch
+def _aux_loss(self:MoAELayer, route, counts, n):
+    frac = counts.float() / (n * self.top_k)            # share of slots per expert
+    prob = route.logits.softmax(-1).mean(0)             # mean router probability per expert
+    return self.aux_loss_coef * self.num_experts * (frac * prob).sum()
 
-    @torch.no_grad()
-    def _record(self, route, slot_expert, counts, kept, n):
-        key = 'all' if self.task is None else self.task
-        s = self.stats.get(key)
-        if s is None:
-            z = torch.zeros(self.num_experts, device=counts.device)
-            s = self.stats[key] = dict(count=z.long(), weight=z.clone(), dropped=z.long(), tokens=0)
+@patch
+def _record(self:MoAELayer, route, slot_expert, counts, kept, n):
+    key = 'all' if self.task is None else self.task
+    s = self.stats.get(key)
+    if s is None:
+        z = torch.zeros(self.num_experts, device=counts.device)
+        s = self.stats[key] = dict(count=z.long(), weight=z.clone(), dropped=z.long(), tokens=0)
+    with torch.no_grad():
         s['count'] += counts; s['dropped'] += counts - kept; s['tokens'] += n
         s['weight'].index_add_(0, slot_expert, route.weights.reshape(-1).float())
 
@@ -181,18 +208,11 @@ _NORM = partial(nn.LayerNorm, eps=1e-6)
 
 class MoAEBlock(Block):
     "ViT block with a `MoAELayer` (`moe_layer`) in parallel to the FFN: `x' + DropPath(FFN(LN2 x') + MoAE(LN2 x'))`."
-    def __init__(self, dim:int, num_heads:int, mlp_ratio:float=4., qkv_bias:bool=True, drop:float=0., attn_drop:float=0.,
-                 drop_path:float=0., norm_layer=_NORM, **moae_kwargs):
+    def __init__(self, dim:int, num_heads:int, mlp_ratio:float=4., qkv_bias:bool=True, drop:float=0.,
+                 attn_drop:float=0., drop_path:float=0., norm_layer=_NORM,
+                 **moae_kwargs):  # `MoAELayer` arguments (num_experts, top_k, router_layer, ...)
         super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, norm_layer)
         self.moe_layer = MoAELayer(dim, drop=drop, **moae_kwargs)
-
-    @classmethod
-    def from_block(cls, block:Block, **moae_kwargs):
-        "A block that reuses `block`'s modules (attention, norms, FFN, drop path) and adds a new `moe_layer`."
-        new = cls.__new__(cls); nn.Module.__init__(new)
-        for name, m in block.named_children(): setattr(new, name, m)
-        new.moe_layer = MoAELayer(block.norm2.normalized_shape[0], drop=block.mlp.drop2.p, **moae_kwargs)
-        return new
 
     def forward(self, x):
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -200,23 +220,13 @@ class MoAEBlock(Block):
         # the experts add into the FFN's output in place: one (N, D) allocation and one addition fewer per block
         return x + self.drop_path(self.moe_layer(h, out=self.mlp(h)))
 
+# %% ../nbs/01_moae.ipynb #b8257d39
 class MoEBlock(Block):
-    "ViT-MoE block (Riquelme et al. 2021): the FFN replaced by a `moe_layer` of FFN-sized experts."
-    def __init__(self, dim:int, num_heads:int, mlp_ratio:float=4., qkv_bias:bool=True, drop:float=0., attn_drop:float=0.,
-                 drop_path:float=0., norm_layer=_NORM, **moe_kwargs):
-        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, norm_layer)
-        del self.mlp
-        self.moe_layer = MoAELayer(dim, bottleneck=int(dim * mlp_ratio), drop=drop, **moe_kwargs)
-
-    @classmethod
-    def from_block(cls, block:Block, **moe_kwargs):
-        "A block that reuses `block`'s attention, norms and drop path; its FFN becomes `num_experts` new FFN experts."
-        new = cls.__new__(cls); nn.Module.__init__(new)
-        for name, m in block.named_children():
-            if name != 'mlp': setattr(new, name, m)
-        new.moe_layer = MoAELayer(block.norm2.normalized_shape[0], bottleneck=block.mlp.fc1.out_features,
-                                  drop=block.mlp.drop2.p, **moe_kwargs)
-        return new
+    "ViT-MoE block (Riquelme et al. 2021): no FFN, a `moe_layer` of FFN-sized experts in its place."
+    def __init__(self, dim:int, num_heads:int, mlp_ratio:float=4., qkv_bias:bool=True, drop:float=0.,
+                 attn_drop:float=0., drop_path:float=0., norm_layer=_NORM, **moae_kwargs):
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, drop_path, norm_layer, mlp_layer=None)
+        self.moe_layer = MoAELayer(dim, bottleneck=int(dim * mlp_ratio), drop=drop, **moae_kwargs)
 
     def forward(self, x):
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -259,22 +269,33 @@ def _build_head(dim:int, num_classes:int|Mapping[str, int], init_scale:float=1.)
         return nn.ModuleDict({t: linear(n, f"task {t!r}") for t, n in num_classes.items()})
     return linear(num_classes, 'the head')
 
+# %% ../nbs/01_moae.ipynb #9d9249af
+MOAE_KINDS = dict(adapter=MoAEBlock, ffn=MoEBlock)  # MoAE beside the FFN (UniLearn), or experts instead of it (ViT-MoE)
+
+def moae_block_fns(moae:str|Sequence[int]|None, depth:int, moae_kind:str='adapter', **moae_kwargs) -> list:
+    "One block function per block: the `moae_kind` block with `moae_kwargs` at the `moae` placement, `Block` elsewhere."
+    if moae_kind not in MOAE_KINDS: raise ValueError(f"moae_kind must be one of {list(MOAE_KINDS)}, got {moae_kind!r}")
+    at = set(moae_blocks(moae, depth))
+    return [partial(MOAE_KINDS[moae_kind], **moae_kwargs) if i in at else Block for i in range(depth)]
+
+_VIT_DEPTH = inspect.signature(VisionTransformer).parameters['depth'].default
+
 class MultiTaskViT(VisionTransformer):
     "`VisionTransformer` with optional MoAE/MoE blocks and one head or one head per task; call as `model(x, task)`."
     def __init__(self,
-                 num_classes:int|Mapping[str, int]=None,  # int: one head for all tasks; dict: one head per task (default image 7, video 7)
-                 moe:str|None=None,                 # None, 'adapter' (MoAE beside the FFN) or 'ffn' (ViT-MoE: FFN replaced)
-                 placement:str|Sequence[int]='later',# blocks that get the layer (see `moae_blocks`)
-                 moe_kwargs:dict|None=None,         # passed to `MoAELayer` (num_experts, top_k, ...)
-                 init_scale:float=1.,               # scale of the heads' initial weights
-                 **vit_kwargs):                     # `VisionTransformer` arguments (img_size, embed_dim, depth, ...)
-        if moe not in (None, 'adapter', 'ffn'): raise ValueError(f"moe must be None, 'adapter' or 'ffn', got {moe!r}")
-        super().__init__(num_classes=0, **vit_kwargs)
+                 num_classes:int|Mapping[str, int]=None, # int: one head for all tasks; dict: one per task (image 7, video 7)
+                 moae:str|Sequence[int]|None=None,       # blocks that get a MoAE layer (see `moae_blocks`); None: none
+                 moae_kind:str='adapter',                # 'adapter' (MoAE beside the FFN) or 'ffn' (ViT-MoE: FFN replaced)
+                 moae_kwargs:dict|None=None,             # passed to `MoAELayer` (num_experts, top_k, ...)
+                 init_scale:float=1.,                    # scale of the heads' initial weights
+                 **vit_kwargs):                          # `VisionTransformer` arguments (img_size, embed_dim, depth, ...)
+        depth = vit_kwargs.get('depth', _VIT_DEPTH)
+        fns = moae_block_fns(moae, depth, moae_kind, **(moae_kwargs or {}))
+        super().__init__(num_classes=0, block_fn=fns, **vit_kwargs)
         self.num_classes = dict(image=7, video=7) if num_classes is None else num_classes
         self.head = _build_head(self.embed_dim, self.num_classes, init_scale)
-        self.moe, self.moe_blocks = moe, moae_blocks(placement, self.depth) if moe else []
-        block_cls = MoAEBlock if moe == 'adapter' else MoEBlock
-        for i in self.moe_blocks: self.blocks[i] = block_cls.from_block(self.blocks[i], **(moe_kwargs or {}))
+        self.moe_blocks = moae_blocks(moae, depth)
+        self.moae_kind = moae_kind if self.moe_blocks else None
 
     @property
     def tasks(self) -> list[str]|None:
@@ -317,6 +338,17 @@ class MultiTaskViT(VisionTransformer):
         losses = [l.aux for _, l in moe_layers(self) if l.aux is not None]
         return torch.stack(losses).sum() if losses else torch.zeros((), device=self.fc_norm.weight.device)
 
+    @property
+    def timm_kind(self) -> str:
+        "The timm name part of this model: 'vit_mtl', 'moae' or 'vit_moe'."
+        return {None: 'vit_mtl', 'adapter': 'moae', 'ffn': 'vit_moe'}[self.moae_kind]
+
+    def reset_classifier(self, num_classes:int|Mapping[str, int], global_pool:str|None=None):
+        "New heads: an int for one shared head, a dict for one head per task (timm's classifier reset)."
+        if global_pool not in (None, 'avg'): raise ValueError(f"global_pool={global_pool!r}: this ViT mean-pools ('avg')")
+        self.num_classes, self.head = num_classes, _build_head(self.embed_dim, num_classes)
+
+# %% ../nbs/01_moae.ipynb #65b81f84
 def moe_layers(model:nn.Module) -> list[tuple[int, MoAELayer]]:
     "`(block index, layer)` of every `MoAELayer` in `model` (a DDP wrapper is unwrapped), in block order."
     model = getattr(model, 'module', model)
@@ -331,36 +363,42 @@ def moe_layers(model:nn.Module) -> list[tuple[int, MoAELayer]]:
 def _vit_args(size, img_size, all_frames, vit_kwargs):
     return dict(img_size=img_size, all_frames=all_frames, **{**vit_size(size), **vit_kwargs})
 
-def vit_single(size:str|dict='base', num_classes:int=7, img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
+def vit_single(size:str|dict='base', num_classes:int=7, img_size:int=160, all_frames:int=16,
+               **vit_kwargs) -> MultiTaskViT:
     "Plain ViT with one head (Table 3 row 6); accepts `model(x, task)` and uses the same head for every task."
-    if not isinstance(num_classes, int): raise TypeError(f"vit_single has one head: num_classes must be an int, got {num_classes!r}")
+    if not isinstance(num_classes, int):
+        raise TypeError(f"vit_single has one head: num_classes must be an int, got {num_classes!r}")
     return MultiTaskViT(num_classes, **_vit_args(size, img_size, all_frames, vit_kwargs))
 
 def vit_mtl(size:str|dict='base', num_classes:Mapping[str, int]|None=None, img_size:int=160, all_frames:int=16,
             **vit_kwargs) -> MultiTaskViT:
-    "ViT-MTL (Table 3 row 7): shared ViT, one head per task (`head.image`, `head.video`; default 7 classes each), no MoAE."
+    "ViT-MTL (Table 3 row 7): shared ViT, one head per task (`head.image`, `head.video`; 7 classes each), no MoAE."
     return MultiTaskViT(num_classes, **_vit_args(size, img_size, all_frames, vit_kwargs))
 
+# %% ../nbs/01_moae.ipynb #f31ae4a5
 def unilearn_vit(size:str|dict='base', num_classes:Mapping[str, int]|None=None,
-                 moae:str|Sequence[int]='later',  # placement: 'later' (default), 'early', 'middle', 'alternate' or block indices
+                 moae:str|Sequence[int]='later',  # placement: 'later', 'early', 'middle', 'alternate' or block indices
                  num_experts:int=8, top_k:int=2, bottleneck:int|None=None, noise_at_eval:bool=False,
-                 adapter_residual:bool=False, capacity_factor:float|None=None, aux_loss_coef:float=1e-2, dispatch:str='auto',
-                 img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
-    "UniLearn (Table 3 row 8): ViT + MoAE beside the FFN in the `moae` blocks, one head per task. MoAE options as `MoAELayer`."
-    moe_kwargs = dict(num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, noise_at_eval=noise_at_eval,
-                      adapter_residual=adapter_residual, capacity_factor=capacity_factor, aux_loss_coef=aux_loss_coef,
-                      dispatch=dispatch)
-    return MultiTaskViT(num_classes, moe='adapter', placement=moae, moe_kwargs=moe_kwargs,
+                 adapter_residual:bool=False, capacity_factor:float|None=None, aux_loss_coef:float=1e-2,
+                 dispatch:str='auto', img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
+    "UniLearn (Table 3 row 8): ViT + MoAE beside the FFN in the `moae` blocks, one head per task; options as `MoAELayer`."
+    moae_kwargs = dict(num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, noise_at_eval=noise_at_eval,
+                       adapter_residual=adapter_residual, capacity_factor=capacity_factor,
+                       aux_loss_coef=aux_loss_coef, dispatch=dispatch)
+    return MultiTaskViT(num_classes, moae=moae, moae_kind='adapter', moae_kwargs=moae_kwargs,
                         **_vit_args(size, img_size, all_frames, vit_kwargs))
 
+# %% ../nbs/01_moae.ipynb #5b98ab1b
 def vit_moe(size:str|dict='base', num_classes:Mapping[str, int]|None=None,
-            moe:str|Sequence[int]='later',  # blocks whose FFN becomes a mixture of FFN experts
+            moae:str|Sequence[int]='later',  # blocks whose FFN becomes a mixture of FFN experts
             num_experts:int=8, top_k:int=2, noise_at_eval:bool=False, capacity_factor:float|None=None,
-            aux_loss_coef:float=1e-2, dispatch:str='auto', img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
-    "ViT-MoE (Table 3 row 9, Riquelme et al. 2021): the FFN of the `moe` blocks replaced by `num_experts` FFN experts, top `top_k`."
-    moe_kwargs = dict(num_experts=num_experts, top_k=top_k, noise_at_eval=noise_at_eval,
-                      capacity_factor=capacity_factor, aux_loss_coef=aux_loss_coef, dispatch=dispatch)
-    return MultiTaskViT(num_classes, moe='ffn', placement=moe, moe_kwargs=moe_kwargs,
+            aux_loss_coef:float=1e-2, dispatch:str='auto', img_size:int=160, all_frames:int=16,
+            **vit_kwargs) -> MultiTaskViT:
+    "ViT-MoE (Table 3 row 9, Riquelme et al. 2021): the FFN of the `moae` blocks replaced by FFN experts, top `top_k`."
+    if 'moe' in vit_kwargs: moae = vit_kwargs.pop('moe')  # the placement's former name, in older checkpoint configs
+    moae_kwargs = dict(num_experts=num_experts, top_k=top_k, noise_at_eval=noise_at_eval,
+                       capacity_factor=capacity_factor, aux_loss_coef=aux_loss_coef, dispatch=dispatch)
+    return MultiTaskViT(num_classes, moae=moae, moae_kind='ffn', moae_kwargs=moae_kwargs,
                         **_vit_args(size, img_size, all_frames, vit_kwargs))
 
 MODELS = dict(vit=vit_single, vit_mtl=vit_mtl, unilearn=unilearn_vit, vit_moe=vit_moe)
@@ -425,225 +463,40 @@ def param_counts(model:nn.Module, task:str|None=None) -> dict:
         test -= sum(heads.values()) - heads[task if task is not None else max(heads, key=heads.get)]
     return dict(train=train, test=test)
 
-# %% ../nbs/01_moae.ipynb #fa02d0f6
-class CheckpointError(ValueError):
-    "A file that is not a usable checkpoint, an unknown layout, or weights that do not fit the model."
-    def __init__(self, msg:str, report=None):
-        super().__init__(msg)
-        self.report = report
+# %% ../nbs/01_moae.ipynb #91ba45b5
+TIMM_KIND_ARGS = dict(vit={}, vit_mtl={}, moae=dict(moae='later', moae_kind='adapter'),
+                      vit_moe=dict(moae='later', moae_kind='ffn'))
 
-def _safetensors_check(path:Path, size:int):
-    "Header and data extent of a safetensors file, or a clear error when it is cut short."
-    with open(path, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        if n > size - 8:
-            raise CheckpointError(f"{path} is truncated: its safetensors header claims {n:,} bytes but the file has {size:,} bytes")
-        try: header = json.loads(f.read(n))
-        except ValueError as e: raise CheckpointError(f"{path} has a damaged safetensors header ({e})") from None
-    end = max([v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'], default=0)
-    if 8 + n + end > size:
-        raise CheckpointError(f"{path} is truncated: it has {size:,} bytes, its tensors need {8 + n + end:,}")
-    return header
+_LAYER_ARGS = set(inspect.signature(MoAELayer).parameters) - {'dim'}
 
-def sniff_checkpoint(path) -> str:
-    "The format of a checkpoint file, `'safetensors'`, `'torch'` (zip) or `'torch-legacy'` (pickle), or an error saying what it is instead."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}")
-    size = path.stat().st_size
-    if size == 0: raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
-    with open(path, 'rb') as f: head = f.read(16)
-    if size >= 9 and head[8:9] == b'{' and struct.unpack('<Q', head[:8])[0] < 100_000_000:  # safetensors caps headers at 100 MB
-        # (tested before the pickle test: a header length can start with byte 0x80)
-        _safetensors_check(path, size)
-        return 'safetensors'
-    if head[:4] == b'PK\x03\x04':
-        try:
-            with zipfile.ZipFile(path) as z: names = z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{path} is a truncated or damaged PyTorch (zip) checkpoint ({e})") from None
-        if not any(n.endswith('data.pkl') for n in names):
-            raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (it holds {names[:3]}...)")
-        return 'torch'
-    if head[:2] == b'\x80\x02' and size > 2: return 'torch-legacy'
-    kind = 'text' if all(32 <= b < 127 or b in b'\t\r\n' for b in head) else 'binary data'
-    raise CheckpointError(f"{path} is not a checkpoint: it starts with {head[:12]!r} ({kind}); "
-                          "expected a safetensors file or a PyTorch .pt/.pth/.bin file")
-
-# %% ../nbs/01_moae.ipynb #8d4ac886
-_HF_WEIGHTS = ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json', 'pytorch_model.bin.index.json')
-
-def _torch_load(path:Path, trust:bool):
-    try:
-        if trust: return torch.load(path, map_location='cpu', weights_only=False)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'Weights only load failed' in str(e):
-            what = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-            raise CheckpointError(f"{path} holds Python objects besides tensors ({what.group(1) if what else 'unknown class'}); "
-                                  "pass trust=True to unpickle it, only if you trust where the file came from") from None
-        raise CheckpointError(f"{path} is a damaged or truncated PyTorch checkpoint ({e})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        msg = (str(e).splitlines() or ['unexpected end of file'])[0]
-        if 'magic number' in msg: raise CheckpointError(f"{path} is a Python pickle but not a PyTorch checkpoint ({msg})") from None
-        raise CheckpointError(f"{path} is a truncated or damaged PyTorch checkpoint ({type(e).__name__}: {msg})") from None
-
-def read_checkpoint(path, trust:bool=False):
-    "The object stored in a checkpoint file or `transformers` model directory (tensors on CPU)."
-    path = Path(path)
-    if path.is_dir():
-        found = [path/n for n in _HF_WEIGHTS if (path/n).exists()]
-        if not found: raise CheckpointError(f"{path} is a directory without {' / '.join(_HF_WEIGHTS)}: not a model directory")
-        if found[0].suffix == '.json':
-            shards = sorted(set(json.loads(found[0].read_text())['weight_map'].values()))
-            out = {}
-            for s in shards: out.update(_state_dict_of(read_checkpoint(path/s, trust), path/s))
-            return out
-        path = found[0]
-    fmt = sniff_checkpoint(path)
-    if fmt == 'safetensors':
-        try: return load_file(path)
-        except Exception as e: raise CheckpointError(f"{path} is a damaged safetensors file ({e})") from None
-    return _torch_load(path, trust)
-
-# %% ../nbs/01_moae.ipynb #4abfb782
-_CONTAINER_KEYS = ('model', 'module', 'state_dict', 'model_state_dict', 'model_state', 'net', 'network')
-_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
-
-def _is_tensor_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-def _state_dict_of(obj, source='state dict') -> dict:
-    if isinstance(obj, nn.Module): obj = obj.state_dict()
-    if _is_tensor_dict(obj): return dict(obj)
-    if isinstance(obj, dict):
-        for k in _CONTAINER_KEYS:
-            if k in obj and (_is_tensor_dict(obj[k]) or isinstance(obj[k], nn.Module)): return _state_dict_of(obj[k], source)
-        for k in _CONTAINER_KEYS:  # a container that holds more than tensors: say which entries
-            if isinstance(obj.get(k), dict) and obj[k]:
-                bad = [n for n, v in obj[k].items() if not isinstance(v, torch.Tensor)]
-                raise CheckpointError(f"{source}: entries {bad[:5]} of its '{k}' are not tensors; "
-                                      "is this a training checkpoint with extra fields?")
-        raise CheckpointError(f"{source} is a dict without a state dict in it: keys {sorted(map(str, obj))[:12]}; "
-                              f"expected tensors, or one of {list(_CONTAINER_KEYS)} holding them")
-    raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a state dict")
-
-def unwrap_model(model:nn.Module) -> nn.Module:
-    "The model inside DDP/DataParallel (`.module`) and `torch.compile` (`._orig_mod`) wrappers."
-    while isinstance(getattr(model, 'module', None), nn.Module) or isinstance(getattr(model, '_orig_mod', None), nn.Module):
-        model = getattr(model, 'module', None) if isinstance(getattr(model, 'module', None), nn.Module) else model._orig_mod
+def create_timm_model(kind:str, size:str, pretrained:bool=False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                      **kwargs) -> VisionTransformer:
+    "timm's entry point for unilearn models; `pretrained` reads a local folder (`timm.create_model('local-dir:...')`)."
+    from timm.models import build_model_with_cfg
+    from timm.models._builder import resolve_pretrained_cfg
+    from unilearn import timm_name
+    name = timm_name(kind, size)
+    if isinstance(pretrained_cfg, dict): pretrained_cfg = {k: v for k, v in pretrained_cfg.items() if k != 'num_frames'}
+    cfg = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay).to_dict()
+    if pretrained and cfg.get('source') != 'local-dir' and not cfg.get('file'):
+        raise ValueError(f"{name}: unilearn never downloads weights; save a folder with save_pretrained or "
+                         "timm.models.save_for_hf and create 'local-dir:FOLDER'")
+    if isinstance(cfg['num_classes'], dict): kwargs.setdefault('num_classes', cfg['num_classes']); cfg['num_classes'] = -1
+    layer_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _LAYER_ARGS}   # e.g. num_experts=4
+    if layer_args: kwargs['moae_kwargs'] = {**(kwargs.get('moae_kwargs') or {}), **layer_args}
+    cls = VisionTransformer if kind == 'vit' else MultiTaskViT
+    model = build_model_with_cfg(cls, name, pretrained, pretrained_cfg=cfg,
+                                 **{**vit_size(size), **TIMM_KIND_ARGS[kind], **kwargs})
+    model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=model.num_classes, num_frames=model.num_frames)
     return model
 
-def strip_wrappers(sd:dict) -> dict:
-    "Remove DDP (`module.`) and `torch.compile` (`_orig_mod.`) prefixes from every key that has them."
-    out = {}
-    for k, v in sd.items():
-        while k.startswith(_WRAPPER_PREFIXES): k = k.split('.', 1)[1]
-        out[k] = v
-    return out
+# %% ../nbs/01_moae.ipynb #d1dd7b1c
+_IN_INTEROP = ('CheckpointError', 'sniff_checkpoint', 'read_checkpoint', 'state_dict_of', 'strip_wrappers', 'unwrap_model',
+               'LoadReport', 'load_backbone')
 
-def state_dict_of(src, trust:bool=False) -> tuple:
-    "`(state_dict, source_name)` from a path, a `transformers` directory, a checkpoint dict, a state dict or a module."
-    if isinstance(src, (str, Path)): obj, name = read_checkpoint(src, trust), str(src)
-    else: obj, name = src, f"a {type(src).__name__}"
-    return strip_wrappers(_state_dict_of(obj, name)), name
-
-# %% ../nbs/01_moae.ipynb #40671e82
-def _ranges(nums) -> str:
-    nums = sorted(set(nums))
-    if len(nums) == 1: return str(nums[0])
-    if nums == list(range(nums[0], nums[-1] + 1)): return f"{{{nums[0]}..{nums[-1]}}}"
-    return '{' + ','.join(map(str, nums)) + '}'
-
-def _collapse(keys, universe) -> list:
-    "Replace keys by `prefix.*` where every key of `universe` under that prefix is in `keys`."
-    keys, out = list(dict.fromkeys(keys)), []
-    if universe is None: return keys
-    kset, uni = set(keys), list(universe)
-    for k in keys:
-        parts = k.split('.')
-        for n in range(1, len(parts)):
-            p = '.'.join(parts[:n]) + '.'
-            if all(u in kset for u in uni if u.startswith(p)):
-                k = p + '*'; break
-        if k not in out: out.append(k)
-    return out
-
-def _summarise(keys, limit:int=12, universe=None) -> str:
-    "Keys in a short form: `blocks.{6..11}.moe_layer.*` (numbers grouped; `prefix.*` when all of `universe` under it is meant)."
-    groups = {}
-    for k in _collapse(keys, universe):
-        parts = k.split('.')
-        pat = tuple('#' if p.isdigit() else p for p in parts)
-        groups.setdefault(pat, []).append([int(p) for p in parts if p.isdigit()])
-    out = []
-    for pat, nums in groups.items():
-        cols = list(zip(*nums)) if nums and nums[0] else []
-        it = iter(_ranges(c) for c in cols)
-        out.append('.'.join(next(it) if p == '#' else p for p in pat))
-    more = f" ... (+{len(out) - limit} more)" if len(out) > limit else ''
-    return ', '.join(out[:limit]) + more if out else '(none)'
-
-@dataclass
-class LoadReport:
-    "What a loader did: keys loaded, new (kept their init), unused (in the file only), mismatched `(key, file shape, model shape)`, upcycled, converted."
-    loaded: list = field(default_factory=list)
-    new: list = field(default_factory=list)
-    unused: list = field(default_factory=list)
-    mismatched: list = field(default_factory=list)  # (key, shape in the file, shape in the model)
-    upcycled: list = field(default_factory=list)    # loaded from the pre-trained FFN of their block (ViT-MoE experts)
-    converted: dict = field(default_factory=dict)   # key -> what was done to it (renamed layouts, new shapes)
-    layout: str = ''
-    source: str = ''
-    _universe: dict = field(default_factory=dict, repr=False, compare=False)  # all model / checkpoint keys, for short summaries
-
-    def __repr__(self):
-        head = 'LoadReport' + (f" from {self.source}" if self.source else '') + (f" (layout {self.layout})" if self.layout else '')
-        lines = [f"{head}: {len(self.loaded)} loaded" + (f" ({len(self.upcycled)} upcycled)" if self.upcycled else '') +
-                 f", {len(self.new)} new, {len(self.unused)} unused, {len(self.mismatched)} mismatched, {len(self.converted)} converted"]
-        for name in ('new', 'unused'):
-            keys = getattr(self, name)
-            if keys: lines.append(f"  {name}: {_summarise(keys, universe=self._universe.get(name))}")
-        if self.mismatched:
-            shapes = '; '.join(f"{k} {tuple(a)} in the file, {tuple(b)} in the model" for k, a, b in self.mismatched[:2])
-            lines.append(f"  mismatched: {_summarise([k for k, *_ in self.mismatched], universe=self._universe.get('mismatched'))} (e.g. {shapes})")
-        if self.converted:
-            notes = {}
-            for k, v in self.converted.items(): notes.setdefault(v, []).append(k)
-            for v, ks in notes.items(): lines.append(f"  converted {_summarise(ks, 4)}: {v}")
-        return '\n'.join(lines)
-
-_MAY_BE_NEW = re.compile(r'(^|\.)(moe_layer|head|fc_norm)(\.|$)')
-
-def load_backbone(model:nn.Module, state_dict, strict:bool=True, upcycle:bool=True) -> LoadReport:
-    "Load pre-trained backbone weights into `model` by name; report loaded/new/unused/mismatched keys (see above)."
-    sd, source = state_dict_of(state_dict)
-    model = unwrap_model(model)
-    names = dict.fromkeys(sd, None)                # file key -> model key it feeds (None: unused so far)
-    if any(k.startswith('encoder.') for k in sd):  # MAE checkpoint: the encoder is the backbone
-        src = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
-        origin = {k[len('encoder.'):]: k for k in sd if k.startswith('encoder.')}
-    else: src, origin = sd, {k: k for k in sd}
-    target = model.state_dict()
-    rep, load = LoadReport(source=source, _universe=dict(new=list(target), unused=list(sd), mismatched=list(target))), {}
-    for k, t in target.items():
-        v, src_key = src.get(k), k
-        if v is None and upcycle:                  # ViT-MoE expert from its block's pre-trained FFN
-            hit = re.fullmatch(r'(blocks\.\d+\.)moe_layer\.experts\.\d+\.(fc[12]\.(?:weight|bias))', k)
-            ffn = hit and f"{hit[1]}mlp.{hit[2]}"
-            if ffn and ffn in src and ffn not in target: src_key, v = ffn, src[ffn]   # only where the block lost its FFN
-        if v is None: rep.new.append(k); continue
-        names[origin[src_key]] = k
-        if tuple(v.shape) != tuple(t.shape): rep.mismatched.append((k, tuple(v.shape), tuple(t.shape))); continue
-        load[k] = v
-        rep.loaded.append(k)
-        if src_key != k: rep.upcycled.append(k)
-    rep.unused = [k for k, used in names.items() if used is None]
-    backbone_new = [k for k in rep.new if not _MAY_BE_NEW.search(k)]
-    if strict and (rep.mismatched or backbone_new):
-        raise ValueError(f"load_backbone refused (strict=True): {len(rep.mismatched)} shape mismatches, "
-                         f"{len(backbone_new)} backbone weights missing from the file {backbone_new[:8]}\n{rep!r}\n"
-                         "Pass strict=False to load what matches anyway.")
-    missing, unexpected = model.load_state_dict(load, strict=False)
-    assert not unexpected and set(missing) == set(target) - set(load), "load_backbone: internal key bookkeeping error"
-    return rep
+def __getattr__(name):
+    "`unilearn.moae.load_backbone` and the other checkpoint names: looked up in `unilearn.interop` on first use."
+    if name in _IN_INTEROP:
+        import importlib
+        return getattr(importlib.import_module('unilearn.interop'), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,19 +4,26 @@
 
 # %% ../nbs/00_vit.ipynb #42ff7b27
 from __future__ import annotations
-import math, warnings
+import math
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from fastcore.basics import patch
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_model
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import register_model
+
+from . import timm_cfg, timm_name
 
 # %% auto #0
-__all__ = ['VIT_SIZES', 'unilearn_vit_tiny_patch16_160', 'unilearn_vit_small_patch16_160', 'unilearn_vit_base_patch16_160',
-           'vit_size', 'sinusoid_table', 'PatchEmbed', 'GELU', 'Attention', 'Block', 'VisionTransformer', 'create_vit',
-           'vit_flops']
+__all__ = ['VIT_SIZES', 'vit_size', 'sinusoid_table', 'PatchEmbed', 'GELU', 'Attention', 'Block', 'VisionTransformer',
+           'recomputing', 'create_vit', 'vit_flops']
 
 # %% ../nbs/00_vit.ipynb #e2c6772d
 VIT_SIZES = {
@@ -101,44 +108,58 @@ class Attention(nn.Module):
 class Block(nn.Module):
     "Pre-norm transformer block: `x + Attn(LN1 x)`, then `x + FFN(LN2 x)`, with stochastic depth."
     def __init__(self, dim:int, num_heads:int, mlp_ratio:float=4., qkv_bias:bool=True, drop:float=0.,
-                 attn_drop:float=0., drop_path:float=0., norm_layer=partial(nn.LayerNorm, eps=1e-6)):
+                 attn_drop:float=0., drop_path:float=0., norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                 mlp_layer=Mlp):  # the FFN, built as `mlp_layer(dim, hidden, act_layer=GELU, drop=drop)`; None: no FFN
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=GELU, drop=drop)
+        if mlp_layer is not None: self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act_layer=GELU, drop=drop)
 
     def forward(self, x):
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
-# %% ../nbs/00_vit.ipynb #66d3b6c0
+# %% ../nbs/00_vit.ipynb #2b011e91
 def _check_input(x, in_chans:int):
     if not isinstance(x, torch.Tensor): raise TypeError(f"Expected a tensor, got {type(x).__name__}")
     if x.ndim not in (4, 5):
         raise ValueError(f"Expected an image batch (B,C,H,W) or a clip batch (B,C,T,H,W); got shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:
-        hint = " (clips must be channels-first: (B,C,T,H,W), not (B,T,C,H,W))" if x.ndim == 5 and x.shape[2] == in_chans else ""
+        hint = (" (clips must be channels-first: (B,C,T,H,W), not (B,T,C,H,W))"
+                if x.ndim == 5 and x.shape[2] == in_chans else "")
         raise ValueError(f"Expected {in_chans} channels in dim 1, got shape {tuple(x.shape)}{hint}")
 
-class VisionTransformer(nn.Module):
+def _hw(img_size) -> tuple: return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+def _square(img_size): h, w = _hw(img_size); return h if h == w else (h, w)   # timm passes (H, W)
+
+def _build_blocks(block_fn, depth:int, drop_path:float, **kwargs) -> nn.ModuleList:
+    "`block_fn(**kwargs)` for each block (or `block_fn[i]`), with stochastic depth growing linearly to `drop_path`."
+    fns = list(block_fn) if isinstance(block_fn, Sequence) else [block_fn] * depth
+    if len(fns) != depth: raise ValueError(f"block_fn lists {len(fns)} block functions for depth={depth}; give {depth}")
+    dpr = torch.linspace(0, drop_path, depth).tolist()
+    return nn.ModuleList([fn(drop_path=dpr[i], **kwargs) for i, fn in enumerate(fns)])
+
+# %% ../nbs/00_vit.ipynb #66d3b6c0
+class VisionTransformer(nn.Module, PyTorchModelHubMixin, library_name='unilearn'):
     "ViT for images `(B,3,H,W)` and clips `(B,3,T,H,W)` with tubelet embedding and fixed sinusoidal positions."
     def __init__(self, img_size:int=160, patch_size:int=16, in_chans:int=3, num_classes:int=7, embed_dim:int=768,
                  depth:int=12, num_heads:int=12, mlp_ratio:float=4., qkv_bias:bool=True, drop_rate:float=0.,
                  attn_drop_rate:float=0., drop_path_rate:float=0., all_frames:int=16, tubelet_size:int=2,
-                 fc_drop_rate:float=0., init_scale:float=1., norm_layer=partial(nn.LayerNorm, eps=1e-6)):
+                 fc_drop_rate:float=0., init_scale:float=1., norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                 block_fn:Callable|Sequence[Callable]=Block):  # builds block i (a list: one function per block)
         super().__init__()
         self.num_classes, self.embed_dim, self.depth, self.in_chans = num_classes, embed_dim, depth, in_chans
-        self.num_features = embed_dim
-        self.tubelet_size, self.patch_size = tubelet_size, patch_size
+        self.num_features, self.tubelet_size, self.patch_size = embed_dim, tubelet_size, patch_size
+        self.img_size, self.num_frames, self.grad_checkpointing = _square(img_size), all_frames, False
         self.patch_embed = PatchEmbed(patch_size, tubelet_size, in_chans, embed_dim)
-        t, h, w = self.patch_embed.grid(all_frames, img_size, img_size)
+        t, h, w = self.patch_embed.grid(all_frames, *_hw(img_size))
         self.register_buffer('pos_embed', sinusoid_table(t * h * w, embed_dim), persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                                           dpr[i], norm_layer) for i in range(depth)])
+        self.blocks = _build_blocks(block_fn, depth, dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                    qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+                                    drop_path=drop_path_rate, norm_layer=norm_layer)
         self.fc_norm = norm_layer(embed_dim)
         self.fc_dropout = nn.Dropout(fc_drop_rate) if fc_drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -155,65 +176,135 @@ class VisionTransformer(nn.Module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def no_weight_decay(self): return {'pos_embed'}
+# %% ../nbs/00_vit.ipynb #db6f5994
+@patch
+def positions(self:VisionTransformer, n:int) -> torch.Tensor:
+    "The first `n` rows of the positional table, growing the table if the input has more tokens."
+    if n > self.pos_embed.shape[1]: self.pos_embed = sinusoid_table(n, self.embed_dim).to(self.pos_embed.device)
+    return self.pos_embed[:, :n]
 
-    def positions(self, n:int) -> torch.Tensor:
-        "The first `n` rows of the positional table, growing the table if the input has more tokens."
-        if n > self.pos_embed.shape[1]:
-            self.pos_embed = sinusoid_table(n, self.embed_dim).to(self.pos_embed.device)
-        return self.pos_embed[:, :n]
+@patch
+def as_clip(self:VisionTransformer, x) -> torch.Tensor:
+    "Check `x` and return it as a clip: an image becomes `tubelet_size` copies of itself in time."
+    _check_input(x, self.in_chans)
+    return x.unsqueeze(2).expand(-1, -1, self.tubelet_size, -1, -1) if x.ndim == 4 else x
 
-    def as_clip(self, x) -> torch.Tensor:
-        "Check `x` and return it as a clip: an image becomes `tubelet_size` copies of itself in time."
-        _check_input(x, self.in_chans)
-        if x.ndim == 4: x = x.unsqueeze(2).expand(-1, -1, self.tubelet_size, -1, -1)
-        return x
+@patch
+def embed(self:VisionTransformer, x) -> torch.Tensor:
+    "Tokens with positions added: `(B, N, D)`."
+    x = self.patch_embed(self.as_clip(x))
+    return self.pos_drop(x + self.positions(x.shape[1]).to(x.dtype))
 
-    def embed(self, x) -> torch.Tensor:
-        "Tokens with positions added: `(B, N, D)`."
-        x = self.patch_embed(self.as_clip(x))
-        return self.pos_drop(x + self.positions(x.shape[1]).to(x.dtype))
+# %% ../nbs/00_vit.ipynb #973b4873
+_RECOMPUTING = [False]
 
-    def forward_features(self, x) -> torch.Tensor:
-        "Token features after all blocks, `(B, N, D)`."
-        x = self.embed(x)
-        for blk in self.blocks: x = blk(x)
-        return x
+@contextmanager
+def _recomputing():
+    _RECOMPUTING[0] = True
+    try: yield
+    finally: _RECOMPUTING[0] = False
 
-    def pool(self, tokens) -> torch.Tensor:
-        "Mean over tokens, then `fc_norm`: the clip/image embedding `(B, D)`."
-        return self.fc_norm(tokens.mean(1))
+def _recompute(): return nullcontext(), _recomputing()
 
-    def forward_head(self, tokens, pre_logits:bool=False):
-        x = self.pool(tokens)
-        return x if pre_logits else self.head(self.fc_dropout(x))
+def recomputing() -> bool:
+    "True while activation checkpointing re-runs a block in backward: layers skip side effects such as gate counts."
+    return _RECOMPUTING[0]
 
-    def forward(self, x): return self.forward_head(self.forward_features(x))
+# %% ../nbs/00_vit.ipynb #f4a49116
+@patch
+def forward_features(self:VisionTransformer, x) -> torch.Tensor:
+    "Token features after all blocks, `(B, N, D)`; with grad checkpointing each block is recomputed in backward."
+    x = self.embed(x)
+    ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+    for blk in self.blocks: x = checkpoint(blk, x, use_reentrant=False, context_fn=_recompute) if ckpt else blk(x)
+    return x
+
+@patch
+def pool(self:VisionTransformer, tokens) -> torch.Tensor:
+    "Mean over tokens, then `fc_norm`: the clip/image embedding `(B, D)`."
+    return self.fc_norm(tokens.mean(1))
+
+@patch
+def forward_head(self:VisionTransformer, tokens, pre_logits:bool=False):
+    x = self.pool(tokens)
+    return x if pre_logits else self.head(self.fc_dropout(x))
+
+@patch
+def forward(self:VisionTransformer, x): return self.forward_head(self.forward_features(x))
 
 # %% ../nbs/00_vit.ipynb #127db2ad
-def create_vit(size:str|dict='base', num_classes:int=7, img_size:int=160, all_frames:int=16, **kwargs) -> VisionTransformer:
+def create_vit(size:str|dict='base', num_classes:int=7, img_size:int=160, all_frames:int=16,
+               **kwargs) -> VisionTransformer:
     "Build a `VisionTransformer` of a named size for `all_frames` x `img_size` inputs."
-    return VisionTransformer(img_size=img_size, num_classes=num_classes, all_frames=all_frames, **{**vit_size(size), **kwargs})
+    return VisionTransformer(img_size=img_size, num_classes=num_classes, all_frames=all_frames,
+                             **{**vit_size(size), **kwargs})
 
-_TIMM_FACTORY_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir')
+# %% ../nbs/00_vit.ipynb #527dc2a2
+@patch
+def no_weight_decay(self:VisionTransformer) -> set: return {'pos_embed'}
 
-def _registered(size:str):
-    def _fn(pretrained:bool=False, **kwargs):
-        for k in _TIMM_FACTORY_KWARGS: kwargs.pop(k, None)  # timm's factory passes these to every model fn
-        if pretrained: raise ValueError("unilearn never downloads weights; build the model, then load a local file with unilearn's loaders")
-        return create_vit(size, **kwargs)
-    _fn.__name__ = f'unilearn_vit_{size}_patch16_160'
-    _fn.__qualname__ = _fn.__name__
-    _fn.__module__ = __name__
-    _fn.__doc__ = f"UniLearn ViT-{size[0].upper()}/16 for 16x160x160 clips and 160x160 images."
-    with warnings.catch_warnings():  # re-running this cell or re-importing re-registers on purpose
-        warnings.filterwarnings('ignore', message='Overwriting unilearn_vit')
-        return register_model(_fn)
+@patch
+def group_matcher(self:VisionTransformer, coarse:bool=False) -> dict:
+    "Parameter groups for timm's layer decay: the patch embedding, one group per block, then `fc_norm` and heads."
+    return dict(stem=r'^patch_embed', blocks=r'^blocks\.(\d+)' if coarse else
+                [(r'^blocks\.(\d+)', None), (r'^fc_norm', (99999,))])
 
-unilearn_vit_tiny_patch16_160 = _registered('tiny')
-unilearn_vit_small_patch16_160 = _registered('small')
-unilearn_vit_base_patch16_160 = _registered('base')
+@patch
+def set_grad_checkpointing(self:VisionTransformer, enable:bool=True):
+    "Recompute each block's activations in backward instead of storing them (less memory, one more forward)."
+    self.grad_checkpointing = enable
+
+# %% ../nbs/00_vit.ipynb #fc28a548
+@patch
+def get_classifier(self:VisionTransformer) -> nn.Module: return self.head
+
+@patch
+def reset_classifier(self:VisionTransformer, num_classes:int, global_pool:str|None=None):
+    "A new head for `num_classes` classes (0: none, the model returns pooled features); the pooling stays 'avg'."
+    if global_pool not in (None, 'avg'): raise ValueError(f"global_pool={global_pool!r}: this ViT mean-pools ('avg')")
+    self.num_classes = num_classes
+    self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+    self._init_weights(self.head)
+
+# %% ../nbs/00_vit.ipynb #42463728
+def _timm_kind(m) -> str: return getattr(m, 'timm_kind', 'vit')
+
+def _size_name(m) -> str:
+    "The named size of this width/depth/heads, else 'base' (its `_model_args` say more)."
+    dims = dict(embed_dim=m.embed_dim, depth=m.depth, num_heads=m.blocks[0].attn.num_heads)
+    return next((s for s, d in VIT_SIZES.items() if d == dims), 'base')
+
+def _get_cfg(self) -> dict:
+    cfg = self.__dict__.get('_pretrained_cfg')
+    if cfg is None: cfg = timm_cfg(timm_name(_timm_kind(self), _size_name(self)), self.num_classes)
+    return dict(cfg, input_size=(self.in_chans, *_hw(self.img_size)), num_frames=self.num_frames,
+                num_classes=self.num_classes)
+
+def _set_cfg(self, cfg:dict): self.__dict__['_pretrained_cfg'] = dict(cfg)
+VisionTransformer.pretrained_cfg = VisionTransformer.default_cfg = property(_get_cfg, _set_cfg)
+VisionTransformer._model_args = property(lambda self: {**(self._hub_mixin_config or {}), **self.__dict__.get('_args', {})},
+                                         lambda self, args: self.__dict__.__setitem__('_args', dict(args)))
+
+# %% ../nbs/00_vit.ipynb #3fe11fd4
+@patch
+def _save_pretrained(self:VisionTransformer, save_directory):
+    "`model.safetensors`, after checking that `config.json` (the constructor's JSON arguments) rebuilds the model."
+    twin = type(self)(**(self._hub_mixin_config or {}))
+    want, got = ({k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (self, twin))
+    if want != got:
+        raise ValueError(f"config.json would not rebuild this {type(self).__name__}: an argument that is not a JSON "
+                         "value (a layer class, a function) was passed; build it from JSON arguments to save it")
+    PyTorchModelHubMixin._save_pretrained(self, save_directory)
+
+@patch(cls_method=True)
+def _from_pretrained(cls:VisionTransformer, *, model_id:str, map_location:str='cpu', strict:bool=True, **kwargs):
+    folder = Path(model_id)
+    if not (folder/'model.safetensors').is_file(): raise FileNotFoundError(f"No model.safetensors in {folder}")
+    model = cls(**{k: v for k, v in kwargs.items() if k not in _HUB_KWARGS})
+    load_model(model, str(folder/'model.safetensors'), strict=strict, device=map_location)
+    return model.eval()
+
+_HUB_KWARGS = ('revision', 'cache_dir', 'force_download', 'local_files_only', 'token', 'proxies', 'resume_download')
 
 # %% ../nbs/00_vit.ipynb #28012304
 def vit_flops(model:VisionTransformer, tokens:int, batch:int=1) -> int:
