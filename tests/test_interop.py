@@ -465,6 +465,41 @@ def test_save_and_load_checkpoint_round_trip(tmp_path, clip, kind):
     assert not report.new and not report.unused
 
 
+@pytest.mark.parametrize('kind', [k for k in MODEL_KINDS if k != 'mae'])
+def test_geometry_is_recorded_from_the_model_not_guessed(tmp_path, kind):
+    for img_size, frames in [(32, 4), (48, 2), (16, 16)]:
+        model = MODEL_KINDS[kind]() if (img_size, frames) == (32, 4) else \
+            type(MODEL_KINDS[kind]())(**{**MODEL_KINDS[kind]()._hub_mixin_config, 'img_size': img_size, 'all_frames': frames})
+        cfg = checkpoint_config(save_checkpoint(model, tmp_path / f'{img_size}_{frames}.safetensors'))   # no input=
+        assert (cfg['kwargs']['img_size'], cfg['kwargs']['all_frames']) == (img_size, frames)
+        assert cfg['info']['input'] == dict(img_size=img_size, frames=frames)
+
+
+@pytest.mark.parametrize('kind', [k for k in MODEL_KINDS if k != 'mae'])
+def test_save_pretrained_folder_round_trip(tmp_path, clip, kind):
+    model = randomise(MODEL_KINDS[kind]()).eval()
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((tmp_path / 'config.json').read_text())
+    assert (config['img_size'], config['all_frames']) == (32, 4)
+    back = type(model).from_pretrained(tmp_path)
+    assert type(back) is type(model) and not back.training and back.num_frames == 4
+    for k, v in model.state_dict().items(): assert torch.equal(back.state_dict()[k], v), k
+    task = () if kind == 'vit' else ('video',)
+    with torch.no_grad():
+        torch.manual_seed(5); a = model(clip, *task); torch.manual_seed(5); b = back(clip, *task)
+    assert torch.equal(a, b)
+
+
+def test_save_pretrained_refuses_what_config_json_cannot_rebuild(tmp_path):
+    from functools import partial
+    from timm.layers import Mlp
+    model = unilearn_vit(TINY4, num_experts=4, **GEO)
+    odd = type(model)(**{**model._hub_mixin_config, 'moae_kwargs': dict(num_experts=4, expert_layer=partial(Mlp, bias=False))})
+    with pytest.raises(ValueError, match='would not rebuild'): odd.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match='model.safetensors'): type(model).from_pretrained(tmp_path)
+
+
 def test_joint_model_from_a_published_pretraining_file_round_trips(tmp_path, clip):
     from unilearn.joint import create_model
     mae = randomise(create_mae(TINY4, decoder_dim=24, decoder_depth=1, decoder_heads=3, **GEO))

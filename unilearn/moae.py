@@ -85,6 +85,10 @@ def _check_layer(dim, num_experts, top_k, bottleneck, capacity_factor, aux_loss_
     if not aux_loss_coef >= 0: raise ValueError(f"aux_loss_coef must be >= 0, got {aux_loss_coef!r}")
     return bottleneck
 
+def _plain_mlp(e) -> bool:
+    return (type(e) is Mlp and e.fc1.bias is not None and e.fc2.bias is not None and isinstance(e.norm, nn.Identity)
+            and isinstance(e.drop1, nn.Dropout) and e.drop1.p == 0)
+
 # %% ../nbs/01_moae.ipynb #7f8d5d18
 class MoAELayer(nn.Module):
     """Mixture of `num_experts` adapter experts (`dim -> bottleneck -> dim`), `top_k` per token, chosen by a router.
@@ -115,10 +119,10 @@ class MoAELayer(nn.Module):
         self.router = (router_layer or NoisyTopKRouter)(dim, num_experts, top_k, noise_at_eval=noise_at_eval)
         self.experts = nn.ModuleList([expert_layer(dim, bottleneck, act_layer=act_layer, drop=drop)
                                       for _ in range(num_experts)])
-        mlp_like = all(isinstance(e, Mlp) for e in self.experts)
-        self.dispatch = choose_dispatch(dispatch if mlp_like or dispatch != 'auto' else 'sorted', dim, num_experts,
+        plain = all(_plain_mlp(e) for e in self.experts)   # the dense dispatch fuses fc1 / act / fc2 of plain Mlps
+        self.dispatch = choose_dispatch(dispatch if plain or dispatch != 'auto' else 'sorted', dim, num_experts,
                                         top_k, bottleneck, drop)
-        if self.dispatch == 'dense' and not mlp_like: raise ValueError("dispatch='dense' needs timm Mlp experts")
+        if self.dispatch == 'dense' and not plain: raise ValueError("dispatch='dense' needs timm Mlp experts with biases")
         self.apply(VisionTransformer._init_weights)
         self.task, self.track, self.aux, self.stats = None, False, None, {}
 
@@ -154,8 +158,9 @@ def forward(self:MoAELayer, x:torch.Tensor, out:torch.Tensor|None=None) -> torch
         y = self._dense(flat, route, order)
         out = y.to(flat.dtype) if out is None else out.reshape(-1, shape[-1]).add_(y.to(out.dtype))
     else: out = self._sorted(flat, route, order, kept, out)
-    if not recomputing():  # activation checkpointing re-runs the forward in backward: count and set once
-        self.aux = self._aux_loss(route, counts, n) if self.training and self.aux_loss_coef > 0 else None
+    aux = self._aux_loss(route, counts, n) if self.training and self.aux_loss_coef > 0 else None
+    if not recomputing():  # activation checkpointing re-runs the forward in backward: keep and count once
+        self.aux = aux
         if self.track: self._record(route, slot_expert, counts, kept, n)
     return out.view(shape)
 

@@ -245,7 +245,7 @@ def no_weight_decay(self:VisionTransformer) -> set: return {'pos_embed'}
 
 @patch
 def group_matcher(self:VisionTransformer, coarse:bool=False) -> dict:
-    "Parameter groups for timm's layer decay: the patch embedding, one group per block, then `fc_norm` and heads."
+    "Parameter groups for timm's layer decay: the patch embedding, one group per block (`fc_norm` joins the last, as in timm), heads."
     return dict(stem=r'^patch_embed', blocks=r'^blocks\.(\d+)' if coarse else
                 [(r'^blocks\.(\d+)', None), (r'^fc_norm', (99999,))])
 
