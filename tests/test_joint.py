@@ -30,12 +30,12 @@ def test_lr_follows_the_published_rule():
     images, clips = Toy(40, (3, 16, 16)), Toy(40, (3, 2, 16, 16), seed=1)
     model = create_model(TINY, num_classes={'image': 3, 'video': 3}, num_experts=2, **GEOM)
     dls = joint_dataloaders(images, clips, images, clips, image_bs=4, video_bs=16)
-    learn = finetune_learner(model, dls, autocast=None)
+    learn = finetune_learner(model, dls, precision='fp32')
     assert learn.lr == pytest.approx(2e-5) and learn.min_lr == pytest.approx(2e-6)
     dls2 = joint_dataloaders(images, clips, images, clips, image_bs=4, video_bs=4, world_size=2, rank=1)
-    learn2 = finetune_learner(model, dls2, autocast=None)
+    learn2 = finetune_learner(model, dls2, precision='fp32')
     assert learn2.lr == pytest.approx(1e-5)
-    assert finetune_learner(model, dls, lr=3e-4, autocast=None).lr == 3e-4
+    assert finetune_learner(model, dls, lr=3e-4, precision='fp32').lr == 3e-4
 
 
 def test_ddp_ranks_split_the_balanced_image_stream():
@@ -60,7 +60,7 @@ def test_video_only_vit_baseline_trains_and_evaluates():
     model = create_model(TINY, num_classes={'image': 3, 'video': 3}, kind='vit', **GEOM)
     dls = joint_dataloaders(None, tr, None, va, video_bs=8)
     assert set(dls.train.modalities) == {'video'}
-    learn = finetune_learner(model, dls, lr=3e-3, autocast=None, mixup_alpha=0., cutmix_alpha=0.)
+    learn = finetune_learner(model, dls, lr=3e-3, precision='fp32', mixup_alpha=0., cutmix_alpha=0.)
     with quiet(learn): hist = fit_joint(learn, epochs=3, warmup_epochs=1)
     assert list(hist.columns[:2]) == ['epoch', 'train_loss'] and 'video_uar' in hist and len(hist) == 3
     preds = evaluate_joint(best_model(learn), {'video': va})

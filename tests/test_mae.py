@@ -118,14 +118,15 @@ def test_resume_equals_uninterrupted(tmp_path):
             if self.epoch == 0: raise KeyboardInterrupt
     def run(ckpt, resume=None, stop=False):
         seed_everything(0)
-        learn = pretrain_learner(tiny_mae(), *toy_loaders(), lr=2e-3, checkpoint_dir=ckpt, checkpoint_every=1, resume=resume,
+        learn = pretrain_learner(tiny_mae(), *toy_loaders(), lr=2e-3, checkpoint_dir=ckpt, save_every=1, resume=resume,
                                  quiet=True, cbs=[Stop()] if stop else None)
         try: learn.fit(2)
         except KeyboardInterrupt: pass
         return learn
     straight = run(tmp_path / 'a')
     run(tmp_path / 'b', stop=True)
-    assert [p.name for p in (tmp_path / 'b').iterdir()] == ['epoch_0001.pth']
+    # one checkpoint, the run manifest, and the lock this (still running) process holds on the folder
+    assert sorted(p.name for p in (tmp_path / 'b').iterdir()) == ['epoch_0001.pth', 'manifest.json', 'run.lock']
     torch.rand(5)  # a new process would not share the RNG state
     resumed = run(tmp_path / 'b', resume='last')
     a, b = straight.model.state_dict(), resumed.model.state_dict()

@@ -1095,6 +1095,8 @@ def prepare(self:CheckpointCallback):
     if _rank() != 0: return
     resuming = self.resume_from not in (None, False)
     if self.run_lock is not None: self.run_lock.acquire()
+    for t in self.path.glob('.epoch_*.tmp'):  # a write cut short by a kill (`_atomic_write` cleans up its own failures)
+        warnings.warn(f"removing {t}, an unfinished checkpoint write"); t.unlink(missing_ok=True)
     last = latest_checkpoint(self.path) if self.path.exists() else None
     if not resuming and last is not None and last.name not in self._written:
         raise CheckpointError(f"{self.path} already holds checkpoints of a run ({last.name}); resume it with resume='last' "
