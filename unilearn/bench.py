@@ -19,7 +19,7 @@ from .vit import create_vit, vit_flops
 
 # %% auto #0
 __all__ = ['BENCHES', 'GPU_COMPILED', 'GPU_RATIOS', 'register_bench', 'autocast_ctx', 'sync', 'time_side_by_side', 'paired_times',
-           'median_ratio', 'matmul_peak', 'videomae_reference', 'bench_vit', 'PublishedStyleMoAE',
+           'median_ratio', 'matmul_peak', 'videomae_reference', 'eval_fn', 'bench_vit', 'PublishedStyleMoAE',
            'with_published_moae', 'bench_moae', 'videomae_pretraining_reference', 'bench_mae', 'published_indices',
            'same_ops', 'PublishedStyleClips', 'cpu_wall_rates', 'loader_rate', 'bench_data', 'train_step',
            'clips_per_s', 'gpu_cases', 'bench_gpu', 'run_predict_bench', 'machine_info', 'bench_names', 'check_device',
@@ -97,7 +97,15 @@ def _train_step(model, opt, x, y, dtype, device):
     with autocast_ctx(dtype, device): loss = F.cross_entropy(model(x), y)
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
 
-# %% ../nbs/10_bench.ipynb #a5673798
+# %% ../nbs/10_bench.ipynb #ea7ce77f
+def eval_fn(f, dtype:str='fp32', device:str='cpu'):
+    "`f()` as a function run without gradients under `autocast_ctx(dtype)`: an eval forward to time."
+    @torch.no_grad()
+    def g():
+        with autocast_ctx(dtype, device): f()
+    return g
+
+# %% ../nbs/10_bench.ipynb #8c078b71
 @register_bench('vit')
 def bench_vit(size:str='base', batch:int=2, frames:int=16, img_size:int=160, reps:int=3, dtypes=('fp32', 'bf16'),
               device:str='cpu') -> dict:
@@ -113,21 +121,16 @@ def bench_vit(size:str='base', batch:int=2, frames:int=16, img_size:int=160, rep
                params_ours=sum(p.numel() for p in ours.parameters()),
                params_ref=sum(p.numel() for p in ref.parameters()))
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in (('ours', ours), ('ref', ref))}
-    ref_logits = lambda v: ref(pixel_values=v.transpose(1, 2)).logits
+    ref_logits = lambda v: ref(pixel_values=v.transpose(1, 2)).logits   # the transpose is part of a VideoMAE step
+    steps = dict(ours=lambda d: _train_step(ours, opts['ours'], x, y, d, device),
+                 ref=lambda d: _train_step(ref_logits, opts['ref'], x, y, d, device))
     for dtype in dtypes:
-        peak = matmul_peak(dtype, device=device)
         ours.eval(); ref.eval()
-        @torch.no_grad()
-        def f_ours():
-            with autocast_ctx(dtype, device): ours(x)
-        @torch.no_grad()
-        def f_ref():
-            with autocast_ctx(dtype, device): ref(pixel_values=xt)
-        fwd, fr = paired_times({'ours': f_ours, 'ref': f_ref}, reps=reps, device=device)
+        fwd, fr = paired_times({'ours': eval_fn(lambda: ours(x), dtype, device),
+                                'ref': eval_fn(lambda: ref(pixel_values=xt), dtype, device)}, reps=reps, device=device)
         ours.train(); ref.train()
-        trn, tr = paired_times({'ours': lambda: _train_step(ours, opts['ours'], x, y, dtype, device),
-                                'ref': lambda: _train_step(ref_logits, opts['ref'], x, y, dtype, device)},
-                               reps=reps, device=device)
+        trn, tr = paired_times({k: (lambda k=k: steps[k](dtype)) for k in steps}, reps=reps, device=device)
+        peak = matmul_peak(dtype, device=device)
         res[dtype] = dict(   # ratios: median over rounds of the ratio within a round
             forward=dict(ours_s=fwd['ours'], videomae_s=fwd['ref'], ratio=median_ratio(fr, 'ours', 'ref'),
                          ours_tflops=flops / fwd['ours'] / 1e12, videomae_tflops=flops / fwd['ref'] / 1e12),
@@ -183,11 +186,7 @@ def with_published_moae(model:nn.Module, capacity_factor:float=1.0, noise:bool=T
 # %% ../nbs/10_bench.ipynb #398a0276
 def _moae_layer_times(layers:dict, h, dtype:str, reps:int, device:str) -> dict:
     "Forward and forward+backward of MoAE layers on `h`, in turns: ours vs published, with defaults and at equal work."
-    def fwd(l):
-        @torch.no_grad()
-        def f():
-            with autocast_ctx(dtype, device): l(h)
-        return f
+    fwd = lambda l: eval_fn(lambda: l(h), dtype, device)
     def fwd_bwd(l):
         def f():
             with autocast_ctx(dtype, device): l(h.detach().requires_grad_()).float().sum().backward()
@@ -231,11 +230,7 @@ def bench_moae(size:str='base', batch:int=1, frames:int=16, img_size:int=160, re
                params=dict(unilearn=param_counts(ours), plain=param_counts(plain)),
                expert_flops_share=share / vit_flops(plain, n_tok, batch))
     for dtype in dtypes:
-        def fwd(m):
-            @torch.no_grad()
-            def f():
-                with autocast_ctx(dtype, device): m(x, 'video')
-            return f
+        fwd = lambda m: eval_fn(lambda: m(x, 'video'), dtype, device)
         models = {'plain': fwd(plain), 'ours': fwd(ours), 'published': fwd(published)}
         t, tr = paired_times(models, reps=reps, device=device)
         res[dtype] = dict(forward=dict(plain_s=t['plain'], ours_s=t['ours'], published_s=t['published'],

@@ -188,6 +188,7 @@ def _image_axes(fig, rows, cols):
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     return fig
 
+# %% ../nbs/06_panels.ipynb #6beeafd3
 def reconstruction_figure(rec:dict, samples=None, frame:int|None=None, labels=None, max_samples:int=4) -> go.Figure:
     "Rows of original / masked / reconstruction; a time slider over frames when `frame` is None and T>1."
     r = as_reconstruction(rec)
