@@ -36,7 +36,8 @@ def _safetensors_check(path:Path, size:int):
     with open(path, 'rb') as f:
         n = struct.unpack('<Q', f.read(8))[0]
         if n > size - 8:
-            raise CheckpointError(f"{path} is truncated: its safetensors header claims {n:,} bytes but the file has {size:,} bytes")
+            raise CheckpointError(f"{path} is truncated: its safetensors header claims {n:,} bytes but the file has "
+                                  f"{size:,} bytes")
         try: header = json.loads(f.read(n))
         except ValueError as e: raise CheckpointError(f"{path} has a damaged safetensors header ({e})") from None
     end = max([v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'], default=0)
@@ -52,7 +53,8 @@ def sniff_checkpoint(path) -> str:
     size = path.stat().st_size
     if size == 0: raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
     with open(path, 'rb') as f: head = f.read(16)
-    if size >= 9 and head[8:9] == b'{' and struct.unpack('<Q', head[:8])[0] < 100_000_000:  # safetensors caps headers at 100 MB
+    # safetensors caps headers at 100 MB
+    if size >= 9 and head[8:9] == b'{' and struct.unpack('<Q', head[:8])[0] < 100_000_000:
         # (tested before the pickle test: a header length can start with byte 0x80)
         _safetensors_check(path, size)
         return 'safetensors'
@@ -80,12 +82,14 @@ def _torch_load(path:Path, trust:bool):
     except pickle.UnpicklingError as e:
         if 'Weights only load failed' in str(e):
             what = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-            raise CheckpointError(f"{path} holds Python objects besides tensors ({what.group(1) if what else 'unknown class'}); "
+            raise CheckpointError(f"{path} holds Python objects besides tensors "
+                                  f"({what.group(1) if what else 'unknown class'}); "
                                   "pass trust=True to unpickle it, only if you trust where the file came from") from None
         raise CheckpointError(f"{path} is a damaged or truncated PyTorch checkpoint ({e})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         msg = (str(e).splitlines() or ['unexpected end of file'])[0]
-        if 'magic number' in msg: raise CheckpointError(f"{path} is a Python pickle but not a PyTorch checkpoint ({msg})") from None
+        if 'magic number' in msg: raise CheckpointError(f"{path} is a Python pickle but not a PyTorch checkpoint "
+                                                        f"({msg})") from None
         raise CheckpointError(f"{path} is a truncated or damaged PyTorch checkpoint ({type(e).__name__}: {msg})") from None
 
 # %% ../nbs/08_interop.ipynb #49875e5b
@@ -94,7 +98,8 @@ def read_checkpoint(path, trust:bool=False):
     path = Path(path)
     if path.is_dir():
         found = [path/n for n in _HF_WEIGHTS if (path/n).exists()]
-        if not found: raise CheckpointError(f"{path} is a directory without {' / '.join(_HF_WEIGHTS)}: not a model directory")
+        if not found: raise CheckpointError(f"{path} is a directory without {' / '.join(_HF_WEIGHTS)}: not a model "
+                                            "directory")
         if found[0].suffix == '.json':
             shards = sorted(set(json.loads(found[0].read_text())['weight_map'].values()))
             out = {}
@@ -199,18 +204,22 @@ class LoadReport:
     converted: dict = field(default_factory=dict)   # key -> what was done to it (renamed layouts, new shapes)
     layout: str = ''
     source: str = ''
-    _universe: dict = field(default_factory=dict, repr=False, compare=False)  # all model / checkpoint keys, for short summaries
+    # all model / checkpoint keys, for short summaries
+    _universe: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self):
         head = 'LoadReport' + (f" from {self.source}" if self.source else '') + (f" (layout {self.layout})" if self.layout else '')
         lines = [f"{head}: {len(self.loaded)} loaded" + (f" ({len(self.upcycled)} upcycled)" if self.upcycled else '') +
-                 f", {len(self.new)} new, {len(self.unused)} unused, {len(self.mismatched)} mismatched, {len(self.converted)} converted"]
+                 f", {len(self.new)} new, {len(self.unused)} unused, {len(self.mismatched)} mismatched, "
+                 f"{len(self.converted)} converted"]
         for name in ('new', 'unused'):
             keys = getattr(self, name)
             if keys: lines.append(f"  {name}: {_summarise(keys, universe=self._universe.get(name))}")
         if self.mismatched:
             shapes = '; '.join(f"{k} {tuple(a)} in the file, {tuple(b)} in the model" for k, a, b in self.mismatched[:2])
-            lines.append(f"  mismatched: {_summarise([k for k, *_ in self.mismatched], universe=self._universe.get('mismatched'))} (e.g. {shapes})")
+            lines.append("  mismatched: "
+                         f"{_summarise([k for k, *_ in self.mismatched], universe=self._universe.get('mismatched'))} "
+                         f"(e.g. {shapes})")
         if self.converted:
             notes = {}
             for k, v in self.converted.items(): notes.setdefault(v, []).append(k)
@@ -219,10 +228,12 @@ class LoadReport:
 
 # %% ../nbs/08_interop.ipynb #1a7247c6
 LAYOUTS = {
-    'unilearn': "published UniLearn/VideoMAE/MAE-DFER names (patch_embed.proj, blocks.N.attn.qkv, q_bias/v_bias, fc_norm, head; "
+    'unilearn': "published UniLearn/VideoMAE/MAE-DFER names (patch_embed.proj, blocks.N.attn.qkv, q_bias/v_bias, "
+                "fc_norm, head; "
                 "pre-training: encoder.*, decoder.*, encoder_to_decoder.weight, mask_token)",
     'videomae-hf': "transformers VideoMAE ([videomae.]embeddings.patch_embeddings.projection, "
-                   "[videomae.]encoder.layer.N.attention.attention.query/key/value, fc_norm, classifier, decoder.decoder_layers.N)",
+                   "[videomae.]encoder.layer.N.attention.attention.query/key/value, fc_norm, classifier, "
+                   "decoder.decoder_layers.N)",
     'lgi-former': "MAE-DFER LGI-Former (local-global attention: lg_region_tokens, blocks.N.first_attn)",
 }
 
@@ -326,7 +337,8 @@ def _adapt_shapes(src:dict, tgt:dict, converted:dict, ignored) -> dict:
         if w.ndim == 4: w = w.unsqueeze(2)
         if w.ndim == 5 and t.ndim == 5 and w.shape[:2] == t.shape[:2] and w.shape[3:] == t.shape[3:]:
             out[k] = (w.sum(2, keepdim=True) / t.shape[2]).expand(-1, -1, t.shape[2], -1, -1).contiguous()
-            converted[k] = (f"tubelet {tuple(src[k].shape[2:])} -> {tuple(t.shape[2:])}: kernel summed over time, spread evenly "
+            converted[k] = (f"tubelet {tuple(src[k].shape[2:])} -> {tuple(t.shape[2:])}: kernel summed over time, "
+                            "spread evenly "
                             "(same response to a static clip)")
     for k in [k for k in out if k == 'pos_embed' or k.endswith('.pos_embed')]:
         if k in tgt or ignored(k): continue
@@ -335,7 +347,8 @@ def _adapt_shapes(src:dict, tgt:dict, converted:dict, ignored) -> dict:
         if pe.ndim == 3 and pe.shape[0] == 1 and torch.allclose(pe.float(), table, atol=1e-4):
             del out[k]; converted[k] = 'dropped: equals the fixed sinusoid table the model computes'
         else:
-            raise CheckpointError(f"{k} {tuple(pe.shape)} is a learned positional embedding; unilearn's ViT uses fixed sinusoidal "
+            raise CheckpointError(f"{k} {tuple(pe.shape)} is a learned positional embedding; unilearn's ViT uses fixed "
+                                  "sinusoidal "
                                   f"positions, so it has no place for it. Pass ignore=[{k!r}] to drop it knowingly.")
     for k in [k for k in out if k.endswith('.attn.qkv.bias')]:
         pre = k[:-len('qkv.bias')]
@@ -368,7 +381,8 @@ def _to_unilearn_names(sd:dict, layout:str) -> tuple:
     if layout == 'lgi-former':
         raise CheckpointError("This is a MAE-DFER LGI-Former checkpoint (local-global attention with region tokens: "
                               f"{_summarise([k for k in sd if 'lg_region' in k or 'first_attn' in k or 'second_attn' in k], 4)}). "
-                              "It is a different architecture from unilearn's ViT, so its weights cannot be loaded into it.")
+                              "It is a different architecture from unilearn's ViT, so its weights cannot be loaded "
+                              "into it.")
     if layout == 'videomae-hf': sd, converted = videomae_to_unilearn(sd)
     if any(k.startswith('backbone.') for k in sd): sd = {k[len('backbone.'):] if k.startswith('backbone.') else k: v for k, v in sd.items()}
     return sd, converted
@@ -410,16 +424,20 @@ def load_pretrained(model:nn.Module, path_or_state_dict, ignore=(), trust:bool=F
     if report.mismatched:
         rows = '\n'.join(f"  {k}: checkpoint {a} vs model {b}" for k, a, b in report.mismatched[:20])
         raise CheckpointError(f"{source}: {len(report.mismatched)} weights have a different shape than in the model "
-                              f"(a different architecture or size?):\n{rows}\nPass ignore=[...] patterns to leave such keys out on purpose.", report)
+                              f"(a different architecture or size?):\n{rows}\nPass ignore=[...] patterns to leave such "
+                              "keys out on purpose.", report)
     surprise = [k for k in report.unused if k not in expected_unused and not ignored(k)]
     if surprise:
-        raise CheckpointError(f"{source}: {len(surprise)} checkpoint weights have no place in the model: {_summarise(surprise, universe=named + list(sd))}. "
+        raise CheckpointError(f"{source}: {len(surprise)} checkpoint weights have no place in the model: "
+                              f"{_summarise(surprise, universe=named + list(sd))}. "
                               "The checkpoint computes something this model would not (a different architecture?); "
                               "pass ignore=[...] patterns to drop them knowingly.", report)
-    has_decoder = any(k.startswith('decoder.') for k in sd)  # a pre-training file must then fill our decoder's blocks too
+    # a pre-training file must then fill our decoder's blocks too
+    has_decoder = any(k.startswith('decoder.') for k in sd)
     lacking = [k for k in report.new if (_BACKBONE.match(k) or has_decoder and _DECODER_CORE.match(k)) and not ignored(k)]
     if lacking:
-        raise CheckpointError(f"{source}: the checkpoint lacks {len(lacking)} backbone weights of the model: {_summarise(lacking, universe=tgt)} "
+        raise CheckpointError(f"{source}: the checkpoint lacks {len(lacking)} backbone weights of the model: "
+                              f"{_summarise(lacking, universe=tgt)} "
                               "(a different depth, or a partial file?)", report)
     if not report.loaded: raise CheckpointError(f"{source}: no weight of the checkpoint fits the model", report)
     res = model.load_state_dict({k: sd[k] for k in report.loaded}, strict=False)
@@ -498,10 +516,12 @@ def build_model(config:dict) -> nn.Module:
     "`builder(**kwargs)` of a unilearn checkpoint config; only constructors inside `unilearn` are called."
     builder, kwargs = config.get('builder'), config.get('kwargs', {})
     if not isinstance(builder, str) or not builder.startswith('unilearn.') or builder.count('.') < 2:
-        raise CheckpointError(f"config builder {builder!r} is not a constructor inside unilearn (e.g. 'unilearn.vit.create_vit')")
+        raise CheckpointError(f"config builder {builder!r} is not a constructor inside unilearn (e.g. "
+                              "'unilearn.vit.create_vit')")
     mod, name = builder.rsplit('.', 1)
     try: fn = getattr(importlib.import_module(mod), name)
-    except (ImportError, AttributeError) as e: raise CheckpointError(f"config builder {builder!r} does not exist in this unilearn ({e})") from None
+    except (ImportError, AttributeError) as e: raise CheckpointError(f"config builder {builder!r} does not exist in "
+                                                                     f"this unilearn ({e})") from None
     if not callable(fn): raise CheckpointError(f"config builder {builder!r} is not callable")
     if not isinstance(kwargs, dict): raise CheckpointError(f"config kwargs must be a dict, got {type(kwargs).__name__}")
     try: return fn(**kwargs)
@@ -519,7 +539,8 @@ def _check_rebuilds(config:dict, model:nn.Module):
     got = _signature(build_model(config))
     if want != got:
         diff = sorted(set(want) ^ set(got)) + [k for k in want if k in got and want[k] != got[k]]
-        raise CheckpointError(f"config {config['builder']}(...) does not rebuild this model: {len(diff)} keys differ: {_summarise(diff)}")
+        raise CheckpointError(f"config {config['builder']}(...) does not rebuild this model: {len(diff)} keys differ: "
+                              f"{_summarise(diff)}")
     _VERIFIED.add(key)
 
 def save_checkpoint(model:nn.Module, path, config:dict|None=None, **info) -> Path:
@@ -555,7 +576,8 @@ def checkpoint_config(path) -> dict:
     if path.is_dir(): raise CheckpointError(f"{path} is a directory; a unilearn checkpoint is one .safetensors file")
     fmt = sniff_checkpoint(path)
     if fmt != 'safetensors':
-        raise CheckpointError(f"{path} is a PyTorch file, not a unilearn checkpoint (those are safetensors with a config); "
+        raise CheckpointError(f"{path} is a PyTorch file, not a unilearn checkpoint (those are safetensors with a "
+                              "config); "
                               "build the model and call load_pretrained(model, path) to use its weights")
     with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
     if CONFIG_KEY not in meta:
@@ -566,16 +588,19 @@ def checkpoint_config(path) -> dict:
     if cfg.get('format') != CONFIG_FORMAT or not isinstance(cfg.get('version'), int):
         raise CheckpointError(f"{path}: the config is not a {CONFIG_FORMAT} config")
     if cfg['version'] > CONFIG_VERSION:
-        raise CheckpointError(f"{path} was written by a newer unilearn (config version {cfg['version']}, this one reads {CONFIG_VERSION})")
+        raise CheckpointError(f"{path} was written by a newer unilearn (config version {cfg['version']}, this one "
+                              f"reads {CONFIG_VERSION})")
     return cfg
 
 def videomae_vit_kwargs(config) -> dict:
     "`create_vit` arguments for a `transformers` `VideoMAEConfig` (or its `config.json` as a dict)."
     c = config if isinstance(config, dict) else config.to_dict()
     if not c.get('use_mean_pooling', True):
-        raise CheckpointError("this VideoMAE classifies from its first token after a final LayerNorm (use_mean_pooling=False); "
+        raise CheckpointError("this VideoMAE classifies from its first token after a final LayerNorm "
+                              "(use_mean_pooling=False); "
                               "unilearn's ViT mean-pools, so the classifier would not compute the same function")
-    if c.get('hidden_act', 'gelu') != 'gelu': raise CheckpointError(f"VideoMAE hidden_act {c['hidden_act']!r}: ours is exact GELU")
+    if c.get('hidden_act', 'gelu') != 'gelu': raise CheckpointError(f"VideoMAE hidden_act {c['hidden_act']!r}: ours is "
+                                                                    "exact GELU")
     n = c.get('num_labels', len(c.get('id2label', {})) or 0)
     return dict(size=dict(embed_dim=c['hidden_size'], depth=c['num_hidden_layers'], num_heads=c['num_attention_heads']),
                 num_classes=n, img_size=c['image_size'], all_frames=c['num_frames'], patch_size=c['patch_size'],
@@ -584,7 +609,8 @@ def videomae_vit_kwargs(config) -> dict:
 
 def _load_videomae_dir(path:Path, trust:bool) -> nn.Module:
     c = json.loads((path/'config.json').read_text())
-    if c.get('model_type') != 'videomae': raise CheckpointError(f"{path} holds a {c.get('model_type')!r} model, not VideoMAE")
+    if c.get('model_type') != 'videomae': raise CheckpointError(f"{path} holds a {c.get('model_type')!r} model, not "
+                                                                "VideoMAE")
     arch = (c.get('architectures') or [''])[0]
     kw = videomae_vit_kwargs(c)
     if arch != 'VideoMAEForVideoClassification': kw['num_classes'] = 0
@@ -626,7 +652,8 @@ def export_published(model:nn.Module, path=None) -> dict:
     "`{'model': state_dict}` in the published UniLearn/S4D layout (fine-tuning, or pre-training for an MAE); written with `torch.save` when `path` is given."
     model = unwrap_model(model)
     if any(getattr(m, 'adapter_residual', False) for m in model.modules()):
-        raise CheckpointError("this model uses adapter_residual=True (the paper's expert form); the published code has no such "
+        raise CheckpointError("this model uses adapter_residual=True (the paper's expert form); the published code has "
+                              "no such "
                               "residual, so its weights would compute something else there")
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     names = _PUBLISHED_PRETRAIN if _mae_rooted(sd) else _PUBLISHED_NAMES
@@ -657,7 +684,8 @@ def export_videomae(model:nn.Module, path, task:str|None=None, img_size:int|None
     hf = VideoMAEForVideoClassification(cfg)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     if unexpected or [k for k in missing if not (n == 0 and k.startswith('classifier.'))]:
-        raise CheckpointError(f"VideoMAE does not fit this model: missing {_summarise(missing)}, unexpected {_summarise(unexpected)}")
+        raise CheckpointError(f"VideoMAE does not fit this model: missing {_summarise(missing)}, unexpected "
+                              f"{_summarise(unexpected)}")
     hf.save_pretrained(path)
     return Path(path)
 
@@ -680,7 +708,8 @@ def load_backbone(model:nn.Module, state_dict, strict:bool=True, upcycle:bool=Tr
         if v is None and upcycle:                  # ViT-MoE expert from its block's pre-trained FFN
             hit = re.fullmatch(r'(blocks\.\d+\.)moe_layer\.experts\.\d+\.(fc[12]\.(?:weight|bias))', k)
             ffn = hit and f"{hit[1]}mlp.{hit[2]}"
-            if ffn and ffn in src and ffn not in target: src_key, v = ffn, src[ffn]   # only where the block lost its FFN
+            # only where the block lost its FFN
+            if ffn and ffn in src and ffn not in target: src_key, v = ffn, src[ffn]
         if v is None: rep.new.append(k); continue
         names[origin[src_key]] = k
         if tuple(v.shape) != tuple(t.shape): rep.mismatched.append((k, tuple(v.shape), tuple(t.shape))); continue

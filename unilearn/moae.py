@@ -55,7 +55,8 @@ class NoisyTopKRouter(nn.Module):
             return Routing(top.softmax(-1), experts, logits)
 
 def _check_experts(num_experts, top_k):
-    if not isinstance(num_experts, int) or num_experts < 1: raise ValueError(f"num_experts must be a positive int, got {num_experts!r}")
+    if not isinstance(num_experts, int) or num_experts < 1: raise ValueError("num_experts must be a positive int, got "
+                                                                             f"{num_experts!r}")
     if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
         raise ValueError(f"top_k must be an int in 1..num_experts={num_experts}, got top_k={top_k!r}")
 
@@ -66,7 +67,8 @@ def choose_dispatch(dispatch:str, dim:int, num_experts:int, top_k:int, bottlenec
     "'sorted' or 'dense' for a layer: `dispatch` itself, or for 'auto' the one measured faster on CPU (see the table below)."
     if dispatch not in DISPATCHES: raise ValueError(f"Unknown dispatch {dispatch!r}; choose one of {DISPATCHES}")
     if dispatch == 'dense' and drop > 0:
-        raise ValueError(f"dispatch='dense' sums the experts before their output dropout (drop={drop}); use 'sorted' or drop=0")
+        raise ValueError(f"dispatch='dense' sums the experts before their output dropout (drop={drop}); use 'sorted' "
+                         "or drop=0")
     if dispatch != 'auto': return dispatch
     # dense computes every expert on every token: worth it when that adds no work (k = E), or when the work it adds,
     # (E - k) * bottleneck * dim multiply-adds per token, is small next to the sorted path's per-expert overhead
@@ -122,14 +124,17 @@ class MoAELayer(nn.Module):
         plain = all(_plain_mlp(e) for e in self.experts)   # the dense dispatch fuses fc1 / act / fc2 of plain Mlps
         self.dispatch = choose_dispatch(dispatch if plain or dispatch != 'auto' else 'sorted', dim, num_experts,
                                         top_k, bottleneck, drop)
-        if self.dispatch == 'dense' and not plain: raise ValueError("dispatch='dense' needs timm Mlp experts with biases")
+        if self.dispatch == 'dense' and not plain: raise ValueError("dispatch='dense' needs timm Mlp experts with "
+                                                                    "biases")
         self.apply(VisionTransformer._init_weights)
         self.task, self.track, self.aux, self.stats = None, False, None, {}
 
     def extra_repr(self):
         return (f"dim={self.dim}, num_experts={self.num_experts}, top_k={self.top_k}, bottleneck={self.bottleneck}, "
-                f"noise_at_eval={getattr(self.router, 'noise_at_eval', None)}, adapter_residual={self.adapter_residual}, "
-                f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}, dispatch={self.dispatch!r}")
+                f"noise_at_eval={getattr(self.router, 'noise_at_eval', None)}, "
+                f"adapter_residual={self.adapter_residual}, "
+                f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}, "
+                f"dispatch={self.dispatch!r}")
 
     def capacity(self, tokens:int) -> int|None:
         "Slots each expert may take for a batch of `tokens` tokens (None: unlimited)."
@@ -169,7 +174,8 @@ def forward(self:MoAELayer, x:torch.Tensor, out:torch.Tensor|None=None) -> torch
 def _sorted(self:MoAELayer, flat, route, order, kept, out):
     token, weight = order // self.top_k, route.weights.reshape(-1).index_select(0, order).unsqueeze(-1)
     sizes = kept.tolist()
-    out = torch.zeros_like(flat) if out is None else out.reshape(-1, flat.shape[-1])   # a view of a contiguous `out`: filled in place
+    # a view of a contiguous `out`: filled in place
+    out = torch.zeros_like(flat) if out is None else out.reshape(-1, flat.shape[-1])
     parts = zip(self.experts, flat.index_select(0, token).split(sizes), token.split(sizes), weight.split(sizes))
     for expert, xe, tok, w in parts:                  # one expert's slots: a contiguous slice, no masks
         if len(tok):
@@ -185,9 +191,11 @@ def _dense(self:MoAELayer, flat, route, kept_slots):
         w = torch.zeros_like(w).view(-1).index_copy_(0, kept_slots, w.reshape(-1).index_select(0, kept_slots)).view_as(w)
     gates = torch.zeros(n, E, dtype=w.dtype, device=w.device).scatter_(1, route.experts, w)
     hid = ex[0].act(F.linear(flat, torch.cat([e.fc1.weight for e in ex]), torch.cat([e.fc1.bias for e in ex])))
-    hid = (hid.view(n, E, self.bottleneck) * gates.unsqueeze(-1).to(hid.dtype)).view(n, -1)   # gates folded into the hidden units
+    # gates folded into the hidden units
+    hid = (hid.view(n, E, self.bottleneck) * gates.unsqueeze(-1).to(hid.dtype)).view(n, -1)
     b2 = torch.stack([e.fc2.bias for e in ex])
-    y = F.linear(hid, torch.cat([e.fc2.weight for e in ex], 1)) + (gates @ b2).to(hid.dtype)   # so all fc2s are one product
+    # so all fc2s are one product
+    y = F.linear(hid, torch.cat([e.fc2.weight for e in ex], 1)) + (gates @ b2).to(hid.dtype)
     return y + flat * gates.sum(-1, keepdim=True).to(flat.dtype) if self.adapter_residual else y
 
 # %% ../nbs/01_moae.ipynb #9c2e0388
@@ -249,7 +257,8 @@ def moae_blocks(placement:str|Sequence[int]|None, depth:int) -> list[int]:
         if placement == 'early': return list(range(half))
         if placement == 'middle': return list(range(depth // 4, depth // 4 + half))
         if placement == 'alternate': return list(range(depth - 1, -1, -2))[::-1]
-        raise ValueError(f"Unknown MoAE placement {placement!r}; choose one of {PLACEMENTS}, None, or a list of block indices")
+        raise ValueError(f"Unknown MoAE placement {placement!r}; choose one of {PLACEMENTS}, None, or a list of block "
+                         "indices")
     idx = list(placement)
     bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int)]
     if bad: raise TypeError(f"MoAE placement list must hold block indices (ints), got {bad!r}")
@@ -288,12 +297,15 @@ _VIT_DEPTH = inspect.signature(VisionTransformer).parameters['depth'].default
 class MultiTaskViT(VisionTransformer):
     "`VisionTransformer` with optional MoAE/MoE blocks and one head or one head per task; call as `model(x, task)`."
     def __init__(self,
-                 num_classes:int|Mapping[str, int]=None, # int: one head for all tasks; dict: one per task (image 7, video 7)
+                 # int: one head for all tasks; dict: one per task (image 7, video 7)
+                 num_classes:int|Mapping[str, int]=None,
                  moae:str|Sequence[int]|None=None,       # blocks that get a MoAE layer (see `moae_blocks`); None: none
-                 moae_kind:str='adapter',                # 'adapter' (MoAE beside the FFN) or 'ffn' (ViT-MoE: FFN replaced)
+                 # 'adapter' (MoAE beside the FFN) or 'ffn' (ViT-MoE: FFN replaced)
+                 moae_kind:str='adapter',
                  moae_kwargs:dict|None=None,             # passed to `MoAELayer` (num_experts, top_k, ...)
                  init_scale:float=1.,                    # scale of the heads' initial weights
-                 **vit_kwargs):                          # `VisionTransformer` arguments (img_size, embed_dim, depth, ...)
+                 # `VisionTransformer` arguments (img_size, embed_dim, depth, ...)
+                 **vit_kwargs):
         depth = vit_kwargs.get('depth', _VIT_DEPTH)
         fns = moae_block_fns(moae, depth, moae_kind, **(moae_kwargs or {}))
         super().__init__(num_classes=0, block_fn=fns, **vit_kwargs)
@@ -312,7 +324,8 @@ class MultiTaskViT(VisionTransformer):
         if isinstance(task, (list, tuple)):
             if len(set(task)) != 1: raise ValueError(f"one batch must hold one task, got tasks {sorted(set(task))}")
             task = task[0]
-        if task is not None and not isinstance(task, str): raise TypeError(f"task must be a string like 'video', got {task!r}")
+        if task is not None and not isinstance(task, str): raise TypeError("task must be a string like 'video', got "
+                                                                           f"{task!r}")
         tasks = self.tasks
         if tasks is None: return task
         if task is None:
@@ -350,7 +363,8 @@ class MultiTaskViT(VisionTransformer):
 
     def reset_classifier(self, num_classes:int|Mapping[str, int], global_pool:str|None=None):
         "New heads: an int for one shared head, a dict for one head per task (timm's classifier reset)."
-        if global_pool not in (None, 'avg'): raise ValueError(f"global_pool={global_pool!r}: this ViT mean-pools ('avg')")
+        if global_pool not in (None, 'avg'): raise ValueError(f"global_pool={global_pool!r}: this ViT mean-pools "
+                                                              "('avg')")
         self.num_classes, self.head = num_classes, _build_head(self.embed_dim, num_classes)
 
 # %% ../nbs/01_moae.ipynb #65b81f84
@@ -444,7 +458,8 @@ def gate_stats(model:nn.Module) -> dict:
         tokens = st[0]['tokens']
         if any(s['tokens'] != tokens for s in st):
             raise RuntimeError(f"gate statistics of task {t!r} cover different numbers of tokens per layer "
-                               f"({[s['tokens'] for s in st]}); was tracking switched on between forwards? call reset_gate_stats")
+                               f"({[s['tokens'] for s in st]}); was tracking switched on between forwards? call "
+                               "reset_gate_stats")
         res['count'][t] = torch.stack([s['count'].cpu() for s in st])
         res['dropped'][t] = torch.stack([s['dropped'].cpu() for s in st])
         res['weight'][t] = torch.stack([s['weight'].cpu() for s in st]) / max(tokens, 1)
@@ -464,7 +479,8 @@ def param_counts(model:nn.Module, task:str|None=None) -> dict:
         if not layer.router.noise_at_eval: test -= _numel(layer.router.noise_linear)
     if isinstance(getattr(model, 'head', None), nn.ModuleDict):
         heads = {t: _numel(h) for t, h in model.head.items()}
-        if task is not None and task not in heads: raise ValueError(f"Unknown task {task!r}: this model has heads for {list(heads)}")
+        if task is not None and task not in heads: raise ValueError(f"Unknown task {task!r}: this model has heads for "
+                                                                    f"{list(heads)}")
         test -= sum(heads.values()) - heads[task if task is not None else max(heads, key=heads.get)]
     return dict(train=train, test=test)
 

@@ -35,7 +35,8 @@ VIT_SIZES = {
 def vit_size(size:str|dict) -> dict:
     "Width/depth/heads of a named size (`tiny`, `small`, `base`), or a dict passed through."
     if isinstance(size, dict): return dict(size)
-    if size not in VIT_SIZES: raise ValueError(f"Unknown ViT size {size!r}; choose one of {list(VIT_SIZES)} or pass a dict")
+    if size not in VIT_SIZES: raise ValueError(f"Unknown ViT size {size!r}; choose one of {list(VIT_SIZES)} or pass a "
+                                               "dict")
     return dict(VIT_SIZES[size])
 
 # %% ../nbs/00_vit.ipynb #45cbe372
@@ -61,9 +62,11 @@ class PatchEmbed(nn.Module):
     def grid(self, frames:int, height:int, width:int) -> tuple:
         "Token grid `(t,h,w)` for an input, or a clear error when the tubelet/patch does not divide it."
         p, tt = self.patch_size, self.tubelet_size
-        if frames % tt: raise ValueError(f"{frames} frames are not divisible by the tubelet size {tt}; use a multiple of {tt}")
+        if frames % tt: raise ValueError(f"{frames} frames are not divisible by the tubelet size {tt}; use a multiple "
+                                         f"of {tt}")
         if height % p or width % p:
-            raise ValueError(f"Frame size {height}x{width} is not divisible by the patch size {p}; resize to a multiple of {p}")
+            raise ValueError(f"Frame size {height}x{width} is not divisible by the patch size {p}; resize to a "
+                             f"multiple of {p}")
         return frames // tt, height // p, width // p
 
     def forward(self, x):
