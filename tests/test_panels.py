@@ -23,7 +23,8 @@ BROWSER = ROOT / 'tests' / 'browser'
 
 def click(fig, x, y, index, trace=0):
     "Deliver a plotly click on point `index` at (x, y) of `trace` the way the browser front end sends it."
-    fig._js2py_pointsCallback = dict(event_type='plotly_click', points=dict(xs=[x], ys=[y], point_indexes=[index], trace_indexes=[trace]))
+    fig._js2py_pointsCallback = dict(event_type='plotly_click',
+                                     points=dict(xs=[x], ys=[y], point_indexes=[index], trace_indexes=[trace]))
 
 
 # ---------------------------------------------------------------- reconstruction
@@ -64,14 +65,16 @@ def test_reconstruction_figure_has_time_slider_and_rejects_bad_input():
     assert np.array_equal(P.decode_png_uri(fig.frames[3].data[4].source), P.to_uint8(rec['masked'][1, 3]))
     assert not P.reconstruction_figure(rec, frame=2).frames
     with pytest.raises(ValueError, match="'masked'"): P.as_reconstruction(dict(rec, masked=rec['masked'][..., :2]))
-    with pytest.raises(KeyError, match='recon'): P.as_reconstruction({'original': rec['original'], 'masked': rec['masked']})
+    with pytest.raises(KeyError, match='recon'):
+        P.as_reconstruction({'original': rec['original'], 'masked': rec['masked']})
     with pytest.raises(IndexError, match='frame 9'): P.reconstruction_figure(rec, frame=9)
 
 
 # ---------------------------------------------------------------- gates
 def test_gate_values_from_counts():
     count = torch.tensor([[3., 1., 0., 4.], [2., 2., 2., 2.]])
-    stats = dict(layers=[6, 7], count={'image': count, 'video': count.flip(1)}, weight={'image': count / 10, 'video': count / 10},
+    stats = dict(layers=[6, 7], count={'image': count, 'video': count.flip(1)},
+                 weight={'image': count / 10, 'video': count / 10},
                  tokens={'image': 4, 'video': 4})
     np.testing.assert_allclose(P.gate_values(stats, 'image'), [[3 / 8, 1 / 8, 0, 4 / 8], [.25] * 4])
     np.testing.assert_allclose(P.gate_values(stats, 'video', 'per_token'), [[1, 0, .25, .75], [.5] * 4])
@@ -83,7 +86,8 @@ def test_gate_values_from_counts():
 
 
 def test_gate_panel_class_and_value_pickers_and_live_update():
-    per = {'all': P.example_gate_stats(seed=0), 'happy': P.example_gate_stats(seed=1), 'sad': P.example_gate_stats(seed=2)}
+    per = {'all': P.example_gate_stats(seed=0), 'happy': P.example_gate_stats(seed=1),
+           'sad': P.example_gate_stats(seed=2)}
     panel = P.GatePanel(per)
     assert list(panel.cls.options) == ['all', 'happy', 'sad'] and panel.refresh.disabled and panel.per_class.disabled
     panel.cls.value = 'happy'
@@ -109,7 +113,8 @@ def test_gate_panel_from_model_refresh_and_per_class():
     imgs, img_y = torch.randn(9, 3, 16, 16), torch.tensor([0, 1, 2] * 3)
     vids, vid_y = torch.randn(4, 3, 4, 16, 16), torch.tensor([0, 0, 1, 2])
     names = ['Happy', 'Sad', 'Anger']
-    panel = P.GatePanel(model, class_data={'image': (imgs, img_y, names), 'video': (vids, vid_y, ['Happy', 'Sad', 'Angry'])})
+    panel = P.GatePanel(model,
+                        class_data={'image': (imgs, img_y, names), 'video': (vids, vid_y, ['Happy', 'Sad', 'Angry'])})
     track_gates(model); reset_gate_stats(model)
     with torch.no_grad(): model(vids, 'video')
     panel.refresh.click()
@@ -146,7 +151,8 @@ def test_gate_callback_follows_a_fastai_fit():
     assert gate_stats(model)['tokens']['image'] == 12 * 4
     curves = P.loss_figure(learn)
     assert {'train (smoothed)', 'valid_loss', 'image_loss', 'video_loss'} <= {d.name for d in curves.data}
-    np.testing.assert_allclose(next(d for d in curves.data if d.name == 'video_loss').y, learn.modality_losses['video'], rtol=1e-6)
+    np.testing.assert_allclose(next(d for d in curves.data if d.name == 'video_loss').y,
+                               learn.modality_losses['video'], rtol=1e-6)
 
 
 # ---------------------------------------------------------------- recall
@@ -167,7 +173,8 @@ def test_recall_panel_folds_heads_and_normalisation(preds):
     panel.normalize.value = False
     np.testing.assert_array_equal(np.array(panel.cm.data[0].z), cm)
     panel.fold.value = 'each'
-    assert [d.name.split(' (')[0] for d in panel.bars.data] == ['fold 1', 'fold 2', 'fold 3', 'fold 4', 'fold 5', 'pooled']
+    assert [d.name.split(' (')[0] for d in panel.bars.data] == ['fold 1', 'fold 2', 'fold 3', 'fold 4', 'fold 5',
+                                                                'pooled']
     panel.task.value = 'image'
     assert [v for _, v in panel.fold.options] == [None, 0] and list(panel.cm.data[0].x) == P.AFFECTNET7_CLASSES
 
@@ -180,7 +187,8 @@ def test_recall_panel_click_lists_clips_and_shows_one(preds):
     panel = P.RecallPanel(preds, loader=loader)
     panel.fold.value = 4
     click(panel.cm, 'Angry', 'Neutral', [2, 3])   # true Neutral, predicted Angry
-    want = preds.query("task == 'video' and fold == 4 and label == 2 and pred == 3").sort_values('prob_Angry', ascending=False)
+    want = preds.query("task == 'video' and fold == 4 and label == 2 and pred == 3").sort_values('prob_Angry',
+                                                                                                 ascending=False)
     assert len(want) > 0, 'example data should have this confusion'
     assert [v for _, v in panel.clips.options] == list(want.id)
     assert f'<b>{len(want)}</b>' in panel.cell.value
@@ -196,7 +204,8 @@ def test_recall_panel_reads_saved_predictions(tmp_path, preds):
     from unilearn.metrics import predictions_frame, concat_predictions, save_predictions
     names = preds.attrs['classes']['video']
     d = preds[preds.task == 'video']
-    frames = [predictions_frame(g.id, g.label, g[[f'prob_{c}' for c in names]].to_numpy(), names, 'video', f) for f, g in d.groupby('fold')]
+    frames = [predictions_frame(g.id, g.label, g[[f'prob_{c}' for c in names]].to_numpy(), names, 'video', f) for f,
+              g in d.groupby('fold')]
     path = save_predictions(tmp_path / 'p.csv', concat_predictions(frames))
     panel = P.RecallPanel(path)
     assert [v for _, v in panel.fold.options] == [None, 1, 2, 3, 4, 5, 'each']
@@ -231,7 +240,8 @@ def test_relations_panel_matches_sklearn(feats):
         i = feats['task'] == 'image'
         vc = np.stack([feats['features'][v & (feats['labels'] == k)].mean(0) for k in range(7)])
         ic = np.stack([feats['features'][i & (feats['labels'] == k)].mean(0) for k in range(7)])
-        order = [1, 2, 0, 6, 3, 5, 4]   # AffectNet columns in DFEW's order: Happy Sad Neutral Anger Surprise Disgust Fear
+        order = [1, 2, 0, 6, 3, 5,
+                 4]   # AffectNet columns in DFEW's order: Happy Sad Neutral Anger Surprise Disgust Fear
         np.testing.assert_allclose(np.array(panel.sim.data[0].z), cosine_similarity(vc, ic[order]), atol=1e-6)
         assert list(panel.sim.data[0].x) == [P.AFFECTNET7_CLASSES[k] for k in order]
         sel = v | i
@@ -245,7 +255,8 @@ def test_relations_panel_matches_sklearn(feats):
 
 def test_features_file_round_trip_and_errors(tmp_path, feats):
     from unilearn.metrics import save_features
-    path = save_features(tmp_path / 'f.npz', feats['ids'], feats['labels'], feats['features'], task=list(feats['task']), fold=list(feats['fold']))
+    path = save_features(tmp_path / 'f.npz', feats['ids'], feats['labels'], feats['features'],
+                         task=list(feats['task']), fold=list(feats['fold']))
     classes = {'video': P.DFEW_CLASSES, 'image': P.AFFECTNET7_CLASSES}
     np.testing.assert_allclose(P.centre_similarity(path, classes).values, P.centre_similarity(feats).values, atol=1e-6)
     with pytest.raises(FileNotFoundError, match='nope.npz'): P.as_features(tmp_path / 'nope.npz')
@@ -270,11 +281,13 @@ def test_loss_figure_from_dict_and_learner():
 
 
 def test_report_html_embeds_plotly_once_and_names_bad_items(tmp_path, preds):
-    figs = {'recall': P.recall_figure(preds), 'confusion': P.confusion_figure(preds, 'image'), 'note': '<p id="n">hi</p>',
+    figs = {'recall': P.recall_figure(preds), 'confusion': P.confusion_figure(preds, 'image'),
+            'note': '<p id="n">hi</p>',
             'widget': P.RecallPanel(preds).bars}
     path = P.report_html(figs, tmp_path / 'sub' / 'report.html', title='demo')
     text = path.read_text()
-    assert text.count('* plotly.js v') == 1 and text.count('class="plotly-graph-div"') == 3 and '<p id="n">hi</p>' in text
+    assert text.count('* plotly.js v') == 1 and text.count('class="plotly-graph-div"') == 3
+    assert '<p id="n">hi</p>' in text
     with pytest.raises(TypeError, match="'bad'"): P.report_html({'bad': 42}, tmp_path / 'x.html')
 
 
@@ -296,35 +309,44 @@ def _wait_for_server(url, proc, timeout=90):
 
 def test_notebook_in_jupyterlab_headless_chromium(tmp_path):
     chromium = os.environ.get('CHROMIUM') or shutil.which('chromium')
-    if not chromium: pytest.skip("Chromium not found: run tests/browser/setup.sh (apt-get install -y chromium) to run the browser test")
+    if not chromium:
+        pytest.skip("Chromium not found: run tests/browser/setup.sh (apt-get install -y chromium) to run the browser "
+                    "test")
     node = shutil.which('node')
     if not node or not (BROWSER / 'node_modules' / 'playwright-core').exists():
-        pytest.skip("playwright-core not installed: run tests/browser/setup.sh (npm install in tests/browser) to run the browser test")
+        pytest.skip("playwright-core not installed: run tests/browser/setup.sh (npm install in tests/browser) to run "
+                    "the browser test")
     # A copy of the notebook without its `slow` cells (as the notebook test runs it), so the checkout stays clean.
     nb = json.loads((NBS / '06_panels.ipynb').read_text())
-    nb['cells'] = [c for c in nb['cells'] if not (c['cell_type'] == 'code' and ''.join(c['source']).lstrip().startswith('#| slow'))]
+    slow = lambda c: c['cell_type'] == 'code' and ''.join(c['source']).lstrip().startswith('#| slow')
+    nb['cells'] = [c for c in nb['cells'] if not slow(c)]
     work = tmp_path / 'nbs'; work.mkdir()
     (work / '06_panels.ipynb').write_text(json.dumps(nb))
     # Lab settings: no news or update checks (the network is closed), all cells in the DOM.
     settings = tmp_path / 'settings' / '@jupyterlab'
     (settings / 'apputils-extension').mkdir(parents=True)
-    (settings / 'apputils-extension' / 'notification.jupyterlab-settings').write_text(json.dumps({'fetchNews': 'false', 'checkForUpdates': False}))
+    no_news = json.dumps({'fetchNews': 'false', 'checkForUpdates': False})
+    (settings / 'apputils-extension' / 'notification.jupyterlab-settings').write_text(no_news)
     (settings / 'notebook-extension').mkdir()
     (settings / 'notebook-extension' / 'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / 'config'), JUPYTER_RUNTIME_DIR=str(tmp_path / 'runtime'),
                OMP_NUM_THREADS='1', CHROMIUM=chromium)
     env.pop('IN_TEST', None)
-    server = subprocess.Popen([str(BIN / 'jupyter'), 'lab', '--no-browser', '--allow-root', f'--port={port}', '--ServerApp.ip=127.0.0.1',
-                               f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={work}', '--LabApp.expose_app_in_browser=True',
-                               f'--LabApp.workspaces_dir={tmp_path / "ws"}', f'--LabApp.user_settings_dir={tmp_path / "settings"}'],
+    server = subprocess.Popen([str(BIN / 'jupyter'), 'lab', '--no-browser', '--allow-root', f'--port={port}',
+                               '--ServerApp.ip=127.0.0.1',
+                               f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={work}',
+                               '--LabApp.expose_app_in_browser=True',
+                               f'--LabApp.workspaces_dir={tmp_path / "ws"}',
+                               f'--LabApp.user_settings_dir={tmp_path / "settings"}'],
                               env=env, stdout=open(tmp_path / 'server.log', 'w'), stderr=subprocess.STDOUT)
     shots = BROWSER / 'screenshots'
     shutil.rmtree(shots, ignore_errors=True)
     try:
         base = f'http://127.0.0.1:{port}'
         _wait_for_server(f'{base}/api/status?token={token}', server)
-        run = subprocess.run([node, str(BROWSER / 'lab.mjs'), base, token, '06_panels.ipynb', str(shots)], cwd=BROWSER, env=env,
+        run = subprocess.run([node, str(BROWSER / 'lab.mjs'), base, token, '06_panels.ipynb', str(shots)], cwd=BROWSER,
+                             env=env,
                              capture_output=True, text=True, timeout=540)
     finally:
         server.terminate()
@@ -335,7 +357,7 @@ def test_notebook_in_jupyterlab_headless_chromium(tmp_path):
     print(json.dumps(res, indent=1))
     assert 'failure' not in res, res
     assert res['run_ok'] and res['executed_cells'] == res['code_cells'] > 0 and not res['errors_in_outputs'], res
-    assert res['changed'] and res['changed_images'] == 3, res                 # original, masked, reconstruction all moved on
+    assert res['changed'] and res['changed_images'] == 3, res     # original, masked, reconstruction all moved on
     assert int(res['frame_after']) == int(res['frame_before']) + 2, res     # two presses of the right arrow key
     assert len(res['plot_traces']) >= 10 and min(res['plot_traces']) > 0, res   # every plot drawn with its data
     cell = res['clicked_cell']                                                   # a real click on a confusion cell ...
