@@ -683,7 +683,7 @@ class AuxLossCallback(_EpochMeans):
     def _store(self, means):
         if 'aux_loss' in means: self.learn.aux_losses.append(means['aux_loss'])
 
-# %% ../nbs/02a_train.ipynb #bcca3d75
+# %% ../nbs/02a_train.ipynb #f6d8b2c8
 class _OneLine:
     "Keeps its message as `str(e)` even when fastai prefixes the callback name to `args`, so it stays one line."
     def __init__(self, msg:str): super().__init__(msg); self.msg = msg
@@ -698,7 +698,7 @@ class CheckpointError(_OneLine, ValueError):
 class RunLockError(_OneLine, RuntimeError):
     "The output folder is in use by another run (the message names its process)."
 
-# %% ../nbs/02a_train.ipynb #663e7f4a
+# %% ../nbs/02a_train.ipynb #d2e29bff
 from fastai.callback.core import CancelBatchException
 
 def _all_ranks_any(flag:bool, device) -> bool:
@@ -730,16 +730,21 @@ class NonFiniteGuard(Callback):
                       f"{n} of max_bad_steps={self.max_bad_steps}")
         self.learn.yb = ()  # the recorder and loggers skip this batch
         raise exc()
-    def after_loss(self):
-        if not self.training: return
-        if _all_ranks_any(not bool(torch.isfinite(self.loss_grad.detach()).all()), self.loss_grad.device):
-            self._skip('loss', CancelBatchException)
-    def before_step(self):
-        if getattr(self.learn, 'scaler', None) is not None: return  # a GradScaler skips overflowing fp16 steps itself
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()): self._skip('gradient', CancelStepException)
 
-# %% ../nbs/02a_train.ipynb #b4126dae
+# %% ../nbs/02a_train.ipynb #03206660
+@patch
+def after_loss(self:NonFiniteGuard):
+    if not self.training: return
+    if _all_ranks_any(not bool(torch.isfinite(self.loss_grad.detach()).all()), self.loss_grad.device):
+        self._skip('loss', CancelBatchException)
+
+@patch
+def before_step(self:NonFiniteGuard):
+    if getattr(self.learn, 'scaler', None) is not None: return  # a GradScaler skips overflowing fp16 steps itself
+    grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+    if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()): self._skip('gradient', CancelStepException)
+
+# %% ../nbs/02a_train.ipynb #62cafa61
 import atexit, json, os, socket, time
 
 def _pid_alive(pid:int) -> bool:
@@ -760,31 +765,6 @@ class RunLock:
         except FileNotFoundError: return None
         except (ValueError, OSError): return dict(pid=None, host=None, started=None)  # half-written by a killed process
 
-    def acquire(self) -> RunLock:
-        "Take the lock (again, in the process that holds it); `RunLockError` naming the holder if another live run has it."
-        self.folder.mkdir(parents=True, exist_ok=True)
-        me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'))
-        for _ in range(3):
-            try: fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                o = self.owner()
-                if o is None: continue  # released meanwhile
-                if o.get('pid') == me['pid'] and o.get('host') == me['host']: self.held = True; return self
-                if o.get('host') == me['host'] and o.get('pid') and _pid_alive(o['pid']):
-                    raise RunLockError(f"{self.folder} is in use by run PID {o['pid']} (started {o.get('started')}); "
-                                       f"wait for it to end or choose another folder")
-                if o.get('host') not in (me['host'], None):
-                    raise RunLockError(f"{self.folder} is locked by PID {o.get('pid')} on host {o['host']}; if that run "
-                                       f"has ended, delete {self.file}, else choose another folder")
-                warnings.warn(f"{self.folder}: taking over the lock of PID {o.get('pid')}, which is no longer running")
-                self.file.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, 'w') as f: json.dump(me, f)
-            self.held = True
-            atexit.register(self.release)
-            return self
-        raise RunLockError(f"could not lock {self.folder}: {self.file} keeps changing; is another run starting there?")
-
     def release(self):
         "Remove the lock file if this process holds it."
         o = self.owner()
@@ -794,20 +774,49 @@ class RunLock:
     def __exit__(self, *exc): self.release()
     def __repr__(self): return f"RunLock({str(self.folder)!r}, held={self.held})"
 
-# %% ../nbs/02a_train.ipynb #3e6ef162
+# %% ../nbs/02a_train.ipynb #944e1e38
+@patch
+def acquire(self:RunLock) -> RunLock:
+    "Take the lock (again, in the process that holds it); `RunLockError` naming the holder if another live run has it."
+    self.folder.mkdir(parents=True, exist_ok=True)
+    me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime('%Y-%m-%d %H:%M:%S'))
+    for _ in range(3):
+        try: fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            o = self.owner()
+            if o is None: continue  # released meanwhile
+            if o.get('pid') == me['pid'] and o.get('host') == me['host']: self.held = True; return self
+            if o.get('host') == me['host'] and o.get('pid') and _pid_alive(o['pid']):
+                raise RunLockError(f"{self.folder} is in use by run PID {o['pid']} (started {o.get('started')}); "
+                                   f"wait for it to end or choose another folder")
+            if o.get('host') not in (me['host'], None):
+                raise RunLockError(f"{self.folder} is locked by PID {o.get('pid')} on host {o['host']}; if that run "
+                                   f"has ended, delete {self.file}, else choose another folder")
+            warnings.warn(f"{self.folder}: taking over the lock of PID {o.get('pid')}, which is no longer running")
+            self.file.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, 'w') as f: json.dump(me, f)
+        self.held = True
+        atexit.register(self.release)
+        return self
+    raise RunLockError(f"could not lock {self.folder}: {self.file} keeps changing; is another run starting there?")
+
+# %% ../nbs/02a_train.ipynb #505a73d3
 import hashlib, subprocess
+
 from functools import lru_cache
 
 @lru_cache(None)
 def code_version() -> str:
     "`unilearn.__version__`, plus `+g<commit>` when the package is in a git checkout."
-    from . import __version__
+    import unilearn
     try:
-        r = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=Path(__file__).parent, capture_output=True,
+        r = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=Path(unilearn.__file__).parent, capture_output=True,
                            text=True, timeout=10)
-        return f"{__version__}+g{r.stdout.strip()}" if r.returncode == 0 and r.stdout.strip() else __version__
-    except (OSError, subprocess.SubprocessError): return __version__
+        return f"{unilearn.__version__}+g{r.stdout.strip()}" if r.returncode == 0 and r.stdout.strip() else unilearn.__version__
+    except (OSError, subprocess.SubprocessError): return unilearn.__version__
 
+# %% ../nbs/02a_train.ipynb #399c48f4
 def _digest(o, h):
     "Feed `o` (nested containers of numbers, strings, arrays, tensors) into the hash `h`."
     if isinstance(o, (list, tuple)):
@@ -838,6 +847,21 @@ def data_fingerprint(datasets:dict) -> dict:
         h = hashlib.sha256(); _dataset_signature(ds, h); out[k] = h.hexdigest()[:16]
     return out
 
+# %% ../nbs/02a_train.ipynb #78ea4197
+import os, tempfile
+
+def _atomic_write(file:Path, write):
+    "Call `write(fh)` on a temporary file next to `file`, then rename it in place; on failure remove it and re-raise."
+    file = Path(file)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{file.name}.', suffix='.tmp', dir=file.parent)
+    try:
+        with os.fdopen(fd, 'wb') as fh:
+            write(fh); fh.flush(); os.fsync(fh.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 def _json(o):
     "`o` as JSON-ready builtins (tuples as lists, numpy numbers as numbers, anything else by its repr)."
     if isinstance(o, dict): return {str(k): _json(v) for k, v in o.items()}
@@ -864,6 +888,7 @@ def read_manifest(folder) -> dict|None:
     try: return json.loads(f.read_text())
     except ValueError as e: raise CheckpointError(f"{f} is not valid JSON ({e}); delete it or restore it from the run") from None
 
+# %% ../nbs/02a_train.ipynb #7bf41f0d
 def _flat(d, prefix='') -> dict:
     if not isinstance(d, dict): return {prefix[:-1]: d}
     return {k: v for key, val in d.items() for k, v in _flat(val, f'{prefix}{key}.').items()} if d else {prefix[:-1]: d}
@@ -879,7 +904,7 @@ def check_manifest(saved:dict, current:dict, where:str='checkpoint', ignore=('ep
     raise CheckpointError(f"{where} belongs to another run: {parts}{more}; resume with that run's settings "
                           f"or start a new run in another folder")
 
-# %% ../nbs/02a_train.ipynb #abc92129
+# %% ../nbs/02a_train.ipynb #476ce688
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     st = dict(torch=torch.get_rng_state(), python=random.getstate(),
@@ -904,12 +929,13 @@ def _plain(o):
     if isinstance(o, (list, L)): return [_plain(v) for v in o]
     if isinstance(o, np.generic): return o.item()
     return o
+
 def _rank() -> int:
     "This process's rank: from torch.distributed when initialised, else from the launcher's RANK variable."
     dist = torch.distributed
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else rank_distrib()
 
-# %% ../nbs/02a_train.ipynb #7ce7b31e
+# %% ../nbs/02a_train.ipynb #65a8d5bd
 from fastai.callback.tracker import TrackerCallback
 
 def _cb_states(learn) -> dict:
@@ -929,6 +955,7 @@ def _load_cb_states(learn, states:dict):
         else:
             for k, v in st.items(): setattr(cb, k, v)
 
+# %% ../nbs/02a_train.ipynb #ea294869
 def checkpoint_state(learn, epoch:int) -> dict:
     "Everything needed to continue `learn` after `epoch` (0-based) exactly as an uninterrupted run would."
     rec, model = getattr(learn, 'recorder', None), get_model(learn.model)
@@ -956,25 +983,12 @@ def _load_recorder_state(rec, st:dict):
     rec.losses = [torch.tensor(v) for v in st['losses']]
     rec.smooth_loss.count, rec.smooth_loss.val = st['smooth']['count'], st['smooth']['val']
 
-# %% ../nbs/02a_train.ipynb #93897be3
-import os, tempfile
-
-def _atomic_write(file:Path, write):
-    "Call `write(fh)` on a temporary file next to `file`, then rename it in place; on failure remove it and re-raise."
-    file = Path(file)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{file.name}.', suffix='.tmp', dir=file.parent)
-    try:
-        with os.fdopen(fd, 'wb') as fh:
-            write(fh); fh.flush(); os.fsync(fh.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+# %% ../nbs/02a_train.ipynb #6f92902c
 def _non_finite(sd:dict) -> str|None:
     "Name of the first floating tensor of a state dict holding a NaN or an infinity."
     return next((k for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()), None)
 
+# %% ../nbs/02a_train.ipynb #d01e6567
 def save_checkpoint(state:dict, file, writer=torch.save) -> Path:
     "Write a checkpoint atomically (a temporary file renamed in place, removed on failure); refuse non-finite weights."
     file = Path(file)
@@ -991,7 +1005,7 @@ def latest_checkpoint(path) -> Path|None:
     files = sorted(Path(path).glob('epoch_*.pth'))
     return files[-1] if files else None
 
-# %% ../nbs/02a_train.ipynb #7ca856ea
+# %% ../nbs/02a_train.ipynb #18dd744a
 _CKPT_KEYS = ('epoch', 'model', 'opt', 'has_grad', 'rng', 'loaders', 'history')
 
 def read_checkpoint(file) -> dict:
@@ -1008,6 +1022,7 @@ def read_checkpoint(file) -> dict:
                                       f"to start from pre-trained weights, load them into the model instead")
     return ck
 
+# %% ../nbs/02a_train.ipynb #bb4c0b51
 def _check_model_state(model, sd:dict, file):
     "A `CheckpointError` naming `file` if the state dict `sd` does not fit `model`."
     own = model.state_dict()
@@ -1022,7 +1037,7 @@ def _load_model_state(model, sd:dict, file):
     _check_model_state(model, sd, file)
     model.load_state_dict(sd)
 
-# %% ../nbs/02a_train.ipynb #6ade1da3
+# %% ../nbs/02a_train.ipynb #aee621e2
 def _apply_checkpoint(learn, ck:dict, file, with_opt:bool=True, with_rng:bool=True) -> int:
     model = get_model(learn.model)
     _load_model_state(model, ck['model'], file)
@@ -1053,7 +1068,7 @@ def _training_fit(learn) -> bool:
     "True in `fit`; False in `validate`/`get_preds` (no progress bar) and `lr_find`, which also call `before_fit`."
     return getattr(learn, 'create_mbar', True) and not hasattr(learn, 'lr_finder') and not hasattr(learn, 'gather_preds')
 
-# %% ../nbs/02a_train.ipynb #e1aaa81d
+# %% ../nbs/02a_train.ipynb #3ad66815
 class CheckpointCallback(Callback):
     "Save a checkpoint every `every` epochs (and after the last) to `path/epoch_XXXX.pth`; `resume_from` continues a run exactly."
     order = 90  # after the recorder, loggers, trackers and progress bar have finished with the epoch
@@ -1070,7 +1085,7 @@ class CheckpointCallback(Callback):
         self.manifest, self.run_lock = manifest, RunLock(path) if manifest is not None else None
         self.start_epoch, self.resumed, self._resume_checked, self._in_fit, self._muted, self._written = 0, None, False, False, [], set()
 
-# %% ../nbs/02a_train.ipynb #906cfa2d
+# %% ../nbs/02a_train.ipynb #42468cc0
 @patch
 def _resolve(self:CheckpointCallback) -> Path|None:
     "The checkpoint file `resume_from` points at, or None to start from epoch 0."
@@ -1106,7 +1121,7 @@ def prepare(self:CheckpointCallback):
     if saved is not None and resuming: check_manifest(saved, self.manifest, f"the run in {self.path}")
     write_manifest(self.path, {**(saved or {}), **self.manifest} if resuming else self.manifest)
 
-# %% ../nbs/02a_train.ipynb #1d579d20
+# %% ../nbs/02a_train.ipynb #35c31ff7
 @patch
 def before_fit(self:CheckpointCallback):
     self._in_fit, self.start_epoch = _training_fit(self.learn), 0
@@ -1132,6 +1147,7 @@ def before_fit(self:CheckpointCallback):
     rec = getattr(self.learn, 'recorder', None)
     if rec is not None and ck['recorder'] is not None: _load_recorder_state(rec, ck['recorder'])
 
+# %% ../nbs/02a_train.ipynb #767ce838
 @patch
 def before_epoch(self:CheckpointCallback):
     if not self._in_fit or self.epoch >= self.start_epoch: return
@@ -1158,7 +1174,7 @@ def after_fit(self:CheckpointCallback):
     if self._in_fit and self.run_lock is not None: self.run_lock.release()
     self._in_fit = False
 
-# %% ../nbs/02a_train.ipynb #ce032c21
+# %% ../nbs/02a_train.ipynb #3cb98bb8
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 
 def precision_callback(precision:str='bf16', device=None) -> AutocastCallback|None:
@@ -1176,7 +1192,7 @@ def train_device(dls, model) -> torch.device:
     dev = getattr(dls, 'device', None)
     return torch.device(dev) if dev is not None else next(model.parameters()).device
 
-# %% ../nbs/02a_train.ipynb #1a20c532
+# %% ../nbs/02a_train.ipynb #84af3b73
 def _can_compile(device) -> str|None:
     "None if `torch.compile` works on `device` here, else the first line of its error."
     try:
@@ -1196,7 +1212,7 @@ def prepare_model(model:nn.Module, grad_checkpointing:bool=False, compile:bool=F
         model.compile()
     return model
 
-# %% ../nbs/02a_train.ipynb #e54565c5
+# %% ../nbs/02a_train.ipynb #9b357347
 def learner_manifest(model:nn.Module, dls, config:dict) -> dict:
     "`run_manifest` of training `model` on `dls`: `config`, the model's class and tensor shapes, the loaders' seed and data."
     shapes = hashlib.sha256(repr([(k, tuple(v.shape)) for k, v in get_model(model).state_dict().items()]).encode())
@@ -1229,6 +1245,7 @@ def train_callbacks(precision:str='bf16', # 'fp32', 'bf16' or 'fp16' (CUDA only)
     ck.prepare()  # a locked folder or another run's checkpoints show now, not after the first epoch
     return cbs + [ck]
 
+# %% ../nbs/02a_train.ipynb #b1b1d1db
 def renamed_args(kwargs:dict, fname:str, **new_names) -> dict:
     "Old keyword arguments under their new names (a `DeprecationWarning` each); an unknown one is a `TypeError`."
     out = {}
