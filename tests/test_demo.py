@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-COMMANDS = ('demo', 'ablate', 'pretrain', 'finetune', 'evaluate', 'pool', 'recipes', 'predict')
+COMMANDS = ('demo', 'ablate', 'pretrain', 'finetune', 'evaluate', 'pool', 'analyze', 'recipes', 'predict')
 
 @pytest.mark.parametrize('cmd', COMMANDS)
 def test_help_lists_every_option(cmd):

@@ -92,6 +92,10 @@ def test_mafw_fold1_has_an_11_way_head(splits_dir, tmp_path):
     df = load_predictions(run / 'predictions.csv')
     assert len(df) == 22 and df.attrs['classes']['video'] == info['classes']['video']
     assert 'epoch 1/1' in out                                               # no terminal: one line per epoch
+    unilearn('analyze', run / 'best.safetensors', '--mafw', tmp_path / 'MAFW', '--embedding', 'pca')  # Figure 4 from it
+    gates = pd.read_csv(run / 'analysis' / 'gates.csv')
+    assert set(gates.task) == {'video'} and len(gates) == 1                # one MoAE layer (the later half of 2 blocks)
+    assert (run / 'analysis' / 'analysis.html').stat().st_size > 10_000 and (run / 'analysis' / 'embedding.csv').is_file()
 
 def test_ferv39k_one_split(splits_dir, tmp_path):
     ferv39k_tree(tmp_path / 'FERV39K')
