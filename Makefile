@@ -24,8 +24,9 @@ test: $(STAMP)
 	-tests/browser/setup.sh
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
+# nbdev's pre-save hook cleans a notebook as JupyterLab saves it (jupyter_hooks = True in settings.ini).
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=nbs
+	$(BIN)/jupyter lab --notebook-dir=nbs --ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter
 
 # Notebook -> module, clean notebooks, regenerate README.md from nbs/index.ipynb.
 export: $(STAMP)

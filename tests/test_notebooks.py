@@ -48,3 +48,20 @@ def test_readme_in_sync_with_index():
 def test_readme_starts_with_the_two_commands():
     lines = [l for l in (ROOT / 'README.md').read_text().splitlines() if l.strip()]
     assert lines[1:5] == ['```bash', 'make demo', 'make test', '```'], lines[:6]
+
+def test_jupyter_save_leaves_notebook_clean(tmp_path, monkeypatch):
+    "`make lab` runs nbdev's pre-save hook: a notebook saved through Jupyter's contents manager is written clean."
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+    nb = json.loads((NBS / 'index.ipynb').read_text())
+    nb['metadata'] = {'kernelspec': {'name': 'python3', 'display_name': 'Python 3'}, 'language_info': {'name': 'python'}}
+    nb['cells'][0]['metadata'] = {'collapsed': False}
+    (tmp_path / 'settings.ini').write_text((ROOT / 'settings.ini').read_text())
+    monkeypatch.chdir(tmp_path)   # Jupyter passes paths relative to its root; nbdev finds settings.ini from there
+    cm = FileContentsManager(root_dir=str(tmp_path), pre_save_hook='nbdev.clean.clean_jupyter')
+    shutil.copy(NBS / 'index.ipynb', tmp_path / 'saved.ipynb')   # JupyterLab saves over the notebook it opened
+    cm.save({'type': 'notebook', 'format': 'json', 'content': nb}, 'saved.ipynb')
+    saved = (tmp_path / 'saved.ipynb').read_text()
+    cleaned = subprocess.run([str(BIN / 'nbdev_clean'), '--fname', 'saved.ipynb', '--disp'], cwd=tmp_path,
+                             capture_output=True, text=True, check=True).stdout
+    assert 'language_info' not in saved and '"collapsed"' not in saved, saved[:300]
+    assert cleaned.strip() == saved.strip()
