@@ -47,7 +47,7 @@ def _safetensors_check(path:Path, size:int):
 
 # %% ../nbs/08_interop.ipynb #088d3c31
 def sniff_checkpoint(path) -> str:
-    "The format of a checkpoint file, `'safetensors'`, `'torch'` (zip) or `'torch-legacy'` (pickle), or an error saying what it is instead."
+    "A checkpoint's format, `'safetensors'`, `'torch'` (zip) or `'torch-legacy'` (pickle), or an error saying what it is."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}")
     size = path.stat().st_size
@@ -178,7 +178,7 @@ def _collapse(keys, universe) -> list:
 
 # %% ../nbs/08_interop.ipynb #00da7ef0
 def _summarise(keys, limit:int=12, universe=None) -> str:
-    "Keys in a short form: `blocks.{6..11}.moe_layer.*` (numbers grouped; `prefix.*` when all of `universe` under it is meant)."
+    "Keys in short: `blocks.{6..11}.moe_layer.*` (numbers grouped; `prefix.*` when all of `universe` under it is meant)."
     groups = {}
     for k in _collapse(keys, universe):
         parts = k.split('.')
@@ -195,7 +195,7 @@ def _summarise(keys, limit:int=12, universe=None) -> str:
 # %% ../nbs/08_interop.ipynb #fd378100
 @dataclass
 class LoadReport:
-    "What a loader did: keys loaded, new (kept their init), unused (in the file only), mismatched `(key, file shape, model shape)`, upcycled, converted."
+    "What a loader did: keys loaded, new (kept their init), unused (in the file only), mismatched, upcycled, converted."
     loaded: list = field(default_factory=list)
     new: list = field(default_factory=list)
     unused: list = field(default_factory=list)
@@ -303,7 +303,7 @@ def videomae_to_unilearn(sd:dict) -> tuple:
     return {k: v for k, v in out.items() if v is not None}, converted
 
 def unilearn_to_videomae(sd:dict, task:str|None=None) -> dict:
-    "A ViT state dict in our names as a `transformers` `VideoMAEForVideoClassification` state dict (`task` picks `head.<task>` of a two-head model)."
+    "Our ViT state dict as a `transformers` `VideoMAEForVideoClassification` one (`task` picks `head.<task>`)."
     heads = {k.split('.')[1] for k in sd if re.match(r'^head\.[a-z]\w*\.(weight|bias)$', k)}
     if heads and task not in heads: raise ValueError(f"The model has heads {sorted(heads)}; pass task= one of them")
     extra = [k for k in sd if '.moe_layer.' in k or k.startswith(('encoder.', 'decoder.'))]
@@ -404,7 +404,7 @@ def _align_roots(src:dict, tgt_keys) -> tuple:
 
 # %% ../nbs/08_interop.ipynb #4aeaa52d
 def load_pretrained(model:nn.Module, path_or_state_dict, ignore=(), trust:bool=False, verbose:bool=False) -> LoadReport:
-    "Load published / MAE-DFER / `transformers` VideoMAE / unilearn weights into `model`; return a `LoadReport`, or raise naming the keys."
+    "Load published / MAE-DFER / `transformers` VideoMAE / unilearn weights into `model`: a `LoadReport`, or an error."
     model = unwrap_model(model)
     sd, source = state_dict_of(path_or_state_dict, trust)
     layout = detect_layout(sd)
@@ -452,7 +452,7 @@ def _drop_p(m) -> float: return float(getattr(m, 'drop_prob', getattr(m, 'p', 0.
 
 def _geometry(m:VisionTransformer) -> tuple:
     "`(img_size, frames)` the model was built for (recorded by `VisionTransformer`, never inferred)."
-    if not hasattr(m, 'num_frames'): raise ValueError(f"this {type(m).__name__} records no input geometry; pass config=")
+    if not hasattr(m, 'num_frames'): raise ValueError(f"this {type(m).__name__} records no geometry; pass config=")
     return m.img_size, m.num_frames
 
 # %% ../nbs/08_interop.ipynb #d11247ed
@@ -534,7 +534,7 @@ def _signature(model) -> dict: return {k: tuple(v.shape) for k, v in model.state
 
 def _check_rebuilds(config:dict, model:nn.Module):
     want = _signature(model)
-    key = json.dumps({'builder': config['builder'], 'kwargs': config['kwargs'], 'model': sorted(want.items())}, sort_keys=True)
+    key = json.dumps(dict(builder=config['builder'], kwargs=config['kwargs'], model=sorted(want.items())), sort_keys=True)
     if key in _VERIFIED: return
     got = _signature(build_model(config))
     if want != got:
@@ -544,7 +544,7 @@ def _check_rebuilds(config:dict, model:nn.Module):
     _VERIFIED.add(key)
 
 def save_checkpoint(model:nn.Module, path, config:dict|None=None, **info) -> Path:
-    "Write `model`'s weights and the config that rebuilds it to a safetensors file; `info` (classes, input, metrics...) is stored with it."
+    "Write `model`'s weights and the config that rebuilds it to a safetensors file, with `info` (classes, metrics...)."
     model = unwrap_model(model)
     cfg = dict(model_config(model) if config is None else config)
     if 'builder' not in cfg: raise ValueError("config needs a 'builder' (e.g. 'unilearn.vit.create_vit') and 'kwargs'")
@@ -621,7 +621,7 @@ def _load_videomae_dir(path:Path, trust:bool) -> nn.Module:
     return model.eval()
 
 def load_checkpoint(path, device='cpu', trust:bool=False) -> nn.Module:
-    "The model saved by `save_checkpoint` (rebuilt from its config, weights loaded strictly, eval mode); also a `transformers` VideoMAE directory."
+    "The model saved by `save_checkpoint` (rebuilt, loaded strictly, eval mode), or a `transformers` VideoMAE directory."
     path = Path(path)
     if path.is_dir() and (path/'config.json').exists(): return _load_videomae_dir(path, trust).to(device)
     cfg = checkpoint_config(path)
@@ -649,7 +649,7 @@ _PUBLISHED_PRETRAIN = [re.compile(p) for p in (
     r'^decoder\.head' + _LEAF, r'^encoder_to_decoder\.weight$', r'^mask_token$')]
 
 def export_published(model:nn.Module, path=None) -> dict:
-    "`{'model': state_dict}` in the published UniLearn/S4D layout (fine-tuning, or pre-training for an MAE); written with `torch.save` when `path` is given."
+    "`{'model': state_dict}` in the published layout (fine-tuning, or pre-training for an MAE); `torch.save`d to `path`."
     model = unwrap_model(model)
     if any(getattr(m, 'adapter_residual', False) for m in model.modules()):
         raise CheckpointError("this model uses adapter_residual=True (the paper's expert form); the published code has "
@@ -668,7 +668,7 @@ def export_published(model:nn.Module, path=None) -> dict:
 # %% ../nbs/08_interop.ipynb #93cf03ee
 def export_videomae(model:nn.Module, path, task:str|None=None, img_size:int|None=None, frames:int|None=None,
                     id2label:dict|None=None) -> Path:
-    "Write a ViT (`task` picks the head of a two-head model) as a `transformers` `VideoMAEForVideoClassification` directory for `frames` x `img_size` clips."
+    "Write a ViT (`task` picks a head) as a `transformers` `VideoMAEForVideoClassification` directory."
     from transformers import VideoMAEConfig, VideoMAEForVideoClassification
     model = unwrap_model(model)
     sd = unilearn_to_videomae(model.state_dict(), task)

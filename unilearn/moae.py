@@ -64,7 +64,7 @@ def _check_experts(num_experts, top_k):
 DISPATCHES = ('auto', 'sorted', 'dense')
 
 def choose_dispatch(dispatch:str, dim:int, num_experts:int, top_k:int, bottleneck:int, drop:float=0.) -> str:
-    "'sorted' or 'dense' for a layer: `dispatch` itself, or for 'auto' the one measured faster on CPU (see the table below)."
+    "'sorted' or 'dense' for a layer: `dispatch` itself, or for 'auto' the one measured faster on CPU."
     if dispatch not in DISPATCHES: raise ValueError(f"Unknown dispatch {dispatch!r}; choose one of {DISPATCHES}")
     if dispatch == 'dense' and drop > 0:
         raise ValueError(f"dispatch='dense' sums the experts before their output dropout (drop={drop}); use 'sorted' "
@@ -144,7 +144,7 @@ class MoAELayer(nn.Module):
 # %% ../nbs/01_moae.ipynb #3deeb1f6
 @patch
 def forward(self:MoAELayer, x:torch.Tensor, out:torch.Tensor|None=None) -> torch.Tensor:
-    "Experts' weighted sum per token; with `out` (x's shape, e.g. the FFN's output) it is added to `out` (in place when `out` is contiguous) and returned."
+    "Experts' weighted sum per token; with `out` (e.g. the FFN's output) it is added into `out` and returned."
     shape, E, k = x.shape, self.num_experts, self.top_k
     if out is not None and out.shape != shape:
         raise ValueError(f"MoAELayer: out has shape {tuple(out.shape)}, expected the input's {tuple(shape)}")
@@ -292,20 +292,18 @@ def moae_block_fns(moae:str|Sequence[int]|None, depth:int, moae_kind:str='adapte
     at = set(moae_blocks(moae, depth))
     return [partial(MOAE_KINDS[moae_kind], **moae_kwargs) if i in at else Block for i in range(depth)]
 
+# %% ../nbs/01_moae.ipynb #19c37f5a
 _VIT_DEPTH = inspect.signature(VisionTransformer).parameters['depth'].default
 
 class MultiTaskViT(VisionTransformer):
     "`VisionTransformer` with optional MoAE/MoE blocks and one head or one head per task; call as `model(x, task)`."
     def __init__(self,
-                 # int: one head for all tasks; dict: one per task (image 7, video 7)
-                 num_classes:int|Mapping[str, int]=None,
+                 num_classes:int|Mapping[str, int]=None, # int: one shared head; dict: one per task (image 7, video 7)
                  moae:str|Sequence[int]|None=None,       # blocks that get a MoAE layer (see `moae_blocks`); None: none
-                 # 'adapter' (MoAE beside the FFN) or 'ffn' (ViT-MoE: FFN replaced)
-                 moae_kind:str='adapter',
+                 moae_kind:str='adapter',                # 'adapter' (beside the FFN) or 'ffn' (ViT-MoE: FFN replaced)
                  moae_kwargs:dict|None=None,             # passed to `MoAELayer` (num_experts, top_k, ...)
                  init_scale:float=1.,                    # scale of the heads' initial weights
-                 # `VisionTransformer` arguments (img_size, embed_dim, depth, ...)
-                 **vit_kwargs):
+                 **vit_kwargs):                          # `VisionTransformer` arguments (img_size, depth, ...)
         depth = vit_kwargs.get('depth', _VIT_DEPTH)
         fns = moae_block_fns(moae, depth, moae_kind, **(moae_kwargs or {}))
         super().__init__(num_classes=0, block_fn=fns, **vit_kwargs)
@@ -314,58 +312,65 @@ class MultiTaskViT(VisionTransformer):
         self.moe_blocks = moae_blocks(moae, depth)
         self.moae_kind = moae_kind if self.moe_blocks else None
 
-    @property
-    def tasks(self) -> list[str]|None:
-        "Task names with their own head (None for a single shared head)."
-        return list(self.head) if isinstance(self.head, nn.ModuleDict) else None
+# %% ../nbs/01_moae.ipynb #ff4c9939
+@patch(as_prop=True)
+def tasks(self:MultiTaskViT) -> list[str]|None:
+    "Task names with their own head (None for a single shared head)."
+    return list(self.head) if isinstance(self.head, nn.ModuleDict) else None
 
-    def check_task(self, task) -> str|None:
-        "Normalise `task` (a string; a sequence of one repeated string is accepted) and check it has a head."
-        if isinstance(task, (list, tuple)):
-            if len(set(task)) != 1: raise ValueError(f"one batch must hold one task, got tasks {sorted(set(task))}")
-            task = task[0]
-        if task is not None and not isinstance(task, str): raise TypeError("task must be a string like 'video', got "
-                                                                           f"{task!r}")
-        tasks = self.tasks
-        if tasks is None: return task
-        if task is None:
-            if len(tasks) == 1: return tasks[0]
-            raise ValueError(f"this model has one head per task {tasks}: call model(x, task) with one of them")
-        if task not in tasks: raise ValueError(f"Unknown task {task!r}: this model has heads for {tasks}")
-        return task
+@patch
+def check_task(self:MultiTaskViT, task) -> str|None:
+    "Normalise `task` (a string; a sequence of one repeated string is accepted) and check it has a head."
+    if isinstance(task, (list, tuple)):
+        if len(set(task)) != 1: raise ValueError(f"one batch must hold one task, got tasks {sorted(set(task))}")
+        task = task[0]
+    if task is not None and not isinstance(task, str): raise TypeError(f"task must be a string like 'video', got {task!r}")
+    tasks = self.tasks
+    if tasks is None: return task
+    if task is None:
+        if len(tasks) == 1: return tasks[0]
+        raise ValueError(f"this model has one head per task {tasks}: call model(x, task) with one of them")
+    if task not in tasks: raise ValueError(f"Unknown task {task!r}: this model has heads for {tasks}")
+    return task
 
-    def forward_features(self, x, task=None) -> torch.Tensor:
-        "Token features `(B, N, D)`; `task` names the gate statistics of the MoAE layers."
-        task = self.check_task(task)
-        for _, layer in moe_layers(self): layer.task = task
-        return super().forward_features(x)
+# %% ../nbs/01_moae.ipynb #4bdc39fb
+@patch
+def forward_features(self:MultiTaskViT, x, task=None) -> torch.Tensor:
+    "Token features `(B, N, D)`; `task` names the gate statistics of the MoAE layers."
+    task = self.check_task(task)
+    for _, layer in moe_layers(self): layer.task = task
+    return VisionTransformer.forward_features(self, x)
 
-    def forward_head(self, tokens, task=None, pre_logits:bool=False):
-        x = self.pool(tokens)
-        if pre_logits: return x
-        task = self.check_task(task)
-        head = self.head if task is None or self.tasks is None else self.head[task]
-        return head(self.fc_dropout(x))
+@patch
+def forward_head(self:MultiTaskViT, tokens, task=None, pre_logits:bool=False):
+    x = self.pool(tokens)
+    if pre_logits: return x
+    task = self.check_task(task)
+    head = self.head if task is None or self.tasks is None else self.head[task]
+    return head(self.fc_dropout(x))
 
-    def forward(self, x, task=None):
-        task = self.check_task(task)
-        return self.forward_head(self.forward_features(x, task), task)
+@patch
+def forward(self:MultiTaskViT, x, task=None):
+    task = self.check_task(task)
+    return self.forward_head(self.forward_features(x, task), task)
 
-    def aux_loss(self) -> torch.Tensor:
-        "Summed auxiliary (load-balancing) loss of the last forward: a 0-dim tensor, 0 when there is none."
-        losses = [l.aux for _, l in moe_layers(self) if l.aux is not None]
-        return torch.stack(losses).sum() if losses else torch.zeros((), device=self.fc_norm.weight.device)
+# %% ../nbs/01_moae.ipynb #84a489db
+@patch
+def aux_loss(self:MultiTaskViT) -> torch.Tensor:
+    "Summed auxiliary (load-balancing) loss of the last forward: a 0-dim tensor, 0 when there is none."
+    losses = [l.aux for _, l in moe_layers(self) if l.aux is not None]
+    return torch.stack(losses).sum() if losses else torch.zeros((), device=self.fc_norm.weight.device)
 
-    @property
-    def timm_kind(self) -> str:
-        "The timm name part of this model: 'vit_mtl', 'moae' or 'vit_moe'."
-        return {None: 'vit_mtl', 'adapter': 'moae', 'ffn': 'vit_moe'}[self.moae_kind]
+@patch(as_prop=True)
+def timm_kind(self:MultiTaskViT) -> str:
+    "The timm name part of this model: 'vit_mtl', 'moae' or 'vit_moe'."
+    return {None: 'vit_mtl', 'adapter': 'moae', 'ffn': 'vit_moe'}[self.moae_kind]
 
-    def reset_classifier(self, num_classes:int|Mapping[str, int], global_pool:str|None=None):
-        "New heads: an int for one shared head, a dict for one head per task (timm's classifier reset)."
-        if global_pool not in (None, 'avg'): raise ValueError(f"global_pool={global_pool!r}: this ViT mean-pools "
-                                                              "('avg')")
-        self.num_classes, self.head = num_classes, _build_head(self.embed_dim, num_classes)
+@patch
+def reset_classifier(self:MultiTaskViT, num_classes:int|Mapping[str, int], global_pool:str|None=None):
+    "New heads: an int for one shared head, a dict for one head per task (timm's classifier reset)."
+    if global_pool not in (None, 'avg'): raise ValueError(f"global_pool={global_pool!r}: this ViT mean-pools ('avg')")
+    self.num_classes, self.head = num_classes, _build_head(self.embed_dim, num_classes)
 
 # %% ../nbs/01_moae.ipynb #65b81f84
 def moe_layers(model:nn.Module) -> list[tuple[int, MoAELayer]]:
@@ -400,7 +405,7 @@ def unilearn_vit(size:str|dict='base', num_classes:Mapping[str, int]|None=None,
                  num_experts:int=8, top_k:int=2, bottleneck:int|None=None, noise_at_eval:bool=False,
                  adapter_residual:bool=False, capacity_factor:float|None=None, aux_loss_coef:float=1e-2,
                  dispatch:str='auto', img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
-    "UniLearn (Table 3 row 8): ViT + MoAE beside the FFN in the `moae` blocks, one head per task; options as `MoAELayer`."
+    "UniLearn (Table 3 row 8): ViT + MoAE beside the FFN in the `moae` blocks, one head per task."
     moae_kwargs = dict(num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, noise_at_eval=noise_at_eval,
                        adapter_residual=adapter_residual, capacity_factor=capacity_factor,
                        aux_loss_coef=aux_loss_coef, dispatch=dispatch)
@@ -470,7 +475,7 @@ def gate_stats(model:nn.Module) -> dict:
 def _numel(m:nn.Module) -> int: return sum(p.numel() for p in m.parameters())
 
 def param_counts(model:nn.Module, task:str|None=None) -> dict:
-    "`dict(train=..., test=...)`: all parameters, and those used by a test forward of `task` (default: the largest head)."
+    "`dict(train=..., test=...)`: all parameters, and those a test forward of `task` uses (default: largest head)."
     model = getattr(model, 'module', model)
     train = _numel(model)
     test = train
@@ -502,7 +507,8 @@ def create_timm_model(kind:str, size:str, pretrained:bool=False, pretrained_cfg=
     if pretrained and cfg.get('source') != 'local-dir' and not cfg.get('file'):
         raise ValueError(f"{name}: unilearn never downloads weights; save a folder with save_pretrained or "
                          "timm.models.save_for_hf and create 'local-dir:FOLDER'")
-    if isinstance(cfg['num_classes'], dict): kwargs.setdefault('num_classes', cfg['num_classes']); cfg['num_classes'] = -1
+    if isinstance(cfg['num_classes'], dict):   # per-task heads: timm's defaults take an int
+        kwargs.setdefault('num_classes', cfg['num_classes']); cfg['num_classes'] = -1
     layer_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _LAYER_ARGS}   # e.g. num_experts=4
     if layer_args: kwargs['moae_kwargs'] = {**(kwargs.get('moae_kwargs') or {}), **layer_args}
     cls = VisionTransformer if kind == 'vit' else MultiTaskViT
@@ -512,8 +518,8 @@ def create_timm_model(kind:str, size:str, pretrained:bool=False, pretrained_cfg=
     return model
 
 # %% ../nbs/01_moae.ipynb #d1dd7b1c
-_IN_INTEROP = ('CheckpointError', 'sniff_checkpoint', 'read_checkpoint', 'state_dict_of', 'strip_wrappers', 'unwrap_model',
-               'LoadReport', 'load_backbone')
+_IN_INTEROP = ('CheckpointError', 'sniff_checkpoint', 'read_checkpoint', 'state_dict_of', 'strip_wrappers',
+               'unwrap_model', 'LoadReport', 'load_backbone')
 
 def __getattr__(name):
     "`unilearn.moae.load_backbone` and the other checkpoint names: looked up in `unilearn.interop` on first use."

@@ -77,7 +77,7 @@ class PatchEmbed(nn.Module):
 
 # %% ../nbs/00_vit.ipynb #7f237513
 class GELU(nn.GELU):
-    "Exact GELU that overwrites its input when no gradient is recorded (use it where the input is a temporary, as `fc1`'s output)."
+    "Exact GELU that overwrites its input when no gradient is recorded (for temporaries such as `fc1`'s output)."
     def forward(self, x):
         if torch.is_grad_enabled(): return F.gelu(x, approximate=self.approximate)
         return torch.ops.aten.gelu_(x, approximate=self.approximate)
@@ -248,7 +248,7 @@ def no_weight_decay(self:VisionTransformer) -> set: return {'pos_embed'}
 
 @patch
 def group_matcher(self:VisionTransformer, coarse:bool=False) -> dict:
-    "Parameter groups for timm's layer decay: the patch embedding, one group per block (`fc_norm` joins the last, as in timm), heads."
+    "Groups for timm's layer decay: patch embedding, one per block (`fc_norm` joins the last, as in timm), heads."
     return dict(stem=r'^patch_embed', blocks=r'^blocks\.(\d+)' if coarse else
                 [(r'^blocks\.(\d+)', None), (r'^fc_norm', (99999,))])
 
@@ -285,8 +285,9 @@ def _get_cfg(self) -> dict:
 
 def _set_cfg(self, cfg:dict): self.__dict__['_pretrained_cfg'] = dict(cfg)
 VisionTransformer.pretrained_cfg = VisionTransformer.default_cfg = property(_get_cfg, _set_cfg)
-VisionTransformer._model_args = property(lambda self: {**(self._hub_mixin_config or {}), **self.__dict__.get('_args', {})},
-                                         lambda self, args: self.__dict__.__setitem__('_args', dict(args)))
+def _get_args(self) -> dict: return {**(self._hub_mixin_config or {}), **self.__dict__.get('_args', {})}
+def _set_args(self, args:dict): self.__dict__['_args'] = dict(args)
+VisionTransformer._model_args = property(_get_args, _set_args)   # timm's factory adds its own arguments
 
 # %% ../nbs/00_vit.ipynb #3fe11fd4
 @patch
