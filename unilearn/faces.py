@@ -4,7 +4,7 @@
 
 # %% ../nbs/04b_faces.ipynb #7e42a88e
 from __future__ import annotations
-import csv, math, os
+import csv, math, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from PIL import Image
 from .data import DataError, open_clip, load_image, natural_key, VIDEO_EXTS, IMAGE_EXTS
 
 # %% auto #0
-__all__ = ['haar_cascade', 'Face', 'FaceCropper', 'carphone_video', 'FaceReport', 'crop_face_clip', 'crop_faces']
+__all__ = ['haar_cascade', 'Face', 'MTCNNDetector', 'mtcnn_available', 'FaceCropper', 'carphone_video', 'FaceReport',
+           'crop_face_clip', 'crop_faces', 'synthetic_face_frames', 'detector_benchmark']
 
 # %% ../nbs/04b_faces.ipynb #c70b551e
 def _cv2():
@@ -58,14 +59,57 @@ def _rot(cx, cy, angle, center):
     x, y = cx - center[0], cy - center[1]
     return center[0] + x * math.cos(a) + y * math.sin(a), center[1] - x * math.sin(a) + y * math.cos(a)
 
+# %% ../nbs/04b_faces.ipynb #5b1d0c22
+class MTCNNDetector:
+    "All faces of an RGB frame with facenet-pytorch's MTCNN (its weights ship inside the wheel and run offline)."
+    def __init__(self, work_size:int=320,  # the frame is shrunk so its long side is at most this many pixels first
+                 min_face:int=20,          # smallest face side searched, in pixels of the shrunk frame
+                 threshold:float=.9):      # minimum face probability (MTCNN's last stage)
+        self.work_size, self.min_face, self.threshold, self._net = work_size, min_face, threshold, None
+
+    def __getstate__(self): return {**self.__dict__, '_net': None}
+
+    def __call__(self, frame:np.ndarray) -> list[Face]:
+        "Faces in `frame` (`uint8 (H,W,3)`), most confident first; roll and eyes from MTCNN's eye landmarks."
+        if self._net is None:
+            from facenet_pytorch import MTCNN
+            self._net = MTCNN(min_face_size=self.min_face, keep_all=True, select_largest=False, device='cpu')
+        k = min(1., self.work_size / max(frame.shape[:2]))
+        small = _cv2().resize(frame, None, fx=k, fy=k, interpolation=_cv2().INTER_AREA) if k < 1 else frame
+        boxes, probs, pts = self._net.detect(np.ascontiguousarray(small), landmarks=True)
+        if boxes is None: return []
+        out = []
+        for (x0, y0, x1, y1), p, lm in zip(boxes / k, probs, pts / k):
+            if p < self.threshold: continue
+            (lx, ly), (rx, ry) = lm[0], lm[1]
+            roll = math.degrees(math.atan2(ry - ly, rx - lx))
+            out.append(Face((x0 + x1) / 2, (y0 + y1) / 2, float(max(x1 - x0, y1 - y0)), roll, float(p),
+                            ((float(lx), float(ly)), (float(rx), float(ry)))))
+        return sorted(out, key=lambda f: -f.score)
+
+
 # %% ../nbs/04b_faces.ipynb #f1af70a9
+def mtcnn_available() -> bool:
+    "Whether facenet-pytorch (MTCNN) is installed."
+    return importlib.util.find_spec('facenet_pytorch') is not None
+
 class FaceCropper:
-    "Haar-cascade face detector + eye levelling + crop/resize, for frames given as `uint8 (H,W,3)` RGB arrays."
-    def __init__(self, size:int=224, scale:float=1.25, min_face:float=0.15, rotations=(-25., 25.), max_roll:float=35.,
-                 min_neighbors:int=5):
+    "Face detector (MTCNN, or OpenCV's Haar cascades) + eye levelling + crop/resize, for `uint8 (H,W,3)` RGB frames."
+    def __init__(self, size:int=224,           # side of the crops
+                 scale:float=1.25,              # crop side as a multiple of the face box
+                 min_face:float=0.15,           # Haar: smallest face side as a share of the frame's short side
+                 rotations=(-25., 25.),         # Haar: extra rolls searched when the upright search finds nothing
+                 max_roll:float=35.,            # Haar: eye pairs tilted more than this are ignored
+                 min_neighbors:int=5,           # Haar: detection strictness
+                 detector:str='auto'):          # 'mtcnn', 'haar' or 'auto' (MTCNN when facenet-pytorch is installed)
+        if detector not in ('auto', 'mtcnn', 'haar'): raise ValueError(f"detector must be 'auto', 'mtcnn' or 'haar', not {detector!r}")
+        if detector == 'auto': detector = 'mtcnn' if mtcnn_available() else 'haar'
+        if detector == 'mtcnn' and not mtcnn_available():
+            raise ImportError("detector='mtcnn' needs facenet-pytorch: pip install 'facenet-pytorch==2.5.3'")
         self.size, self.scale, self.min_face, self.rotations, self.max_roll = size, scale, min_face, tuple(rotations), max_roll
-        self.min_neighbors = min_neighbors
+        self.min_neighbors, self.detector = min_neighbors, detector
         self._face = self._eye = None
+        self._mtcnn = MTCNNDetector() if detector == 'mtcnn' else None
 
     def _load(self):
         if self._face is None: self._face, self._eye = haar_cascade('haarcascade_frontalface_default.xml'), haar_cascade('haarcascade_eye.xml')
@@ -99,33 +143,39 @@ class FaceCropper:
         l, r = max(pairs, key=lambda p: p[0][2] + p[1][2])
         return (l[0], l[1]), (r[0], r[1])
 
-    def detect(self, frame:np.ndarray, previous:Face|None=None) -> Face|None:
-        "The best face in an RGB frame (upright search first, then the rotated ones), roll measured from the eyes."
+    def _haar_all(self, frame:np.ndarray) -> list[Face]:
         cv2 = _cv2(); self._load()
         gray = self._gray(frame)
         h, w = gray.shape
         center = (w / 2, h / 2)
-        for rot in (0.,) + self.rotations:
+        for rot in (0.,) + self.rotations:    # upright first; the rolled searches only when it finds nothing
             g = gray if rot == 0 else cv2.warpAffine(gray, cv2.getRotationMatrix2D(center, rot, 1.), (w, h))
             found = self._detect_upright(g)
-            if not found: continue
-            faces = [Face(x + bw / 2, y + bw / 2, float(bw), 0., s) for (x, y, bw, _), s in found]
-            if previous is not None:
-                prev_here = Face(*_rot(previous.cx, previous.cy, rot, center), previous.size)
-                near = [f for f in faces if f.iou(prev_here) > 0.3]
-                faces = near or faces
-            best = max(faces, key=lambda f: (f.score, f.size))
-            eyes = self.eyes(g, best)
-            roll = 0.
-            if eyes is not None:
-                (lx, ly), (rx, ry) = eyes
-                roll = math.degrees(math.atan2(ry - ly, rx - lx))
-                if abs(roll) > self.max_roll: roll, eyes = 0., None
-            # back to the original frame: the search rotated it by `rot`, so levelling the face there takes rot + roll
-            cx, cy = _rot(best.cx, best.cy, -rot, center)
-            if eyes is not None: eyes = tuple(_rot(x, y, -rot, center) for x, y in eyes)
-            return Face(cx, cy, best.size, rot + roll, best.score, eyes)
-        return None
+            if found: return [self._levelled(g, Face(x + bw / 2, y + bw / 2, float(bw), 0., s), rot, center)
+                              for (x, y, bw, _), s in found]
+        return []
+
+    def _levelled(self, g, face:Face, rot:float, center) -> Face:
+        "`face` found in the frame rotated by `rot`, back in the frame's pixels with its roll from the eyes."
+        eyes, roll = self.eyes(g, face), 0.
+        if eyes is not None:
+            (lx, ly), (rx, ry) = eyes
+            roll = math.degrees(math.atan2(ry - ly, rx - lx))
+            if abs(roll) > self.max_roll: roll, eyes = 0., None
+        cx, cy = _rot(face.cx, face.cy, -rot, center)     # levelling in the original frame takes rot + roll
+        if eyes is not None: eyes = tuple(_rot(x, y, -rot, center) for x, y in eyes)
+        return Face(cx, cy, face.size, rot + roll, face.score, eyes)
+
+    def detect_all(self, frame:np.ndarray) -> list[Face]:
+        "Every face in an RGB frame, most confident first, each with its roll (from the eyes when found)."
+        faces = self._mtcnn(frame) if self._mtcnn is not None else self._haar_all(frame)
+        return sorted(faces, key=lambda f: (-f.score, -f.size))
+
+    def detect(self, frame:np.ndarray, previous:Face|None=None) -> Face|None:
+        "The best face in an RGB frame; with `previous`, a face overlapping it wins over a more confident one."
+        faces = self.detect_all(frame)
+        if previous is not None: faces = [f for f in faces if f.iou(previous) > 0.3] or faces
+        return faces[0] if faces else None
 
     def crop(self, frame:np.ndarray, face:Face) -> np.ndarray:
         "`uint8 (size,size,3)`: the face rotated so the eyes are level, a square of `scale` x the box, resized."
@@ -138,6 +188,7 @@ class FaceCropper:
         M = cv2.getRotationMatrix2D((cx, cy), face.angle, self.size / side)
         M[:, 2] += (self.size / 2 - cx, self.size / 2 - cy)
         return cv2.warpAffine(frame, M, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
 
 # %% ../nbs/04b_faces.ipynb #d4b91061
 def carphone_video() -> Path|None:
@@ -219,8 +270,9 @@ def crop_faces(sources, out_root, cropper:FaceCropper|None=None, ext:str='.png',
     reports, failed = [], []
     jobs = [(src, out_root / k, cropper, ext, missing) for k, src in sources.items()]
     if workers:
+        import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        pool = ProcessPoolExecutor(workers)
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'))   # a forked child hangs in torch's thread pool
         results = pool.map(_crop_job, jobs)
     else: pool, results = None, map(_crop_job, jobs)
     with open(out_root / 'face_report.csv', 'w', newline='') as fh:
@@ -239,3 +291,60 @@ def crop_faces(sources, out_root, cropper:FaceCropper|None=None, ext:str='.png',
         print(f"{len(reports)} clip(s) cropped, {len(failed)} failed{' ' + str(failed[:5]) if failed else ''}; "
               f"{nf} frame(s) without a face; report: {out_root / 'face_report.csv'}")
     return reports
+
+# %% ../nbs/04b_faces.ipynb #5b1d0c26
+def synthetic_face_frames(n:int=50, size=(360, 640), face=(96, 160), seed:int=0) -> tuple[np.ndarray, np.ndarray]:
+    "`n` frames with one synthetic face (`unilearn.synth`) each at a random place and size, and the boxes `(x, y, side)`."
+    from unilearn.synth import sample_identities, sample_scenes, render
+    rng = np.random.default_rng(seed)
+    P, _, _ = sample_scenes(rng, sample_identities(rng, n), np.arange(n), rng.integers(0, 7, n), np.ones(n, int))
+    H, W = size
+    frames = rng.integers(40, 200, (n, 1, 1, 3)).astype(np.uint8) * np.ones((1, H, W, 1), np.uint8)
+    boxes = []
+    for i in range(n):
+        s = int(rng.integers(*face)); x, y = int(rng.integers(0, W - s)), int(rng.integers(0, H - s))
+        frames[i, y:y + s, x:x + s] = render({k: v[i:i + 1] for k, v in P.items()}, size=s)[0]
+        boxes.append((x, y, s))
+    return frames, np.array(boxes)
+
+
+# %% ../nbs/04b_faces.ipynb #5b1d0c27
+def _skimage_sets() -> dict:
+    "Real photos shipped inside the scikit-image wheel: with one face each, and without faces ({} when not installed)."
+    if importlib.util.find_spec('skimage') is None: return {}
+    from skimage import data, util
+    def gray(a): a = util.img_as_ubyte(a); return np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a[..., :3]
+    lfw = data.lfw_subset()           # 100 face crops then 100 non-faces, 25x25 grey: shown at 100x100 in a 200x200 frame
+    big = lambda a: np.pad(_cv2().resize((a * 255).astype(np.uint8), (100, 100)), 50, mode='edge')
+    return {'photos (astronaut, camera)': ([gray(data.astronaut()), gray(data.camera())], 1),
+            'LFW subset faces': ([gray(big(a)) for a in lfw[:100]], 1),
+            'LFW subset non-faces': ([gray(big(a)) for a in lfw[100:]], 0),
+            'photos without faces': ([gray(getattr(data, k)()) for k in ('chelsea', 'coffee', 'coins', 'rocket', 'horse', 'brick',
+                                      'grass', 'gravel', 'moon', 'page', 'text', 'immunohistochemistry', 'retina', 'cell',
+                                      'colorwheel', 'hubble_deep_field', 'logo', 'checkerboard')], 0)}
+
+def detector_benchmark(detectors=('mtcnn', 'haar'), n_synth:int=50) -> 'pd.DataFrame':
+    "Recall, false boxes and ms per frame of each detector on offline real faces and the synthetic faces."
+    import pandas as pd
+    sets = _skimage_sets()
+    v = carphone_video()
+    if v is not None: sets['Carphone video (120 frames)'] = (list(open_clip(v).read(range(open_clip(v).num_frames))), 1)
+    synth, boxes = synthetic_face_frames(n_synth)
+    rows = []
+    for d in detectors:
+        fc = FaceCropper(detector=d)
+        fc.detect_all(synth[0])                          # load the weights outside the timing
+        for name, (frames, faces) in sets.items():
+            found = [len(fc.detect_all(f)) for f in frames]
+            rows.append(dict(detector=d, set=name, images=len(frames), recall=np.mean([k > 0 for k in found]) if faces else None,
+                             false_boxes=sum(max(0, k - faces) for k in found)))
+        t0, hits, false = time.perf_counter(), 0, 0
+        for f, (x, y, s) in zip(synth, boxes):
+            fs = fc.detect_all(f)
+            ok = [abs(g.cx - x - s / 2) < s / 2 and abs(g.cy - y - s / 2) < s / 2 for g in fs]
+            hits += any(ok); false += len(ok) - sum(ok)
+        ms = 1000 * (time.perf_counter() - t0) / len(synth)
+        rows.append(dict(detector=d, set='synthetic faces, 640x360', images=len(synth), recall=hits / len(synth),
+                         false_boxes=false, ms_per_frame=ms))
+    return pd.DataFrame(rows)
+
