@@ -17,7 +17,7 @@ __all__ = ['DEMO_PRESETS', 'ABLATIONS', 'VIDEO_DATASETS', 'RECIPE_META', 'RECIPE
            'ablation_table', 'run_ablations', 'ablate', 'UsageError', 'video_task', 'parse_folds', 'video_dataset',
            'run_folder', 'recipe_dir', 'check_recipe_section', 'load_recipe', 'list_recipes', 'resolve_args',
            'run_device', 'check_precision', 'flag_errors', 'epoch_lines', 'parse_moae', 'pretrain', 'finetune',
-           'evaluate', 'pool_predictions', 'pool_results', 'pool', 'recipes', 'command', 'main']
+           'evaluate', 'pool_predictions', 'pool_results', 'pool', 'analyze', 'recipes', 'command', 'main']
 
 # %% ../nbs/09_cli.ipynb #26b47797
 DEMO_PRESETS = {
@@ -137,7 +137,7 @@ def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=
     image_dl = dl(data['pretrain_images'], cfg['pre_bs']) if 'image' in modalities else None
     video_dl = dl(data['pretrain_videos'], max(2, cfg['pre_bs'] // 2)) if 'video' in modalities else None
     learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, video_share=1.0 if video_dl is not None else None,
-                             lr=cfg['pre_lr'], warmup=.1, seed=seed, quiet=quiet, dtype=cfg.get('autocast'))
+                             lr=cfg['pre_lr'], warmup=.1, seed=seed, quiet=quiet, precision=cfg.get('autocast') or 'fp32')
     learn.fit(epochs)
     return mae, dict(losses={k: [float(v) for v in vs] for k, vs in learn.modality_losses.items()}, epochs=epochs)
 
@@ -165,7 +165,7 @@ def finetune_stage(data:dict, cfg:dict, mae=None, kind:str='unilearn', moae='lat
                             sfer_ratio=cfg['sfer_ratio'] if sfer_ratio is None else sfer_ratio, seed=seed)
     learn = finetune_learner(model, dls, lr=cfg['ft_lr'], min_lr=cfg['ft_lr'] / 100, layer_decay=cfg['layer_decay'],
                              mixup_alpha=cfg.get('mixup', 0.), cutmix_alpha=cfg.get('cutmix', 0.), label_smoothing=.1,
-                             autocast=cfg.get('autocast'),
+                             precision=cfg.get('autocast') or 'fp32',
                              monitor='video_uar' if use_v else 'image_uar')
     if quiet: quiet_learner(learn)
     hist = fit_joint(learn, epochs=cfg['ft_epochs'] if epochs is None else epochs, warmup_epochs=cfg['warmup'])
@@ -608,6 +608,7 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
              mafw:str=None,            # also pre-train on MAFW's training clips of --fold
              annotation:str=None,      # folder of that video dataset's split files, when not under its root
              fold:str=None,            # DFEW/MAFW fold whose training split is used (default 1): its test clips stay unseen
+             allow_overlap:bool=False, # accept training items that are also test items (an error otherwise)
              recipe:str=None,          # recipe name (`unilearn recipes`) or TOML file; options given here override its values
              out:str='runs/pretrain',  # output folder: mae.safetensors and config.json
              size:str='base',          # ViT size: tiny, small or base
@@ -665,11 +666,11 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
                      image_mask_ratio=a['image_mask'], video_mask_ratio=a['video_mask'], masking=a['masking'])
     mae.to(dev)
     g = torch.Generator().manual_seed(a['seed'])
-    image_dl = DataLoader(AffectNet(a['images'], split='train', mode='pretrain', img_size=S), batch_size=a['image_bs'], shuffle=True,
+    image_dl = DataLoader(AffectNet(a['images'], split='train', mode='pretrain', img_size=S, allow_overlap=a['allow_overlap']), batch_size=a['image_bs'], shuffle=True,
                           drop_last=True, num_workers=a['workers'], generator=g) if a['images'] else None
     vids = [VoxCeleb2(a['videos'], num_frames=T, stride=a['stride'], img_size=S)] if a['videos'] else []
     if vflag: vids.append(video_dataset(vflag, vroot, folds[0], 'train', a['annotation'], mode='pretrain', num_frames=T,
-                                        stride=a['stride'], img_size=S))
+                                        stride=a['stride'], img_size=S, allow_overlap=a['allow_overlap']))
     video_dl = None
     if vids:
         v, c = vids[0] if len(vids) == 1 else ConcatDataset(vids), a['copies']
@@ -730,6 +731,7 @@ def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/ and the split 
              drop_path:float=0.0,      # stochastic depth rate
              monitor:str=None,         # validation metric choosing the best epoch (default video_uar, image_uar without video)
              valid_pct:float=0.1,      # share of each training set held out for choosing the best epoch
+             allow_overlap:bool=False, # accept training items that are also test items (an error otherwise)
              views:int=2,              # temporal views per test clip (averaged softmax)
              precision:str='bf16',     # fp32, bf16 or fp16 (fp16: CUDA only, with a gradient scaler)
              device:str=None,          # cpu, cuda, cuda:1 ... (default: CUDA if there is one)
@@ -784,14 +786,16 @@ def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
     tests, classes = {}, {}
     if vflag:
         kw = dict(num_frames=T, stride=a['stride'], img_size=S)
-        train = video_dataset(vflag, vroot, f, 'train', a['annotation'], **kw)
+        ov = dict(allow_overlap=a['allow_overlap'])
+        train = video_dataset(vflag, vroot, f, 'train', a['annotation'], **kw, **ov)
         tv, va = stratified_split(train, a['valid_pct'], a['seed'])
-        va_v = Subset(video_dataset(vflag, vroot, f, 'train', a['annotation'], mode='test', num_clips=1, **kw), va.indices)
+        va_v = Subset(video_dataset(vflag, vroot, f, 'train', a['annotation'], mode='test', num_clips=1, **kw, **ov), va.indices)
         tests['video'] = video_dataset(vflag, vroot, f, 'test', a['annotation'], num_clips=a['views'], **kw)
         classes['video'], stride = list(train.classes), train.stride
     if a['affectnet']:
-        ti, va = stratified_split(AffectNet(a['affectnet'], split='train', img_size=S), a['valid_pct'], a['seed'])
-        va_i = Subset(AffectNet(a['affectnet'], split='train', mode='test', img_size=S), va.indices)
+        ov = dict(allow_overlap=a['allow_overlap'])
+        ti, va = stratified_split(AffectNet(a['affectnet'], split='train', img_size=S, **ov), a['valid_pct'], a['seed'])
+        va_i = Subset(AffectNet(a['affectnet'], split='train', mode='test', img_size=S, **ov), va.indices)
         tests['image'], classes['image'] = AffectNet(a['affectnet'], split='test', mode='test', img_size=S), list(AFFECTNET7_CLASSES)
     if a['kind'] == 'vit' and vflag and ti is not None:   # one head: images take the video dataset's class order
         ti, va_i, tests['image'] = (RemapLabels(d, classes['video']) for d in (ti, va_i, tests['image']))
@@ -944,6 +948,65 @@ def pool(out:str,                      # output folder of `unilearn finetune` (f
     print(f"wrote {path}")
     return res
 
+# %% ../nbs/09_cli.ipynb #84104f4e
+def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g. OUT/fold_1/best.safetensors)
+            dfew:str=None,             # DFEW root: the video head's test clips of --fold
+            ferv39k:str=None,          # FERV39K root: the video head's test clips
+            mafw:str=None,             # MAFW root: the video head's test clips of --fold
+            affectnet:str=None,        # AffectNet root: the image head's test images
+            annotation:str=None,       # folder of the video dataset's split files, when not under its root
+            fold:str=None,             # DFEW/MAFW fold (default: the checkpoint's)
+            out:str=None,              # folder for analysis.html and the numbers (default: analysis/ beside the checkpoint)
+            embedding:str='umap',      # 2-D map of the features: umap, pca or none
+            views:int=1,               # temporal views per test clip
+            device:str=None,           # cpu, cuda ... (default: CUDA if there is one)
+            bs:int=16):                # batch size
+    "The paper's Figure 4 from a checkpoint: expert gates per MoAE layer and task, class-centre similarity, feature map; numbers saved beside."
+    from unilearn.data import AffectNet
+    from unilearn.interop import load_checkpoint, checkpoint_config
+    from unilearn.joint import measure_gates, gate_table
+    from unilearn.metrics import save_features
+    from unilearn import panels
+    a = dict(locals())
+    vflag, vroot = video_task(dfew, ferv39k, mafw)
+    if not vflag and not affectnet: raise UsageError("give --dfew, --ferv39k, --mafw (one of them) and/or --affectnet PATH")
+    if embedding not in ('umap', 'pca', 'none'): raise UsageError(f"--embedding {embedding}: choose umap, pca or none")
+    _at_least(a, views=1, bs=1)
+    info = checkpoint_config(_classifier(model)).get('info', {})
+    f = parse_folds(fold, vflag)[0] if fold is not None else (info.get('fold') or parse_folds(None, vflag)[0])
+    dev, geo = run_device(device), info.get('input', {})
+    net = load_checkpoint(model, device=dev)
+    S, T = geo.get('img_size', 160), geo.get('frames', 16)
+    data = {}
+    if vflag: data['test_videos'] = video_dataset(vflag, vroot, f, 'test', annotation, mode='test', num_clips=views, num_frames=T,
+                                                  stride=info.get('stride'), img_size=S)
+    if affectnet: data['test_images'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
+    sets = {t: data[f'test_{t}s'] for t in ('video', 'image') if f'test_{t}s' in data}
+    out = Path(out) if out else Path(model).parent / 'analysis'
+    out.mkdir(parents=True, exist_ok=True)
+    items, numbers = {}, {}
+    gates = measure_gates(net, sets, bs=bs)
+    if gates['layers']:
+        gate_table(gates).to_csv(out / 'gates.csv', index=False)
+        items['expert selection per MoAE layer and task (Figure 4a)'] = panels.gate_figure(gates)
+        numbers['gates'] = 'gates.csv'
+    feats = _features(net, data, tuple(sets))
+    save_features(out / 'features.npz', feats['ids'], feats['labels'], feats['features'], list(feats['task']), f or -1)
+    rows, cols = ('video', 'image') if len(sets) == 2 else (next(iter(sets)),) * 2
+    sim = panels.centre_similarity(feats, rows=rows, cols=cols)
+    sim.to_csv(out / 'class_similarity.csv')
+    items['cosine similarity of class centres (Figure 4b)'] = panels.relations_figure(feats, rows=rows, cols=cols)
+    if embedding != 'none':
+        emb = panels.embed_2d(feats['features'], embedding)
+        import pandas as pd
+        pd.DataFrame(dict(id=feats['ids'], task=feats['task'], label=feats['labels'], x=emb[:, 0], y=emb[:, 1])).to_csv(out / 'embedding.csv', index=False)
+        items[f'{embedding.upper()} of the test features'] = panels.umap_figure(feats, embedding=emb)
+    (out / 'analysis.json').write_text(json.dumps(dict(model=str(model), fold=f, tasks=list(sets), n={t: len(d) for t, d in sets.items()},
+                                                       files=dict(numbers, similarity='class_similarity.csv', features='features.npz'),
+                                                       similarity=json.loads(sim.to_json())), indent=1))
+    print(f"wrote {panels.report_html(items, out / 'analysis.html', title=f'unilearn analysis of {model}')} (numbers beside it)")
+    return out
+
 # %% ../nbs/09_cli.ipynb #024b9865
 def recipes(name:str=None):            # a recipe to print (its TOML text and the commands that run it); none: list them all
     "List the recipes shipped with unilearn (one per experiment of the paper), or print one."
@@ -964,13 +1027,14 @@ def recipes(name:str=None):            # a recipe to print (its TOML text and th
 # %% ../nbs/09_cli.ipynb #ec5c6f8f
 COMMANDS = {'demo': 'unilearn.cli:demo', 'ablate': 'unilearn.cli:ablate', 'pretrain': 'unilearn.cli:pretrain',
             'finetune': 'unilearn.cli:finetune', 'evaluate': 'unilearn.cli:evaluate', 'pool': 'unilearn.cli:pool',
-            'recipes': 'unilearn.cli:recipes', 'predict': 'unilearn.predict:predict'}
+            'analyze': 'unilearn.cli:analyze', 'recipes': 'unilearn.cli:recipes', 'predict': 'unilearn.predict:predict'}
 SUMMARIES = {'demo': "run UniLearn end to end on the embedded benchmark and write an HTML report",
              'ablate': "the paper's ablation tables on the embedded benchmark",
              'pretrain': "dual-modal MAE pre-training on face images and videos",
              'finetune': "joint fine-tuning on DFEW, FERV39K or MAFW and/or AffectNet-7, per fold",
              'evaluate': "multi-view evaluation of fine-tuned checkpoints",
              'pool': "pool the folds' test predictions: UAR/WAR with intervals, results.json",
+             'analyze': "the paper's Figure 4 from a checkpoint: expert gates, class-centre similarity, feature map",
              'recipes': "list the recipe files of the paper's experiments, or print one",
              'predict': "expressions in your own videos and photos"}
 
@@ -1007,7 +1071,7 @@ def main(argv:list|None=None):
         params = inspect.signature(fn).parameters   # drop fastcore's own --pdb/--xtra
         args = {k: v for k, v in vars(p.parse_args(rest)).items() if k in params}
         _GIVEN = _given(p, rest)
-        try: return fn(**args)
+        try: fn(**args)          # nothing returned: the console script would print it and exit 1
         finally: _GIVEN = None
     except Exception as e:   # mistakes in the input: one line (UNILEARN_DEBUG=1 shows the traceback)
         if os.environ.get('UNILEARN_DEBUG') or not ({c.__name__ for c in type(e).__mro__} & _ONE_LINE): raise
