@@ -271,6 +271,7 @@ def _fuse_qkv(parts:dict, where:str, converted:dict) -> dict:
     for n, v in parts.items(): out[f'attention.attention.{n}'] = v  # unknown: kept, so it is reported as unused
     return out
 
+# %% ../nbs/08_interop.ipynb #6c3d079d
 def videomae_to_unilearn(sd:dict) -> tuple:
     "`(state_dict, converted)`: a `transformers` VideoMAE state dict in our names."
     pretraining = any(k.startswith(('decoder.', 'encoder_to_decoder.', 'mask_token')) for k in sd)
@@ -302,6 +303,7 @@ def videomae_to_unilearn(sd:dict) -> tuple:
         converted[f'{dst}.qkv.weight'] = 'fused from query/key/value'
     return {k: v for k, v in out.items() if v is not None}, converted
 
+# %% ../nbs/08_interop.ipynb #44f9203c
 def unilearn_to_videomae(sd:dict, task:str|None=None) -> dict:
     "Our ViT state dict as a `transformers` `VideoMAEForVideoClassification` one (`task` picks `head.<task>`)."
     heads = {k.split('.')[1] for k in sd if re.match(r'^head\.[a-z]\w*\.(weight|bias)$', k)}
@@ -387,6 +389,7 @@ def _to_unilearn_names(sd:dict, layout:str) -> tuple:
     if any(k.startswith('backbone.') for k in sd): sd = {k[len('backbone.'):] if k.startswith('backbone.') else k: v for k, v in sd.items()}
     return sd, converted
 
+# %% ../nbs/08_interop.ipynb #64d7fb56
 def _align_roots(src:dict, tgt_keys) -> tuple:
     "Checkpoint keys re-rooted to the model, and the set of keys whose being unused is expected."
     src_mae, tgt_mae = _mae_rooted(src), _mae_rooted(tgt_keys)
@@ -543,6 +546,7 @@ def _check_rebuilds(config:dict, model:nn.Module):
                               f"{_summarise(diff)}")
     _VERIFIED.add(key)
 
+# %% ../nbs/08_interop.ipynb #8adf7250
 def save_checkpoint(model:nn.Module, path, config:dict|None=None, **info) -> Path:
     "Write `model`'s weights and the config that rebuilds it to a safetensors file, with `info` (classes, metrics...)."
     model = unwrap_model(model)
@@ -592,6 +596,7 @@ def checkpoint_config(path) -> dict:
                               f"reads {CONFIG_VERSION})")
     return cfg
 
+# %% ../nbs/08_interop.ipynb #9f19ec1c
 def videomae_vit_kwargs(config) -> dict:
     "`create_vit` arguments for a `transformers` `VideoMAEConfig` (or its `config.json` as a dict)."
     c = config if isinstance(config, dict) else config.to_dict()
@@ -607,6 +612,7 @@ def videomae_vit_kwargs(config) -> dict:
                 tubelet_size=c['tubelet_size'], in_chans=c['num_channels'], mlp_ratio=c['intermediate_size'] / c['hidden_size'],
                 qkv_bias=c.get('qkv_bias', c.get('qv_bias', True)))
 
+# %% ../nbs/08_interop.ipynb #80276234
 def _load_videomae_dir(path:Path, trust:bool) -> nn.Module:
     c = json.loads((path/'config.json').read_text())
     if c.get('model_type') != 'videomae': raise CheckpointError(f"{path} holds a {c.get('model_type')!r} model, not "
@@ -620,6 +626,7 @@ def _load_videomae_dir(path:Path, trust:bool) -> nn.Module:
                                  info=dict(source=str(path), architecture=arch, id2label=c.get('id2label'), load_report=repr(report)))
     return model.eval()
 
+# %% ../nbs/08_interop.ipynb #2c2a6510
 def load_checkpoint(path, device='cpu', trust:bool=False) -> nn.Module:
     "The model saved by `save_checkpoint` (rebuilt, loaded strictly, eval mode), or a `transformers` VideoMAE directory."
     path = Path(path)

@@ -101,7 +101,8 @@ class MoAELayer(nn.Module):
     Arguments: `num_experts` experts, `top_k` per token; `bottleneck` expert width (default `dim // 4`);
     `noise_at_eval` router noise at eval too (published code: True); `adapter_residual` the paper's `x + W2 GELU(W1 x)`;
     `capacity_factor` caps each expert at `N*k/E * c` slots (None: no cap; published: 1.0); `aux_loss_coef` weight of
-    the load-balancing loss (0: none); `dispatch` 'sorted', 'dense' or 'auto' (see `choose_dispatch`)."""
+    the load-balancing loss (0: none); `dispatch` 'sorted', 'dense' or 'auto' (see `choose_dispatch`); `act_layer`
+    and `drop` the experts' activation and output dropout."""
     def __init__(self, dim:int,
                  num_experts:int=8,               # number of adapter experts
                  top_k:int=2,                     # experts per token
@@ -111,14 +112,14 @@ class MoAELayer(nn.Module):
                  capacity_factor:float|None=None, # each expert takes at most `N*k/E * c` slots; None: no limit
                  aux_loss_coef:float=1e-2,        # weight of the load-balancing loss (0: none)
                  dispatch:str='auto',             # 'sorted', 'dense' or 'auto' (see `choose_dispatch`)
-                 router_layer=None,               # `router_layer(dim, num_experts, top_k, noise_at_eval=)`: a `Routing`
+                 router_layer=NoisyTopKRouter,    # `router_layer(dim, num_experts, top_k, noise_at_eval=)`
                  expert_layer=Mlp,                # `expert_layer(dim, bottleneck, act_layer=, drop=)`: one expert
                  act_layer=GELU, drop:float=0.):  # the experts' activation and output dropout
         super().__init__()
         bottleneck = _check_layer(dim, num_experts, top_k, bottleneck, capacity_factor, aux_loss_coef)
         self.dim, self.num_experts, self.top_k, self.bottleneck = dim, num_experts, top_k, bottleneck
         self.adapter_residual, self.capacity_factor, self.aux_loss_coef = adapter_residual, capacity_factor, aux_loss_coef
-        self.router = (router_layer or NoisyTopKRouter)(dim, num_experts, top_k, noise_at_eval=noise_at_eval)
+        self.router = router_layer(dim, num_experts, top_k, noise_at_eval=noise_at_eval)
         self.experts = nn.ModuleList([expert_layer(dim, bottleneck, act_layer=act_layer, drop=drop)
                                       for _ in range(num_experts)])
         plain = all(_plain_mlp(e) for e in self.experts)   # the dense dispatch fuses fc1 / act / fc2 of plain Mlps
@@ -129,17 +130,20 @@ class MoAELayer(nn.Module):
         self.apply(VisionTransformer._init_weights)
         self.task, self.track, self.aux, self.stats = None, False, None, {}
 
-    def extra_repr(self):
-        return (f"dim={self.dim}, num_experts={self.num_experts}, top_k={self.top_k}, bottleneck={self.bottleneck}, "
-                f"noise_at_eval={getattr(self.router, 'noise_at_eval', None)}, "
-                f"adapter_residual={self.adapter_residual}, "
-                f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}, "
-                f"dispatch={self.dispatch!r}")
+# %% ../nbs/01_moae.ipynb #e3cda0af
+@patch
+def extra_repr(self:MoAELayer):
+    return (f"dim={self.dim}, num_experts={self.num_experts}, top_k={self.top_k}, bottleneck={self.bottleneck}, "
+            f"noise_at_eval={getattr(self.router, 'noise_at_eval', None)}, "
+            f"adapter_residual={self.adapter_residual}, "
+            f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}, "
+            f"dispatch={self.dispatch!r}")
 
-    def capacity(self, tokens:int) -> int|None:
-        "Slots each expert may take for a batch of `tokens` tokens (None: unlimited)."
-        if self.capacity_factor is None: return None
-        return int(tokens * self.top_k / self.num_experts * self.capacity_factor)
+@patch
+def capacity(self:MoAELayer, tokens:int) -> int|None:
+    "Slots each expert may take for a batch of `tokens` tokens (None: unlimited)."
+    if self.capacity_factor is None: return None
+    return int(tokens * self.top_k / self.num_experts * self.capacity_factor)
 
 # %% ../nbs/01_moae.ipynb #3deeb1f6
 @patch
@@ -183,6 +187,7 @@ def _sorted(self:MoAELayer, flat, route, order, kept, out):
             out.index_add_(0, tok, ye.mul_(w).to(out.dtype))   # in place: fc2's output is not saved for backward
     return out
 
+# %% ../nbs/01_moae.ipynb #d5320a26
 @patch
 def _dense(self:MoAELayer, flat, route, kept_slots):
     n, E, ex = flat.shape[0], self.num_experts, self.experts
