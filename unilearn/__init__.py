@@ -35,8 +35,8 @@ def timm_cfg(architecture:str, num_classes:int|dict=7,  # one head's classes, or
 # %% ../nbs/00a_init.ipynb #541a1f03
 def _entrypoint(kind:str, size:str):
     def fn(pretrained:bool=False, **kwargs):
-        from unilearn.moae import create_timm_model
-        return create_timm_model(kind, size, pretrained, **kwargs)
+        import importlib   # the builder by name, as checkpoint configs name theirs: the package imports no submodule
+        return importlib.import_module('unilearn.moae').create_timm_model(kind, size, pretrained, **kwargs)
     fn.__name__ = fn.__qualname__ = timm_name(kind, size)
     fn.__module__, fn.__doc__ = __name__, f"unilearn {kind} ({size}) for 16x160x160 clips and 160x160 images."
     return fn
