@@ -316,3 +316,59 @@ def test_report_skips_callback_in_a_fastai_fit(dfew_root, capsys):
     assert "item(s) skipped this epoch" in out and 'train_set_1.csv:4' in out
     assert len(learn.data_skips) == 1 and {r['id'] for r in learn.data_skips[0]['skipped']} == {'00003'}
     assert len(learn.data_skips[0]['skipped']) == 2            # once in the training pass, once in validation
+
+# ---------------------------------------------------------------- the authors' prepared layouts, from the real split files
+@pytest.mark.parametrize('name,annotation,make', [
+    ('DFEW', 'EmoLabel_DataSplit', lambda r, a, s: DFEW(r, fold=2, split=s, annotation=a, num_frames=2, img_size=8)),
+    ('FERV39K', 'Annotation', lambda r, a, s: FERV39K(r, split=s, annotation=a, num_frames=2, img_size=8)),
+    ('MAFW', 'anno/single/no_caption', lambda r, a, s: MAFW(r, fold=2, split=s, annotation=a, num_frames=2, img_size=8)),
+])
+def test_prepared_layouts_from_real_split_files(splits_dir, tmp_path, name, annotation, make):
+    "annotation=FOLDER reads the split files where the published scripts keep them; media found for every listed row."
+    from unilearn.synth import split_media_tree
+    root = split_media_tree(name, splits_dir, tmp_path / name, limit=25)
+    tr, te = make(root, root / annotation, 'train'), make(root, root / annotation, 'test')
+    assert len(tr.items) == len(te.items) == 25 and annotation.split('/')[0] in str(tr.annotation)
+    assert tuple(tr[0][0].shape) == (3, 2, 8, 8) and len(tr.classes) == (11 if name == 'MAFW' else 7)
+    assert not set(tr.ids) & set(te.ids)
+
+def test_train_test_overlap_refused(dfew_root):
+    "A test clip in the training list (by id), or copied under a new name (by content), is an error unless allowed."
+    import shutil
+    split = dfew_root / 'split'
+    (split / 'test_set_2.csv').write_text('video_name,label\n00005,0\n')
+    (split / 'train_set_2.csv').write_text('video_name,label\n00001,0\n00005,4\n')
+    with pytest.raises(DataError, match=r"DFEW: 1 training item\(s\) of .*train_set_2.csv are also in the test split .*"
+                                        r"test_set_2.csv \(first: row 3, id '00005', the same id\)"):
+        DFEW(dfew_root, fold=2)
+    shutil.copy(dfew_root / 'clip_jpg_256' / '00005.mp4', dfew_root / 'clip_jpg_256' / '00009.mp4')
+    (split / 'train_set_2.csv').write_text('video_name,label\n00001,0\n00009,4\n')
+    with pytest.raises(DataError, match=r"id '00009', the same media as test id '00005'"):
+        DFEW(dfew_root, fold=2)
+    assert DFEW(dfew_root, fold=2, allow_overlap=True).ids == ['00001', '00009']
+    assert DFEW(dfew_root, fold=2, check_files=False).ids == ['00001', '00009']   # no media looked at: ids only
+
+def test_bad_split_files_name_file_and_row(dfew_root):
+    split = dfew_root / 'split'
+    (split / 'train_set_2.csv').write_bytes('video_name,label\n00001,0\n00002,1\n'.encode('latin-1') + b'0000\xe9,2\n')
+    with pytest.raises(DataError, match=r"train_set_2.csv, row 4, column 5: byte 0xe9 is not UTF-8") as e:
+        DFEW(dfew_root, fold=2)
+    assert '\n' not in str(e.value)
+    (split / 'train_set_3.csv').write_text('video_name,label\n')
+    with pytest.raises(DataError, match=r"train_set_3.csv: only a header, no rows"):
+        DFEW(dfew_root, fold=3)
+    (dfew_root / 'list.txt').write_text('\n\n')
+    with pytest.raises(DataError, match=r"list.txt: empty annotation file"):
+        AffectNet(dfew_root, annotation=dfew_root / 'list.txt')
+
+def test_readers_take_keywords_only(dfew_root):
+    with pytest.raises(TypeError):
+        DFEW(dfew_root, 1, 'train')
+    assert DFEW(dfew_root, fold=1, split='train').fold == 1
+
+def test_default_test_transform_is_eval_transform(dfew_root):
+    "Validation and test readers use the one shared evaluation transform."
+    from unilearn.data import eval_transform
+    ds = load(dfew_root, img_size=16)
+    ref = DFEW(dfew_root, num_frames=10, stride=1, mode='test', num_clips=1, img_size=16, transform=eval_transform('video', 16))
+    assert torch.equal(ds[0][0], ref[0][0])

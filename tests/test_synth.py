@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from unilearn.synth import (write_benchmark, ensure_benchmark, benchmark_paths, sample_benchmark, EMOTIONS, AFFECTNET7,
+                            MAFW_NAME, split_media_tree,
                             AFFECTNET_NAME, PRESETS)
 
 MICRO = dict(clips=35, frames=(8, 10), clip_people=10, images=(21, 14), image_people=10, talking=3, talk_people=2, min_per_fold=1)
@@ -112,3 +113,42 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match='label_noise'): sample_benchmark(MICRO, label_noise=1.5)
     with pytest.raises(ValueError, match='lacks'): sample_benchmark(dict(clips=10))
     assert set(PRESETS) == {'tiny', 'small', 'default', 'large'}
+
+def test_ferv39k_and_mafw_layouts(tmp_path):
+    "extra= writes FERV39K (the DFEW-role clips, fold 5 as test) and an 11-class MAFW role, read by the real readers."
+    from unilearn.data import FERV39K, MAFW, MAFW_CLASSES
+    root = write_benchmark(tmp_path / 'b', MICRO, seed=3, extra=('ferv39k', 'mafw'), log=quiet)
+    p = benchmark_paths(root)
+    tr, te = FERV39K(p['ferv39k'], num_frames=4, img_size=16), FERV39K(p['ferv39k'], split='test', num_frames=4, img_size=16)
+    dfew5 = [r for r in csv.DictReader(open(root / 'DFEW/split/test_set_5.csv'))]
+    assert len(tr.items) + len(te.items) == MICRO['clips'] and len(te.items) == len(dfew5)
+    assert [te.classes[l] for l in te.labels[::2]] == [EMOTIONS[int(r['label'])] for r in dfew5]   # same clips, same labels
+    meta = {r['name']: r for r in csv.DictReader(open(root / 'samples.csv')) if r['part'] == 'mafw'}
+    assert len(meta) == MICRO['clips']
+    for k in range(1, 6):
+        ds = MAFW(p['mafw'], fold=k, num_frames=4, img_size=16)
+        assert ds.classes == MAFW_CLASSES
+        assert [ds.classes[l] for l in ds.labels] == [MAFW_NAME[meta[i]['label']] for i in ds.ids]
+    assert len({r['label'] for r in meta.values()}) > 7                     # classes beyond the 7 shared ones
+    assert ensure_benchmark(root, MICRO, seed=3, extra=('mafw', 'ferv39k'), log=quiet) == root
+
+def test_rewriting_replaces_and_foreign_folders_are_refused(tmp_path):
+    root = write_benchmark(tmp_path / 'b', {**MICRO, 'frames': (14, 16)}, seed=0, log=quiet)
+    (root / 'DFEW/clip_jpg_256/00001/00099.jpg').write_bytes(b'stale')
+    msgs = []
+    ensure_benchmark(root, MICRO, seed=0, log=msgs.append)
+    assert any('replacing it' in m for m in msgs)
+    assert all(8 <= len(list(d.iterdir())) <= 10 for d in (root / 'DFEW/clip_jpg_256').iterdir())
+    (tmp_path / 'mine').mkdir(); (tmp_path / 'mine' / 'notes.txt').write_text('x')
+    with pytest.raises(FileExistsError, match='holds no benchmark of unilearn.synth'):
+        write_benchmark(tmp_path / 'mine', MICRO, log=quiet)
+    assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'x'
+
+def test_split_media_tree_every_listed_item(splits_dir, tmp_path):
+    "Every row of the real AffectNet test list gets an image, and the reader finds them all."
+    from unilearn.data import AffectNet
+    root = split_media_tree('AffectNet', splits_dir, tmp_path / 'an')
+    ds = AffectNet(root, split='test', img_size=16)
+    assert len(ds.items) == 3267 and ds[0][0].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match='name must be one of'):
+        split_media_tree('CK+', splits_dir, tmp_path)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_synth.ipynb #8bccafe8
 from __future__ import annotations
-import json, math, string, time
+import csv, json, math, os, shutil, string, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,10 +15,12 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['EMOTIONS', 'AFFECTNET7', 'AFFECTNET_NAME', 'AUS', 'AU_NAMES', 'PROTOTYPES', 'DFEW_SHARE', 'AFFECTNET_SHARE',
-           'AU_GAIN', 'LANDMARKS', 'PRESETS', 'DFEW_FRAMES', 'DFEW_SPLITS', 'AFFECTNET_DIR', 'VOX_DIR', 'SYNTH_VERSION',
-           'prototype_matrix', 'to_affectnet', 'sample_identities', 'smoothstep', 'sample_expressions', 'time_courses',
-           'face_geometry', 'landmarks', 'render', 'sample_scenes', 'take', 'preset_config', 'allocate', 'flip_labels',
-           'sample_benchmark', 'benchmark_paths', 'write_benchmark', 'ensure_benchmark']
+           'MAFW_PROTOTYPES', 'MAFW_EXTRA', 'MAFW11', 'MAFW_NAME', 'MAFW_SHARE', 'AU_GAIN', 'LANDMARKS', 'PRESETS',
+           'DFEW_FRAMES', 'DFEW_SPLITS', 'AFFECTNET_DIR', 'VOX_DIR', 'SYNTH_VERSION', 'FERV39K_SCENES', 'MEDIA_TREES',
+           'prototype_matrix', 'to_affectnet', 'to_mafw', 'sample_identities', 'smoothstep', 'sample_expressions',
+           'time_courses', 'face_geometry', 'landmarks', 'render', 'sample_scenes', 'take', 'preset_config', 'allocate',
+           'flip_labels', 'sample_clips', 'sample_mafw', 'sample_benchmark', 'benchmark_paths', 'write_benchmark',
+           'ensure_benchmark', 'split_media_tree']
 
 # %% ../nbs/07_synth.ipynb #ccb53427
 EMOTIONS = ('Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear')      # DFEW order
@@ -43,17 +45,37 @@ DFEW_SHARE = dict(Happy=.209, Sad=.162, Neutral=.228, Angry=.186, Surprise=.126,
 _AFFECTNET_COUNTS = dict(Neutral=74874, Happy=134415, Sad=25459, Surprise=14090, Fear=6378, Disgust=3803, Angry=24882)
 AFFECTNET_SHARE = {k: math.sqrt(v) for k, v in _AFFECTNET_COUNTS.items()}
 
-def prototype_matrix() -> np.ndarray:
-    "`(7, 11)` AU weights of each emotion's prototype, rows in `EMOTIONS` order, columns in `AUS` order."
-    m = np.zeros((len(EMOTIONS), len(AUS)), np.float32)
-    for i, e in enumerate(EMOTIONS):
-        for au, w in PROTOTYPES[e].items(): m[i, AUS.index(au)] = w
+def prototype_matrix(names=EMOTIONS) -> np.ndarray:
+    "`(len(names), 11)` AU weights of each emotion's prototype, rows in `names` order, columns in `AUS` order."
+    m = np.zeros((len(names), len(AUS)), np.float32)
+    for i, e in enumerate(names):
+        for au, w in {**PROTOTYPES, **MAFW_PROTOTYPES}[e].items(): m[i, AUS.index(au)] = w
     return m
 
 def to_affectnet(labels) -> np.ndarray:
     "DFEW ids -> AffectNet-7 ids, mapped by name."
     table = np.array([AFFECTNET7.index(AFFECTNET_NAME.get(e, e)) for e in EMOTIONS])
     return table[np.asarray(labels)]
+
+# %% ../nbs/07_synth.ipynb #912a3300
+MAFW_PROTOTYPES = {
+    'Anxiety':        dict(AU1=0.8, AU4=0.7, AU20=0.8, AU24=0.4),
+    'Contempt':       dict(AU12=0.5, AU24=0.8),
+    'Disappointment': dict(AU4=0.3, AU15=0.8, AU24=0.8),
+    'Helplessness':   dict(AU1=1.0, AU2=0.5, AU15=0.7, AU26=0.6),
+}
+MAFW_EXTRA = tuple(MAFW_PROTOTYPES)
+MAFW11 = ('anger', 'anxiety', 'contempt', 'disappointment', 'disgust', 'fear', 'happiness', 'helplessness', 'neutral',
+          'sadness', 'surprise')                                                  # MAFW order
+MAFW_NAME = dict(Angry='anger', Happy='happiness', Sad='sadness', **{e: e.lower() for e in EMOTIONS + MAFW_EXTRA
+                                                                      if e not in ('Angry', 'Happy', 'Sad')})
+# Class shares of MAFW set-1 training (7,333 clips)
+MAFW_SHARE = dict(Angry=.152, Anxiety=.1, Contempt=.026, Disappointment=.02, Disgust=.07, Fear=.068, Happy=.135,
+                  Helplessness=.029, Neutral=.124, Sad=.16, Surprise=.117)
+
+def to_mafw(labels) -> np.ndarray:
+    "Ids in `EMOTIONS + MAFW_EXTRA` -> MAFW ids, mapped by name."
+    return np.array([MAFW11.index(MAFW_NAME[e]) for e in EMOTIONS + MAFW_EXTRA])[np.asarray(labels)]
 
 # %% ../nbs/07_synth.ipynb #691400be
 _SKIN_LIGHT, _SKIN_DARK = np.array([.97, .82, .71]), np.array([.33, .21, .14])
@@ -85,8 +107,8 @@ def sample_identities(rng:np.random.Generator, n:int) -> dict:
 def smoothstep(x): x = np.clip(x, 0, 1); return x * x * (3 - 2 * x)
 
 def sample_expressions(rng:np.random.Generator, labels, peak=(0.35, 1.0)) -> np.ndarray:
-    "`(n, 11)` apex AU intensities of samples with emotion `labels` (DFEW ids): prototype x intensity x jitter."
-    P = prototype_matrix()[np.asarray(labels)]
+    "`(n, 11)` apex AU intensities of samples with emotion `labels` (ids in `EMOTIONS + MAFW_EXTRA`)."
+    P = prototype_matrix(EMOTIONS + MAFW_EXTRA)[np.asarray(labels)]
     dominant = P == P.max(1, keepdims=True)
     keep = (rng.random(P.shape) < .8) | dominant
     inten = rng.uniform(*peak, (len(P), 1))
@@ -356,13 +378,37 @@ def allocate(n:int, shares:dict, order, floor:int=0) -> np.ndarray:
     while k.sum() > n: k[np.argmax(np.where(k > floor, k - p * n, -np.inf))] -= 1
     return k
 
-def flip_labels(rng:np.random.Generator, labels, rate:float) -> tuple[np.ndarray, np.ndarray]:
+def flip_labels(rng:np.random.Generator, labels, rate:float, num_classes:int=len(EMOTIONS)) -> tuple[np.ndarray, np.ndarray]:
     "Labels with a share `rate` replaced by a uniformly drawn *other* class, and the mask of replaced ones."
     if not 0 <= rate < 1: raise ValueError(f"label_noise must be in [0, 1), got {rate}")
     labels = np.asarray(labels)
     flip = rng.random(len(labels)) < rate
-    other = (labels + rng.integers(1, len(EMOTIONS), len(labels))) % len(EMOTIONS)
+    other = (labels + rng.integers(1, num_classes, len(labels))) % num_classes
     return np.where(flip, other, labels), flip
+
+# %% ../nbs/07_synth.ipynb #4000dd8e
+def sample_clips(r_clip, r_noise, people:dict, cfg:dict, shares:dict, order, label_noise:float) -> dict:
+    "Labelled clips in 5 folds of disjoint people (person ids `0..clip_people-1`), class `shares` in every fold."
+    n, folds = cfg['clips'], 5
+    fold_people = np.array_split(r_clip.permutation(cfg['clip_people']), folds)
+    lab, fold, who = [], [], []
+    for k in range(folds):
+        m = n // folds + (k < n % folds)
+        floor = min(cfg['min_per_fold'], m // len(order))      # a micro preset cannot hold every class in every fold
+        lab.append(r_clip.permutation(np.repeat(np.arange(len(order)), allocate(m, shares, order, floor))))
+        fold.append(np.full(m, k + 1)); who.append(r_clip.choice(fold_people[k], m))
+    lab, fold, who = map(np.concatenate, (lab, fold, who))
+    lengths = r_clip.integers(cfg['frames'][0], cfg['frames'][1] + 1, n)
+    P, clip_of, table = sample_scenes(r_clip, people, who, lab, lengths)
+    given, flipped = flip_labels(r_noise, lab, label_noise, len(order))
+    return dict(P=P, sample_of=clip_of, table=dict(table, person=who, fold=fold, true_label=lab, label=given, flipped=flipped))
+
+def sample_mafw(preset:str|dict='default', seed:int=0, label_noise:float=.05) -> dict:
+    "The MAFW role: as many clips as the DFEW role, 11 classes (ids in `EMOTIONS + MAFW_EXTRA`), people of its own."
+    cfg = preset_config(preset)
+    r_id, r_clip, r_noise = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 11]).spawn(3)]
+    people = sample_identities(r_id, cfg['clip_people'])
+    return sample_clips(r_clip, r_noise, people, cfg, MAFW_SHARE, EMOTIONS + MAFW_EXTRA, label_noise)
 
 # %% ../nbs/07_synth.ipynb #a37419b4
 def sample_benchmark(preset:str|dict='default', seed:int=0, label_noise:float=.05) -> dict:
@@ -372,18 +418,7 @@ def sample_benchmark(preset:str|dict='default', seed:int=0, label_noise:float=.0
     people = sample_identities(r_id, cfg['clip_people'] + cfg['image_people'] + cfg['talk_people'])
     out = dict(config=dict(preset=preset if isinstance(preset, str) else 'custom', seed=seed, label_noise=label_noise, **cfg))
     # DFEW role: 5 folds of disjoint people, DFEW's class shares in every fold
-    n, folds = cfg['clips'], 5
-    fold_people = np.array_split(r_clip.permutation(cfg['clip_people']), folds)
-    lab, fold, who = [], [], []
-    for k in range(folds):
-        m = n // folds + (k < n % folds)
-        lab.append(r_clip.permutation(np.repeat(np.arange(7), allocate(m, DFEW_SHARE, EMOTIONS, cfg['min_per_fold']))))
-        fold.append(np.full(m, k + 1)); who.append(r_clip.choice(fold_people[k], m))
-    lab, fold, who = map(np.concatenate, (lab, fold, who))
-    lengths = r_clip.integers(cfg['frames'][0], cfg['frames'][1] + 1, n)
-    P, clip_of, table = sample_scenes(r_clip, people, who, lab, lengths)
-    given, flipped = flip_labels(r_noise, lab, label_noise)
-    out['video'] = dict(P=P, sample_of=clip_of, table=dict(table, person=who, fold=fold, true_label=lab, label=given, flipped=flipped))
+    out['video'] = sample_clips(r_clip, r_noise, people, cfg, DFEW_SHARE, EMOTIONS, label_noise)
     # AffectNet role: single frames at the peak, other people; training list imbalanced, test list balanced
     n_tr, n_te = cfg['images']
     img_people = cfg['clip_people'] + r_img.permutation(cfg['image_people'])
@@ -410,9 +445,10 @@ SYNTH_VERSION = 2   # bumped whenever the drawing changes, so that `ensure_bench
 _CHUNK = 256
 
 def benchmark_paths(root) -> dict:
-    "Roots to hand to `unilearn.data`'s readers: `DFEW(root=...)`, `AffectNet(root=...)`, `VoxCeleb2(root=...)`."
+    "Roots to hand to `unilearn.data`'s readers: `DFEW(root=...)`, `AffectNet(root=...)`, ..., `MAFW(root=...)`."
     root = Path(root)
-    return dict(dfew=root / 'DFEW', affectnet=root / AFFECTNET_DIR, voxceleb2=root / 'VoxCeleb2', meta=root / 'synth.json')
+    return dict(dfew=root / 'DFEW', affectnet=root / AFFECTNET_DIR, voxceleb2=root / 'VoxCeleb2', ferv39k=root / 'FERV39K',
+                mafw=root / 'MAFW', meta=root / 'synth.json')
 
 def _rendered(part:dict, seed:int, tag:int, size:int, pool):
     F_ = len(part['sample_of'])
@@ -437,15 +473,78 @@ def _write_mp4(path, frames, fps:int=25):
             for pkt in st.encode(f): out.mux(pkt)
         for pkt in st.encode(): out.mux(pkt)
 
+# %% ../nbs/07_synth.ipynb #69d54a43
+_MARK, _PARTS = '.unilearn-synth', ('DFEW', 'AffectNet', 'VoxCeleb2', 'FERV39K', 'MAFW', 'samples.csv', 'synth.json')
+
+def _clear(root:Path):
+    "Remove an earlier benchmark from `root`; refuse a non-empty `root` that holds none."
+    if root.is_dir() and any(root.iterdir()):
+        meta = root / 'synth.json'
+        ours = (root / _MARK).exists() or (meta.exists() and '"unilearn.synth"' in meta.read_text())
+        if not ours: raise FileExistsError(f"{root} is not empty and holds no benchmark of unilearn.synth; "
+                                           "pass a new or empty folder")
+        for p in (root / n for n in _PARTS):
+            if p.is_dir(): shutil.rmtree(p)
+            elif p.exists(): p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / _MARK).write_text('written by unilearn.synth; write_benchmark may replace everything it wrote here\n')
+
+def _link(src:Path, dst:Path):
+    try: os.link(src, dst)
+    except OSError: shutil.copy2(src, dst)
+
+# %% ../nbs/07_synth.ipynb #4c0f2306
+FERV39K_SCENES = ('Action', 'Argue', 'Business', 'Conflict', 'Contest', 'Crime', 'Crisis', 'DailyLife', 'ElegantArt',
+                  'Experiment', 'History', 'Interview', 'Liveshow', 'Medicine', 'OfficialEvent', 'ScholarReport', 'School',
+                  'Social', 'Speech', 'Talkshow', 'Terror', 'War')
+
+def _write_ferv39k(root:Path, names:list, T:dict):
+    "The DFEW-role clips again in FERV39K's layout: `2_ClipsforFaceCrop/<Scene>/<Emotion>/<NNNN>/`, `Annotation/`."
+    rows = {'train': ['path,id'], 'test': ['path,id']}
+    for k, nm in enumerate(names):
+        rel = f"{FERV39K_SCENES[k % len(FERV39K_SCENES)]}/{EMOTIONS[T['label'][k]]}/{k + 1:04d}"
+        (root / 'FERV39K/2_ClipsforFaceCrop' / rel).mkdir(parents=True)
+        for f in sorted((root / DFEW_FRAMES / nm).iterdir()): _link(f, root / 'FERV39K/2_ClipsforFaceCrop' / rel / f.name)
+        rows['test' if T['fold'][k] == 5 else 'train'].append(f"{rel},{sorted(EMOTIONS).index(EMOTIONS[T['label'][k]])}")
+    (root / 'FERV39K/Annotation').mkdir(parents=True)
+    for s, r in rows.items(): (root / 'FERV39K/Annotation' / f'{s}.csv').write_text('\n'.join(r) + '\n')
+    (root / 'FERV39K/Annotation/label_index.txt').write_text(''.join(f'{e} {i}\n' for i, e in enumerate(sorted(EMOTIONS))))
+
+# %% ../nbs/07_synth.ipynb #368590cc
+def _write_mafw(root:Path, M:dict, seed:int, size:int, pool) -> list:
+    "The MAFW role: `frames_crop_align_224/<id>/*.png`, `anno/single/no_caption/set_<k>/{train,test}.{csv,txt}`."
+    T, names, pending = M['table'], ['%05d' % (i + 1) for i in range(len(M['table']['label']))], []
+    for nm in names: (root / 'MAFW/frames_crop_align_224' / nm).mkdir(parents=True)
+    t_in = np.arange(len(M['sample_of'])) - np.r_[0, np.cumsum(T['frames'])[:-1]][M['sample_of']]
+    for c, ims in _rendered(M, seed, 3, size, pool):
+        for j, im in enumerate(ims):
+            out = root / 'MAFW/frames_crop_align_224' / names[M['sample_of'][c + j]] / ('%05d.png' % (t_in[c + j] + 1))
+            pending.append(pool.submit(lambda a, p: Image.fromarray(a).save(p), im, out))
+    anno, mid = root / 'MAFW/anno/single/no_caption', to_mafw(T['label'])
+    for k in range(1, 6):
+        (anno / f'set_{k}').mkdir(parents=True)
+        for split, sel in (('train', T['fold'] != k), ('test', T['fold'] == k)):
+            idx = np.flatnonzero(sel)
+            (anno / f'set_{k}/{split}.csv').write_text('video_name,labels\n' + ''.join(f'{names[i]},{mid[i]}\n' for i in idx))
+            (anno / f'set_{k}/{split}.txt').write_text(''.join(f'{names[i]}.mp4 {MAFW11[mid[i]]}\n' for i in idx))
+    (anno / 'id_to_calss.txt').write_text(''.join(f"{i}: '{c}',\n" for i, c in enumerate(MAFW11)))
+    return pending
+
 # %% ../nbs/07_synth.ipynb #8a2f85d9
-def write_benchmark(root, preset:str|dict='default', seed:int=0, label_noise:float=.05, size:int=64,
-                    workers:int=2, log=print) -> Path:
+def write_benchmark(root,                         # a new or empty folder, or one holding an earlier benchmark
+                    preset:str|dict='default', seed:int=0,
+                    label_noise:float=.05,        # share of written labels replaced by another class
+                    size:int=64,                  # frame side in pixels (even)
+                    workers:int=2, log=print,
+                    extra=(),                     # also 'ferv39k' and/or 'mafw' layouts
+                   ) -> Path:
     "Generate the benchmark and write it under `root` in the DFEW / AffectNet / VoxCeleb2 layouts; returns `root`."
     if size % 2: raise ValueError(f"size must be even (h264 needs even frame sizes), got {size}")
+    bad = set(extra) - {'ferv39k', 'mafw'}
+    if bad: raise ValueError(f"extra layouts must be among 'ferv39k', 'mafw', not {sorted(bad)}")
     t0 = time.perf_counter()
-    root = Path(root); root.mkdir(parents=True, exist_ok=True)
-    (root / 'synth.json').unlink(missing_ok=True)            # written last: its presence marks a complete benchmark
     B = sample_benchmark(preset, seed, label_noise)
+    root = Path(root); _clear(root)                          # synth.json is written last: it marks a complete benchmark
     pool, pending, samples = ThreadPoolExecutor(max(1, workers)), [], []
     def save(arr, path, **kw): Image.fromarray(arr).save(path, **kw)
     # DFEW role
@@ -495,12 +594,25 @@ def write_benchmark(root, preset:str|dict='default', seed:int=0, label_noise:flo
                      blinks=int(W['blinks'][i]), moving=int(W['moving'][i]), brief_apex=0,
                      peak=round(float(W['peak'][i]), 3)) for i in range(len(rels))]
     for p in pending: p.result()
-    pool.shutdown()
     log(f"VoxCeleb2 role: {len(rels)} mp4 clips written ({time.perf_counter() - t0:.1f}s)")
+    flipped = [T['flipped'], I['flipped']]
+    if 'ferv39k' in extra:
+        _write_ferv39k(root, names, T); log(f"FERV39K layout: {len(names)} clips linked ({time.perf_counter() - t0:.1f}s)")
+    if 'mafw' in extra:
+        M = sample_mafw(preset, seed, label_noise)
+        for p in _write_mafw(root, M, seed, size, pool): p.result()
+        MT, flipped = M['table'], flipped + [M['table']['flipped']]
+        samples += [dict(part='mafw', name='%05d' % (i + 1), split=f'fold{MT["fold"][i]}', person=int(MT['person'][i]),
+                         true_label=(EMOTIONS + MAFW_EXTRA)[MT['true_label'][i]], label=(EMOTIONS + MAFW_EXTRA)[MT['label'][i]],
+                         frames=int(MT['frames'][i]), talking=int(MT['talking'][i]), blinks=int(MT['blinks'][i]),
+                         moving=int(MT['moving'][i]), brief_apex=int(MT['brief_apex'][i]), peak=round(float(MT['peak'][i]), 3))
+                    for i in range(len(MT['label']))]
+        log(f"MAFW role: {len(MT['label'])} clips written ({time.perf_counter() - t0:.1f}s)")
+    pool.shutdown()
     cols = list(samples[0])
     (root / 'samples.csv').write_text('\n'.join([','.join(cols)] + [','.join(str(s[c]) for c in cols) for s in samples]) + '\n')
-    flipped = np.r_[T['flipped'], I['flipped']]
-    meta = dict(B['config'], size=size, generator='unilearn.synth', version=SYNTH_VERSION, dfew_classes=list(EMOTIONS),
+    flipped = np.concatenate(flipped)
+    meta = dict(B['config'], size=size, extra=sorted(extra), generator='unilearn.synth', version=SYNTH_VERSION, dfew_classes=list(EMOTIONS),
                 affectnet_classes=list(AFFECTNET7), action_units=AU_NAMES, prototypes=PROTOTYPES,
                 counts=dict(dfew_clips=len(names), dfew_frames=len(V['sample_of']), affectnet_train=int((I['split'] == 'train').sum()),
                             affectnet_test=int((I['split'] == 'test').sum()), voxceleb2_clips=len(rels),
@@ -512,15 +624,63 @@ def write_benchmark(root, preset:str|dict='default', seed:int=0, label_noise:flo
     return root
 
 def ensure_benchmark(root, preset:str|dict='default', seed:int=0, label_noise:float=.05, size:int=64,
-                     workers:int=2, log=print) -> Path:
+                     workers:int=2, log=print, extra=()) -> Path:
     "`root` if it holds a complete benchmark made with these settings, else (re)generate it there."
     root, cfg = Path(root), preset_config(preset)
     meta = root / 'synth.json'
     if meta.exists():
         m = json.loads(meta.read_text())
-        if m.get('version') == SYNTH_VERSION and m.get('seed') == seed and m.get('label_noise') == label_noise and m.get('size') == size and all(
+        if m.get('version') == SYNTH_VERSION and m.get('seed') == seed and m.get('label_noise') == label_noise and m.get('size') == size and \
+                sorted(m.get('extra', [])) == sorted(extra) and all(
                 (list(m.get(k)) if isinstance(v, tuple) else m.get(k)) == (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()):
             log(f"benchmark found at {root} ({m['preset']}, seed {seed})")
             return root
-        log(f"{root} holds a benchmark made with other settings; regenerating it")
-    return write_benchmark(root, preset, seed, label_noise, size, workers, log)
+        log(f"{root} holds a benchmark made with other settings; replacing it")
+    return write_benchmark(root, preset, seed, label_noise, size, workers, log, extra)
+
+# %% ../nbs/07_synth.ipynb #f74dbfb3
+MEDIA_TREES = {   # dataset: (media folder, frame file type, {reference split file: where the authors' scripts read it})
+    'DFEW': ('clip_jpg_256', '.jpg', {f'{s}_set_{k}.csv': f'EmoLabel_DataSplit/{s}(single-labeled)/{s}_set_{k}.csv'
+                                      for s in ('train', 'test') for k in range(1, 6)}),
+    'FERV39K': ('2_ClipsforFaceCrop', '.jpg', {f: f'Annotation/{f}' for f in ('train.csv', 'test.csv', 'label_index.txt')}),
+    'MAFW': ('frames_crop_align_224', '.png', {f'set_{k}/{s}.{e}': f'anno/single/no_caption/set_{k}/{s}.{e}'
+             for k in range(1, 6) for s in ('train', 'test') for e in ('csv', 'txt')}
+             | {'id_to_calss.txt': 'anno/single/no_caption/id_to_calss.txt'}),
+    'AffectNet': ('', '.bmp', {'test_affectnet7_2w.txt': 'test_affectnet7_2w.txt'}),
+}
+
+def _listed(lines:list[str], csv_file:bool) -> list[str]:
+    "The media names of a split file's rows."
+    return [r[0] for r in csv.reader(lines[1:])] if csv_file else [l.rsplit(None, 1)[0] for l in lines]
+
+# %% ../nbs/07_synth.ipynb #45ea3430
+def split_media_tree(name:str,                 # 'DFEW', 'FERV39K', 'MAFW' or 'AffectNet'
+                     splits_dir,               # holds `<name>/` with the real split files
+                     root,                     # where to write the dataset (its root for the readers)
+                     frames:int=2, size:int=8, # frames per clip, their side
+                     limit:int|None=None,      # keep only `limit` rows of each split file, evenly spaced
+                    ) -> Path:
+    "The dataset `name` as the authors lay it out, with tiny random media for every item its split files list."
+    if name not in MEDIA_TREES: raise ValueError(f"name must be one of {list(MEDIA_TREES)}, not {name!r}")
+    media, ext, files = MEDIA_TREES[name]
+    src, root, items = Path(splits_dir) / name, Path(root), set()
+    if not src.is_dir(): raise FileNotFoundError(f"{src}: no split files of {name} here")
+    for ref, dst in files.items():
+        lines = [l for l in (src / ref).read_text(encoding='utf-8-sig').splitlines() if l.strip()]
+        tabular = ref.endswith('.csv')
+        if limit is not None and ref.endswith(('.csv', '.txt')) and not ref.endswith(('index.txt', 'calss.txt')):
+            body = lines[tabular:]            # rows spread over the file, so that every class keeps some
+            keep = sorted(set(np.linspace(0, len(body) - 1, min(limit, len(body))).round().astype(int)))
+            lines = lines[:tabular] + [body[j] for j in keep]
+            items |= set(_listed(lines, tabular))
+        elif not ref.endswith(('index.txt', 'calss.txt')): items |= set(_listed(lines, tabular))
+        (root / dst).parent.mkdir(parents=True, exist_ok=True)
+        (root / dst).write_text('\n'.join(lines) + '\n')
+    for k, it in enumerate(sorted(items)):
+        px = np.random.default_rng(k).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+        if name == 'AffectNet':
+            (root / it).parent.mkdir(parents=True, exist_ok=True); Image.fromarray(px[0]).save(root / it); continue
+        d = root / media / (it.zfill(5) if it.isdigit() else str(Path(it).with_suffix('')) if it.endswith('.mp4') else it)
+        d.mkdir(parents=True, exist_ok=True)
+        for t in range(frames): Image.fromarray(px[t]).save(d / f'{t + 1:05d}{ext}')
+    return root
