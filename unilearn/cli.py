@@ -8,7 +8,7 @@ import importlib, inspect, json, os, resource, sys, time
 from pathlib import Path
 
 # nothing heavy at import time: `unilearn --help` answers without loading torch; each command imports what it uses
-from fastcore.script import anno_parser
+from fastcore.script import anno_parser, Param
 
 # %% auto #0
 __all__ = ['DEMO_PRESETS', 'ABLATIONS', 'VIDEO_DATASETS', 'RECIPE_META', 'RECIPE_COMMANDS', 'PRECISIONS', 'DATA_FLAGS',
@@ -16,8 +16,9 @@ __all__ = ['DEMO_PRESETS', 'ABLATIONS', 'VIDEO_DATASETS', 'RECIPE_META', 'RECIPE
            'finetune_stage', 'evaluate_stage', 'loss_figure', 'write_report', 'run_demo', 'demo', 'markdown_table',
            'ablation_table', 'run_ablations', 'ablate', 'UsageError', 'video_task', 'parse_folds', 'video_dataset',
            'run_folder', 'recipe_dir', 'check_recipe_section', 'load_recipe', 'list_recipes', 'resolve_args',
-           'run_device', 'check_precision', 'flag_errors', 'epoch_lines', 'parse_moae', 'pretrain', 'finetune',
-           'evaluate', 'pool_predictions', 'pool_results', 'pool', 'analyze', 'recipes', 'command', 'main']
+           'run_device', 'check_precision', 'flag_errors', 'epoch_lines', 'parse_moae', 'in_process_group',
+           'leave_process_group', 'pretrain', 'finetune', 'evaluate', 'pool_predictions', 'pool_results', 'pool',
+           'analyze', 'recipes', 'command', 'main']
 
 # %% ../nbs/09_cli.ipynb #26b47797
 DEMO_PRESETS = {
@@ -557,9 +558,11 @@ def epoch_lines(learn, interactive:bool|None=None):
     "Without a terminal (a log file, a batch job), replace the progress bar by one line per epoch."
     from functools import partial
     from fastai.callback.progress import ProgressCallback
-    if sys.stdout.isatty() if interactive is None else interactive: return learn
-    learn.remove_cb(ProgressCallback)
-    learn.logger = partial(_epoch_line, learn)
+    from unilearn.train import is_main_process
+    if not is_main_process(): learn.remove_cb(ProgressCallback); learn.logger = lambda log: None   # rank 0 speaks for the run
+    elif not (sys.stdout.isatty() if interactive is None else interactive):
+        learn.remove_cb(ProgressCallback)
+        learn.logger = partial(_epoch_line, learn)
     return learn
 
 # %% ../nbs/09_cli.ipynb #8c5e1374
@@ -585,6 +588,17 @@ def _at_least(a, **mins):
     for k, m in mins.items():
         v = a[k]
         if v is not None and v < m: raise UsageError(f"--{k} {v}: must be at least {m}")
+
+def in_process_group(learn, world:int, fit):
+    "Run `fit()` on every rank of a torchrun / accelerate launch through fastai's `distrib_ctx` (DDP), or plainly in one process."
+    if world <= 1: return fit()
+    from unilearn.train import ddp_kwargs
+    with learn.distrib_ctx(**ddp_kwargs()): return fit()
+
+def leave_process_group():
+    "After a distributed run: wait for every rank, then close the process group (nothing to do in one process)."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
 
 def _fresh_run(rd:Path, ckdir, resume:bool):
     "A run never writes over another: a folder with a finished run or with checkpoints needs --resume (or another --out)."
@@ -681,17 +695,18 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
     cfg = dict(command='pretrain', **a, lr_used=lr, total_batch=total, world_size=world)
     with flag_errors():
         learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, video_share=a['video_share'] if image_dl is not None else 1.0,
-                                 lr=lr, seed=a['seed'], rank=rank, world_size=world, precision=a['precision'],
+                                 lr=lr, seed=a['seed'], precision=a['precision'],
                                  checkpoint_dir=a['checkpoint_dir'], resume='last' if a['resume'] else None, save_every=a['save_every'],
                                  grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
-                                 config={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST},
+                                 config=dict(cli={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST}),
                                  **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
     learn.dls.device = torch.device(dev)
     epoch_lines(learn)
     if rank == 0: _write_config(rd, cfg)
-    learn.fit(a['epochs'])
+    in_process_group(learn, world, lambda: learn.fit(a['epochs']))
     if rank == 0:
         print(f"wrote {save_checkpoint(mae, rd / 'mae.safetensors', input=dict(img_size=S, frames=T), epochs=a['epochs'], run_config=cfg)}")
+    leave_process_group()
     return mae
 
 # %% ../nbs/09_cli.ipynb #b0cd58ab
@@ -757,6 +772,7 @@ def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/ and the split 
     results = {f: _finetune_fold(a, vflag, f) for f in folds}
     from unilearn.train import is_main_process
     if len(folds) > 1 and is_main_process(): pool(a['out'])
+    leave_process_group()
     return results
 
 # %% ../nbs/09_cli.ipynb #b115bf69
@@ -806,7 +822,7 @@ def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
                          num_classes=next(iter(ncls.values())) if a['kind'] == 'vit' else ncls, patch_size=a['patch'],
                          mae_checkpoint=_mae_file(a['mae']), drop_path_rate=a['drop_path'], verbose=rank == 0, **extra).to(a['device'])
     dls = joint_dataloaders(ti, tv, va_i, va_v, image_bs=a['image_bs'], video_bs=a['video_bs'], sfer_ratio=a['sfer_ratio'], seed=a['seed'],
-                            num_workers=a['workers'], rank=rank, world_size=world, device=a['device'])
+                            num_workers=a['workers'], device=a['device'])   # under torchrun, `distrib_ctx` gives each rank its share
     monitor = a['monitor'] or ('video_uar' if vflag else 'image_uar')
     cfg = dict(command='finetune', **{k: v for k, v in a.items() if k != 'moae_blocks'}, fold_run=f, classes=classes,
                stride_used=stride if vflag else None, world_size=world)
@@ -815,11 +831,11 @@ def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
                                  mixup_alpha=a['mixup'], cutmix_alpha=a['cutmix'], label_smoothing=a['smoothing'], monitor=monitor,
                                  precision=a['precision'], checkpoint_dir=ck, resume='last' if a['resume'] else None,
                                  save_every=a['save_every'], grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
-                                 config={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST},
+                                 config=dict(cli={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST}),
                                  **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
     epoch_lines(learn)
     if rank == 0: _write_config(rd, cfg)
-    hist = fit_joint(learn, epochs=a['epochs'], warmup_epochs=a['warmup'])
+    hist = in_process_group(learn, world, lambda: fit_joint(learn, epochs=a['epochs'], warmup_epochs=a['warmup']))
     if rank: return {}
     info = dict(input=dict(img_size=S, frames=T), fold=f, dataset=vflag, classes=classes, run_config=cfg, monitor=monitor)
     if vflag: info['stride'] = stride
@@ -1008,7 +1024,7 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
     return out
 
 # %% ../nbs/09_cli.ipynb #024b9865
-def recipes(name:str=None):            # a recipe to print (its TOML text and the commands that run it); none: list them all
+def recipes(name:Param('a recipe to print, with the commands that run it (none: list them all)', str, opt=False, nargs='?')=None):
     "List the recipes shipped with unilearn (one per experiment of the paper), or print one."
     if name is None:
         rs = list_recipes()
