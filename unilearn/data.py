@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .media import (DataError, IMAGE_EXTS, VIDEO_EXTS, natural_key, list_frames, to_rgb8, load_image, FrameFolder,
+from .media import (DataError, IMAGE_EXTS, VIDEO_EXTS, natural_key, list_frames, to_rgb8, load_image,
+                            FrameFolder,
                             VideoFile, open_clip, write_video, write_frames, MediaCache, media_cache, DecodedClip,
                             open_cached_clip, load_cached_image)
 from .transforms import (MEAN, STD, denormalize, train_indices, test_indices, pretrain_indices, fast_sharpness,
@@ -67,7 +68,8 @@ class Problems:
 
     def report(self, what:str):
         if self.found:
-            warnings.warn(f"{what}: skipped {len(self.found)} bad annotation row(s)/item(s) (on_error='skip'); first: {self.found[0]}"
+            warnings.warn(f"{what}: skipped {len(self.found)} bad annotation row(s)/item(s) (on_error='skip'); first: "
+                          f"{self.found[0]}"
                           + (f"; ... see .skipped" if len(self.found) > 1 else ''))
 
 # %% ../nbs/04d_data.ipynb #48c2b424
@@ -118,7 +120,8 @@ def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=No
     _check_header(path, rows, ['video_name', 'label'])
     parsed = []
     for i, r in rows[1:]:
-        if len(r) != 2: problems(f"{path}, row {i}: expected 2 fields (video_name,label), found {len(r)}: {','.join(r)!r}"); continue
+        if len(r) != 2: problems(f"{path}, row {i}: expected 2 fields (video_name,label), found {len(r)}: "
+                                 f"{','.join(r)!r}"); continue
         lab = _int_label(r[1])
         if lab is None or not 0 <= lab <= 7:
             problems(f"{path}, row {i}: unknown label {r[1]!r} (DFEW labels are 0..6, or 1..7 in the original release)"); continue
@@ -127,7 +130,8 @@ def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=No
     if label_base is None:
         if 0 in labels and 7 in labels:
             z, s = next(i for i, _, l in parsed if l == 0), next(i for i, _, l in parsed if l == 7)
-            raise DataError(f"{path}: mixes 0-based (label 0 at row {z}) and 1-based (label 7 at row {s}) labels; fix the file")
+            raise DataError(f"{path}: mixes 0-based (label 0 at row {z}) and 1-based (label 7 at row {s}) labels; fix "
+                            f"the file")
         if 0 in labels: label_base = 0
         elif 7 in labels: label_base = 1
         elif labels: raise DataError(f"{path}: labels {sorted(labels)} could be 0- or 1-based; pass label_base=0 or 1")
@@ -136,14 +140,16 @@ def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=No
     items, seen = [], {}
     for i, vid, lab in parsed:
         if not 0 <= lab - label_base <= 6:
-            problems(f"{path}, row {i}: label {lab} is outside {label_base}..{label_base + 6} (file is {label_base}-based)"); continue
+            problems(f"{path}, row {i}: label {lab} is outside {label_base}..{label_base + 6} (file is "
+                     f"{label_base}-based)"); continue
         vid = vid.zfill(5) if vid.isdigit() else vid
         _add(items, seen, Item(vid, lab - label_base, vid, str(path), i), problems)
     return items
 
 # %% ../nbs/04d_data.ipynb #de253874
 def read_class_index(path) -> dict[int, str]:
-    "Id -> name from a class list file: `Angry 0` lines (FERV39K `label_index.txt`) or `0: 'Anger',` lines (MAFW `id_to_calss.txt`)."
+    ("Id -> name from a class list file: `Angry 0` lines (FERV39K `label_index.txt`) or `0: 'Anger',` lines (MAFW "
+     "`id_to_calss.txt`).")
     out = {}
     for i, line in _lines(path):
         line = line.strip().rstrip(',')
@@ -164,10 +170,12 @@ def map_classes(index:dict[int, str], classes:list[str], path='') -> dict[int, i
 
 # %% ../nbs/04d_data.ipynb #4195ee7d
 def read_ferv39k(path, class_index=None, on_error:str='raise', _problems=None) -> list[Item]:
-    "Rows of a FERV39K split file: `path,id` csv (path `Scene/Emotion/NNNN`) or the release's `Scene/Emotion/NNNN Emotion` lines. The emotion in the path must agree with the label."
+    ("Rows of a FERV39K split file: `path,id` csv (path `Scene/Emotion/NNNN`) or the release's `Scene/Emotion/NNNN "
+     "Emotion` lines. The emotion in the path must agree with the label.")
     path, problems = Path(path), _problems or Problems(on_error)
     if class_index is None and (path.parent / 'label_index.txt').exists(): class_index = path.parent / 'label_index.txt'
-    idmap = map_classes(read_class_index(class_index), FERV39K_CLASSES, class_index) if class_index else {i: i for i in range(7)}
+    idmap = map_classes(read_class_index(class_index), FERV39K_CLASSES,
+                        class_index) if class_index else {i: i for i in range(7)}
     names = {c.lower(): j for j, c in enumerate(FERV39K_CLASSES)}
     items, seen = [], {}
     lines = _lines(path)
@@ -175,7 +183,8 @@ def read_ferv39k(path, class_index=None, on_error:str='raise', _problems=None) -
         for i, line in lines:
             f = line.split()
             if len(f) != 2: problems(f"{path}, row {i}: expected 'Scene/Emotion/NNNN Emotion', found {line.strip()!r}"); continue
-            if f[1].lower() not in names: problems(f"{path}, row {i}: unknown label {f[1]!r} (FERV39K classes: {FERV39K_CLASSES})"); continue
+            if f[1].lower() not in names: problems(f"{path}, row {i}: unknown label {f[1]!r} (FERV39K classes: "
+                                                   f"{FERV39K_CLASSES})"); continue
             rel = f[0].strip('/')
             parts = PurePosixPath(rel).parts
             if len(parts) >= 2 and parts[-2].lower() in names and parts[-2].lower() != f[1].lower():
@@ -204,18 +213,21 @@ def read_mafw(path, class_index=None, on_error:str='raise', _problems=None) -> l
         for i, line in _lines(path):
             f = line.split()
             if len(f) != 2: problems(f"{path}, row {i}: expected 'NAME.mp4 emotion', found {line.strip()!r}"); continue
-            if f[1].lower() not in names: problems(f"{path}, row {i}: unknown label {f[1]!r} (MAFW classes: {MAFW_CLASSES})"); continue
+            if f[1].lower() not in names: problems(f"{path}, row {i}: unknown label {f[1]!r} (MAFW classes: "
+                                                   f"{MAFW_CLASSES})"); continue
             vid = PurePosixPath(f[0]).stem
             _add(items, seen, Item(vid, names[f[1].lower()], f[0], str(path), i), problems)
         return items
     if class_index is None:
         for p in (path.parent / 'id_to_calss.txt', path.parent.parent / 'id_to_calss.txt'):
             if p.exists(): class_index = p; break
-    idmap = map_classes(read_class_index(class_index), MAFW_CLASSES, class_index) if class_index else {i: i for i in range(11)}
+    idmap = map_classes(read_class_index(class_index), MAFW_CLASSES,
+                        class_index) if class_index else {i: i for i in range(11)}
     rows = _read_rows(path)
     _check_header(path, rows, ['video_name', 'labels'])
     for i, r in rows[1:]:
-        if len(r) != 2: problems(f"{path}, row {i}: expected 2 fields (video_name,labels), found {len(r)}: {','.join(r)!r}"); continue
+        if len(r) != 2: problems(f"{path}, row {i}: expected 2 fields (video_name,labels), found {len(r)}: "
+                                 f"{','.join(r)!r}"); continue
         lab = _int_label(r[1])
         if lab not in idmap: problems(f"{path}, row {i}: unknown label {r[1]!r} (expected one of {sorted(idmap)})"); continue
         vid = r[0].zfill(5) if r[0].isdigit() else PurePosixPath(r[0]).stem
@@ -224,7 +236,8 @@ def read_mafw(path, class_index=None, on_error:str='raise', _problems=None) -> l
 
 # %% ../nbs/04d_data.ipynb #761d581c
 def read_affectnet(path, num_classes:int=7, on_error:str='raise', _problems=None) -> list[Item]:
-    "Lines `relative/path.ext label` of an AffectNet list (7 or 8 classes, `AFFECTNET8_CLASSES` order). Paths may contain spaces."
+    ("Lines `relative/path.ext label` of an AffectNet list (7 or 8 classes, `AFFECTNET8_CLASSES` order). Paths may "
+     "contain spaces.")
     path, problems = Path(path), _problems or Problems(on_error)
     if num_classes not in (7, 8): raise ValueError(f"AffectNet has 7 or 8 classes, not {num_classes}")
     items, seen = [], {}
@@ -315,7 +328,8 @@ def _resolve(items:list[Item], finder:MediaFinder|None, kind:str, problems:Probl
         p = finder.find(it.rel, kind)
         if p is None:
             where = ', '.join(str(r) for r in finder.roots) or 'no existing media folder'
-            problems(f"{it.source}, row {it.row}: {'image' if kind == 'image' else 'clip'} {it.rel!r} not found under {where}"); continue
+            problems(f"{it.source}, row {it.row}: {'image' if kind == 'image' else 'clip'} {it.rel!r} not found under "
+                     f"{where}"); continue
         out.append(replace(it, path=p))
     return out
 
@@ -349,7 +363,8 @@ class _Base(Dataset):
                 x = run_with_time_limit(lambda: self._read(it, view), limit, it.where())
                 return self._transform(x), it.label
             except Exception as e:
-                err = e if isinstance(e, DataError) and (it.source in str(e) or not it.source) else DataError(f"{it.where()}: {e}")
+                err = e if isinstance(e,
+                                      DataError) and (it.source in str(e) or not it.source) else DataError(f"{it.where()}: {e}")
                 if self.on_error == 'raise': raise err from e
                 self.skip_log.record(it, err)
         raise DataError(f"{type(self).__name__}: {self.max_retries} items in a row failed to load, last: {err}")
@@ -360,7 +375,8 @@ class _Base(Dataset):
         finder = getattr(self, 'finder', None)
         p = finder.find(it.rel, kind) if finder is not None else None
         if p is None:
-            where = ', '.join(map(str, finder.roots)) if finder is not None and finder.roots else 'no media folder (root=None?)'
+            where = ', '.join(map(str,
+                                  finder.roots)) if finder is not None and finder.roots else 'no media folder (root=None?)'
             raise DataError(f"{it.where()}: {kind} {it.rel!r} not found under {where}")
         return p
 
@@ -371,7 +387,8 @@ class _Base(Dataset):
     def with_mode(self, mode:str, transform=None, **changes):
         "A copy reading the same items in another `mode` (e.g. a validation subset of a training set read as 'test')."
         import copy
-        if mode not in ('train', 'test', 'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
+        if mode not in ('train', 'test',
+                        'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
         new = copy.copy(self)
         new.mode = mode
         for k, v in changes.items():
@@ -395,14 +412,16 @@ class ClipDataset(_Base):
                  num_clips:int=2, num_copies:int=1, img_size:int=160, transform=None, min_frames:int=1,
                  on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None,
                  cache:MediaCache|bool|None=None):
-        if mode not in ('train', 'test', 'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
+        if mode not in ('train', 'test',
+                        'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
         self._setup(items, classes, on_error, item_timeout, problems, skip_log, cache=cache)
         self.mode, self.num_frames, self.stride, self.img_size = mode, num_frames, stride, img_size
         self.num_clips, self.num_copies, self.min_frames = (num_clips if mode == 'test' else 1), num_copies, min_frames
         self.transform = transform or self._default_transform()
 
     def _default_transform(self):
-        tf = {'train': video_train_transform, 'test': partial(eval_transform, 'video'), 'pretrain': video_pretrain_transform}
+        tf = {'train': video_train_transform, 'test': partial(eval_transform, 'video'),
+              'pretrain': video_pretrain_transform}
         return tf[self.mode](self.img_size)
 
     def __len__(self): return len(self.items) * self.num_clips
@@ -438,13 +457,15 @@ class ImageDataset(_Base):
     def __init__(self, items:list[Item], classes:list[str], mode:str='train', *, img_size:int=160, transform=None,
                  num_copies:int=1, on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None,
                  cache:MediaCache|bool|None=None):
-        if mode not in ('train', 'test', 'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
+        if mode not in ('train', 'test',
+                        'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
         self._setup(items, classes, on_error, item_timeout, problems, skip_log, cache=cache)
         self.mode, self.img_size, self.num_copies = mode, img_size, num_copies
         self.transform = transform or self._default_transform()
 
     def _default_transform(self):
-        tf = {'train': image_train_transform, 'test': partial(eval_transform, 'image'), 'pretrain': image_pretrain_transform}
+        tf = {'train': image_train_transform, 'test': partial(eval_transform, 'image'),
+              'pretrain': image_pretrain_transform}
         return tf[self.mode](self.img_size)
 
     def __len__(self): return len(self.items)
@@ -540,9 +561,8 @@ def _listed_items(path:Path) -> list[Item]:
 
 def _twin(path:Path) -> list[Path]:
     "Where the test split of training split file `path` would be: 'train' -> 'test' in its name or its folder's."
-    name, parent = path.name, path.parent
-    out = [parent / name.replace('train', 'test'), parent.parent / parent.name.replace('train', 'test') / name.replace('train', 'test'),
-           parent.parent / parent.name.replace('train', 'test') / name, parent / name.replace('train', 'test').replace('.txt', '_2w.txt')]
+    t, d, n = (lambda s: s.replace('train', 'test')), path.parent, path.name
+    out = [d / t(n), d.parent / t(d.name) / t(n), d.parent / t(d.name) / n, d / t(n).replace('.txt', '_2w.txt')]
     return [p for p in out if p != path]
 
 def _check_overlap(ds, items, name, root, annotation, test_names, split_dir, read, kind, by_content):
@@ -581,7 +601,8 @@ class DFEW(ClipDataset):
                  fold:int=1, split:str='train',
                  annotation=None,           # the split file, or a folder holding it (e.g. `EmoLabel_DataSplit`)
                  split_dir=None,            # folder of the split files relative to `root`
-                 frames_dir=('clip_jpg_256', 'clip_224x224', 'Clip/clip_224x224', 'Clip/clip_224x224_16f', 'Clip/original',
+                 frames_dir=('clip_jpg_256', 'clip_224x224', 'Clip/clip_224x224', 'Clip/clip_224x224_16f',
+                             'Clip/original',
                              'videos', ''),
                  label_base:int|None=None,  # 0 or 1; None: found from the file
                  mode:str|None=None, stride:int=4,
@@ -597,7 +618,8 @@ class DFEW(ClipDataset):
                            f'{s}(single-labeled)/{s}_set_{fold}.csv', f'{s}(single-labeled)/set_{fold}.csv']
         items, problems = _read_split(self, 'DFEW', root, annotation, split, names, split_dir,
             partial(read_dfew, label_base=label_base), frames_dir, 'clip', on_error, check_files, allow_overlap)
-        super().__init__(items, DFEW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
+        super().__init__(items, DFEW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems,
+                         **kwargs)
 
 # %% ../nbs/04d_data.ipynb #925b4367
 class FERV39K(ClipDataset):
@@ -614,7 +636,8 @@ class FERV39K(ClipDataset):
         names = lambda s: [f'{s}.csv', f'{s}_All.csv', f'4_setups/All_scenes/{s}_All.csv', f'Annotation/{s}.csv']
         items, problems = _read_split(self, 'FERV39K', root, annotation, split, names, split_dir,
             partial(read_ferv39k, class_index=class_index), frames_dir, 'clip', on_error, check_files, allow_overlap)
-        super().__init__(items, FERV39K_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
+        super().__init__(items, FERV39K_CLASSES, _mode(split, mode), stride=stride, on_error=on_error,
+                         problems=problems, **kwargs)
 
 # %% ../nbs/04d_data.ipynb #57be0714
 class MAFW(ClipDataset):
@@ -632,11 +655,13 @@ class MAFW(ClipDataset):
         names = lambda s: [f'{d}set_{fold}/{s}.{e}' for d in ('', 'anno/single/no_caption/') for e in ('csv', 'txt')]
         items, problems = _read_split(self, 'MAFW', root, annotation, split, names, split_dir,
             partial(read_mafw, class_index=class_index), frames_dir, 'clip', on_error, check_files, allow_overlap)
-        super().__init__(items, MAFW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems, **kwargs)
+        super().__init__(items, MAFW_CLASSES, _mode(split, mode), stride=stride, on_error=on_error, problems=problems,
+                         **kwargs)
 
 # %% ../nbs/04d_data.ipynb #adebead7
 class AffectNet(ImageDataset):
-    "AffectNet, 7 or 8 classes: images `<root>/<relative/path>` listed in `train_affectnet7.txt` / `test_affectnet7_2w.txt`."
+    ("AffectNet, 7 or 8 classes: images `<root>/<relative/path>` listed in `train_affectnet7.txt` / "
+     "`test_affectnet7_2w.txt`.")
     def __init__(self, root=None, *, split:str='train', num_classes:int=7, annotation=None, split_dir=None,
                  images_dir=('',), mode:str|None=None, on_error:str='raise', check_files:bool=True,
                  allow_overlap:bool=False, **kwargs):
@@ -652,7 +677,8 @@ class AffectNet(ImageDataset):
 
 # %% ../nbs/04d_data.ipynb #5571f2c1
 class VoxCeleb2(ClipDataset):
-    "VoxCeleb2 (unlabelled, label -1) for MAE pre-training: every video under `root` (or those listed in `annotation`, one relative path a line)."
+    ("VoxCeleb2 (unlabelled, label -1) for MAE pre-training: every video under `root` (or those listed in "
+     "`annotation`, one relative path a line).")
     def __init__(self, root, *, annotation=None, num_frames:int=16, stride:int=4, num_copies:int=1, mode:str='pretrain',
                  on_error:str='raise', check_files:bool=True, **kwargs):
         root, problems = Path(root), Problems(on_error)
@@ -663,9 +689,11 @@ class VoxCeleb2(ClipDataset):
             items = _resolve(items, self.finder, 'clip', problems, check_files)
         else:
             if not root.is_dir(): raise FileNotFoundError(f"VoxCeleb2: {root} is not a folder")
-            paths = sorted((p for p in root.rglob('*') if p.suffix.lower() in VIDEO_EXTS and p.is_file()), key=natural_key)
+            paths = sorted((p for p in root.rglob('*') if p.suffix.lower() in VIDEO_EXTS and p.is_file()),
+                           key=natural_key)
             if not paths: raise DataError(f"VoxCeleb2: no video files ({', '.join(VIDEO_EXTS)}) under {root}")
-            items = [Item(str(p.relative_to(root).with_suffix('')), -1, str(p.relative_to(root)), '', 0, p) for p in paths]
+            items = [Item(str(p.relative_to(root).with_suffix('')), -1, str(p.relative_to(root)), '', 0,
+                          p) for p in paths]
         super().__init__(items, [], mode, num_frames=num_frames, stride=stride, num_copies=num_copies,
                          on_error=on_error, problems=problems, **kwargs)
 
@@ -684,7 +712,8 @@ def _folder_items(root, classes, want:str) -> tuple[list[Item], list[str]]:
             p, ext = Path(e.path), Path(e.name).suffix.lower()
             ok = (e.is_dir() or ext in VIDEO_EXTS) if want == 'clip' else (e.is_file() and ext in IMAGE_EXTS)
             if ok: items.append(Item(f"{c}/{p.stem if e.is_file() else p.name}", j, f"{c}/{e.name}", '', 0, p))
-    if not items: raise DataError(f"{root}: no {'clips (frame folders or videos)' if want == 'clip' else 'images'} in the class folders")
+    if not items: raise DataError(f"{root}: no {'clips (frame folders or videos)' if want == 'clip' else 'images'} in "
+                                  f"the class folders")
     return items, classes
 
 class ClipFolder(ClipDataset):
@@ -712,7 +741,8 @@ def skip_report(*datasets) -> tuple[str, list[dict]]:
     return '\n'.join(lines), recs
 
 class ReportSkips(Callback):
-    "fastai callback: at the end of each epoch report (print) and record (`learn.data_skips`) the items skipped by `datasets`."
+    ("fastai callback: at the end of each epoch report (print) and record (`learn.data_skips`) the items skipped by "
+     "`datasets`.")
     order = 90
     def __init__(self, *datasets): self.datasets = datasets
     def before_fit(self): self.learn.data_skips = []
@@ -739,42 +769,46 @@ def _table(columns:dict[str, list[int]], classes:list[str]) -> str:
 
 def _labels(items): return [it.label for it in items]
 
+def _fold_stats(d:Path, name:str, read, path, classes, unit:str) -> tuple[int, str]:
+    "Clips in the 5 test splits together and the table; `path(k, split)` names a fold's file; test folds disjoint."
+    cols, test = {}, []
+    for k in range(1, 6):
+        for s in ('train', 'test'):
+            items = read(d / path(k, s))
+            cols[f'{unit} {k} {s}'] = _labels(items)
+            if s == 'test': test += items
+    assert len({it.id for it in test}) == len(test), f'{name} test {unit}s overlap'
+    return len(test), _table({**cols, f'all 5 test {unit}s': _labels(test)}, classes)
+
 def split_statistics(name:str, splits_dir) -> str:
-    "Markdown tables of split sizes and per-class counts of dataset `name`, read from the annotation files in `splits_dir/<name>`."
+    "Markdown tables of split sizes and per-class counts of dataset `name`, from the split files in `splits_dir/<name>`."
     d = Path(splits_dir) / name
     if name == 'DFEW':
-        cols, test_union = {}, []
-        for k in range(1, 6):
-            for s in ('train', 'test'):
-                items = read_dfew(d / f'{s}_set_{k}.csv')
-                cols[f'fold {k} {s}'] = _labels(items)
-                if s == 'test': test_union += items
-        test_ids = [it.id for it in test_union]
-        assert len(set(test_ids)) == len(test_ids), 'DFEW test folds overlap'
-        return (f"Files: `{name}/{{train,test}}_set_{{1..5}}.csv` (labels 0-based in these files). The five test folds are disjoint "
-                f"and together hold **{len(test_ids):,}** clips:\n\n" + _table({**cols, 'all 5 test folds': _labels(test_union)}, DFEW_CLASSES))
+        n, t = _fold_stats(d, name, read_dfew, lambda k, s: f'{s}_set_{k}.csv', DFEW_CLASSES, 'fold')
+        return (f"Files: `{name}/{{train,test}}_set_{{1..5}}.csv` (labels 0-based in these files). The five test folds "
+                f"are disjoint and together hold **{n:,}** clips:\n\n" + t)
     if name == 'FERV39K':
         cols = {s: _labels(read_ferv39k(d / f'{s}.csv')) for s in ('train', 'test')}
-        return f"Files: `{name}/{{train,test}}.csv` and `label_index.txt` (checked against the class order below):\n\n" + _table(cols, FERV39K_CLASSES)
+        return (f"Files: `{name}/{{train,test}}.csv` and `label_index.txt` (checked against the class order below):\n\n"
+                + _table(cols, FERV39K_CLASSES))
     if name == 'MAFW':
-        cols, test_union = {}, []
         for k in range(1, 6):
             for s in ('train', 'test'):
-                items = read_mafw(d / f'set_{k}' / f'{s}.csv')
-                assert [(i.id, i.label) for i in items] == [(i.id, i.label) for i in read_mafw(d / f'set_{k}' / f'{s}.txt')], f'set_{k}/{s}: csv and txt differ'
-                cols[f'set {k} {s}'] = _labels(items)
-                if s == 'test': test_union += items
-        return (f"Files: `{name}/set_{{1..5}}/{{train,test}}.{{csv,txt}}` (the csv and txt forms agree row by row) and `id_to_calss.txt`. "
-                f"The five test sets are disjoint and together hold **{len(test_union):,}** clips:\n\n"
-                + _table({**cols, 'all 5 test sets': _labels(test_union)}, MAFW_CLASSES))
+                c, x = (read_mafw(d / f'set_{k}' / f'{s}.{e}') for e in ('csv', 'txt'))
+                assert [(i.id, i.label) for i in c] == [(i.id, i.label) for i in x], f'set_{k}/{s}: csv and txt differ'
+        n, t = _fold_stats(d, name, read_mafw, lambda k, s: f'set_{k}/{s}.csv', MAFW_CLASSES, 'set')
+        return (f"Files: `{name}/set_{{1..5}}/{{train,test}}.{{csv,txt}}` (the csv and txt forms agree row by row) and "
+                f"`id_to_calss.txt`. The five test sets are disjoint and together hold **{n:,}** clips:\n\n" + t)
     if name == 'AffectNet':
         files = sorted(d.glob('*affectnet*.txt'))
         cols = {f.name: _labels(read_affectnet(f, 8 if 'affectnet8' in f.name else 7)) for f in files}
         return f"Files: {', '.join(f'`{name}/{f.name}`' for f in files)}:\n\n" + _table(cols, AFFECTNET7_CLASSES)
     raise ValueError(f"no annotation statistics for {name!r}")
 
-def update_data_docs(splits_dir, docs_dir, names=('DFEW', 'FERV39K', 'MAFW', 'AffectNet'), check:bool=False) -> list[str]:
-    "Rewrite (or with `check=True` only compare) the statistics block of `docs_dir/<name>.md`; returns the pages that differ(ed)."
+def update_data_docs(splits_dir, docs_dir, names=('DFEW', 'FERV39K', 'MAFW', 'AffectNet'),
+                     check:bool=False) -> list[str]:
+    ("Rewrite (or with `check=True` only compare) the statistics block of `docs_dir/<name>.md`; returns the pages that "
+     "differ(ed).")
     changed = []
     for n in names:
         page = Path(docs_dir) / f'{n}.md'

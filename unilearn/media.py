@@ -31,7 +31,8 @@ def list_frames(folder) -> list[Path]:
     "Image files in `folder`, naturally sorted; a `DataError` when it is missing or has none."
     folder = Path(folder)
     if not folder.is_dir(): raise DataError(f"{folder}: frame folder not found")
-    frames = sorted((e.path for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_EXTS) and e.is_file()), key=natural_key)
+    frames = sorted((e.path for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_EXTS) and e.is_file()),
+                    key=natural_key)
     if not frames: raise DataError(f"{folder}: frame folder has no image files ({', '.join(IMAGE_EXTS)})")
     return [Path(f) for f in frames]
 
@@ -42,7 +43,8 @@ def to_rgb8(img:Image.Image, path='') -> np.ndarray:
         top = 65535. if img.mode.startswith('I;16') or a.max(initial=0) > 255 else 255.
         a = np.clip(a / top * 255. + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, -1)
-    if img.mode == 'F': raise DataError(f"{path}: floating-point image (mode F) is not supported; save frames as 8/16-bit")
+    if img.mode == 'F': raise DataError(f"{path}: floating-point image (mode F) is not supported; save frames as "
+                                        f"8/16-bit")
     if img.mode != 'RGB': img = img.convert('RGB')
     return np.array(img)   # a writable copy: torch warns on read-only arrays
 
@@ -119,7 +121,8 @@ class VideoFile:
         if self._vr is not None:
             try: return _decord_read(self._vr, indices)
             except Exception as e:
-                if self.backend == 'decord': raise DataError(f"{self.path}: decord failed reading frames ({type(e).__name__}: {e})") from e
+                if self.backend == 'decord': raise DataError(f"{self.path}: decord failed reading frames "
+                                                             f"({type(e).__name__}: {e})") from e
                 self._decord_error = e; self._load_pyav()
         n = len(self._frames)
         return np.stack([self._frames[min(max(int(i), 0), n - 1)] for i in indices])
@@ -129,7 +132,8 @@ def open_clip(path):
     path = Path(path)
     if path.is_dir(): return FrameFolder(path)
     if path.is_file():
-        if path.suffix.lower() not in VIDEO_EXTS: raise DataError(f"{path}: not a video file ({', '.join(VIDEO_EXTS)}) nor a frame folder")
+        if path.suffix.lower() not in VIDEO_EXTS: raise DataError(f"{path}: not a video file "
+                                                                  f"({', '.join(VIDEO_EXTS)}) nor a frame folder")
         return VideoFile(path)
     raise DataError(f"{path}: no frame folder or video file here")
 
@@ -155,7 +159,8 @@ def write_frames(folder, frames, ext:str='.jpg', quality:int=95) -> Path:
 
 # %% ../nbs/04a_media.ipynb #7dcf1286
 class MediaCache:
-    "Decoded clips and images kept in memory by path after their first read; `max_bytes` bounds it (later items are then read from disk each time)."
+    ("Decoded clips and images kept in memory by path after their first read; `max_bytes` bounds it (later items are "
+     "then read from disk each time).")
     def __init__(self, max_bytes:int|None=None):
         self.max_bytes, self.store, self.nbytes, self.refused = max_bytes, {}, 0, 0
 
@@ -182,7 +187,8 @@ def media_cache(cache) -> MediaCache|None:
     raise TypeError(f"cache must be None, True or a MediaCache, not {type(cache).__name__}")
 
 class DecodedClip:
-    "A clip already decoded into memory, `uint8 (T,H,W,3)`, with the `num_frames`/`read` of `FrameFolder` and `VideoFile`."
+    ("A clip already decoded into memory, `uint8 (T,H,W,3)`, with the `num_frames`/`read` of `FrameFolder` and "
+     "`VideoFile`.")
     def __init__(self, path, frames:np.ndarray): self.path, self.frames = Path(path), frames
     @property
     def num_frames(self) -> int: return len(self.frames)

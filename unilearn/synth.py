@@ -79,7 +79,8 @@ def to_mafw(labels) -> np.ndarray:
 
 # %% ../nbs/07_synth.ipynb #691400be
 _SKIN_LIGHT, _SKIN_DARK = np.array([.97, .82, .71]), np.array([.33, .21, .14])
-_HAIR = np.array([[.08, .06, .05], [.25, .15, .08], [.55, .38, .20], [.85, .72, .45], [.55, .22, .10], [.6, .6, .62], [.15, .15, .18]])
+_HAIR = np.array([[.08, .06, .05], [.25, .15, .08], [.55, .38, .20], [.85, .72, .45], [.55, .22, .10], [.6, .6, .62],
+                  [.15, .15, .18]])
 
 def sample_identities(rng:np.random.Generator, n:int) -> dict:
     "Face-shape, colour, accessory and resting-face parameters of `n` people (arrays with a leading dim `n`)."
@@ -92,7 +93,8 @@ def sample_identities(rng:np.random.Generator, n:int) -> dict:
         skin=skin.astype(np.float32), hair=hair.astype(np.float32),
         hair_h=u(.25, .75) * (rng.random(n) > .12),           # 0: bald
         eye_x=u(.19, .26), eye_y=u(-.14, -.05), eye_w=u(.085, .12), eye_h=u(.045, .065),
-        iris=np.array([[.25, .15, .08], [.15, .3, .5], [.2, .35, .2], [.1, .08, .06]], np.float32)[rng.integers(0, 4, n)],
+        iris=np.array([[.25, .15, .08], [.15, .3, .5], [.2, .35, .2], [.1, .08, .06]],
+                      np.float32)[rng.integers(0, 4, n)],
         brow_gap=u(.075, .12), brow_t=u(.024, .042), brow_len=u(.12, .17),
         mouth_y=u(.30, .40), mouth_w=u(.15, .22), lip_t=u(.022, .040),
         lip=(np.array([.72, .30, .30]) * u(.75, 1.1)[:, None]).clip(0, 1).astype(np.float32),
@@ -117,7 +119,8 @@ def sample_expressions(rng:np.random.Generator, labels, peak=(0.35, 1.0)) -> np.
     return (au + idio).astype(np.float32)
 
 def time_courses(rng:np.random.Generator, lengths) -> tuple[list, np.ndarray]:
-    "Onset-apex-offset curves in [0,1] (one array per clip) and a timing table `(onset, rise, apex, fall, residue, brief)`."
+    ("Onset-apex-offset curves in [0,1] (one array per clip) and a timing table `(onset, rise, apex, fall, residue, "
+     "brief)`.")
     curves, timing = [], []
     for L in lengths:
         s0 = rng.uniform(-.15, .35) * L                 # onset start; < 0: the clip starts mid-onset
@@ -140,7 +143,8 @@ def face_geometry(P:dict) -> dict:
     a = {k: P['au'][:, i] * AU_GAIN for i, k in enumerate(AUS)}
     ex, ey = P['eye_x'], P['eye_y']
     g = dict(opening=np.clip(.14 * a['AU26'] + P['talk'] + .02 * a['AU20'], 0, .26))   # the jaw follows the opening
-    g['ah'] = np.maximum(P['eye_h'] * np.clip(1 + a['AU5'] - .5 * a['AU6'] - .3 * a['AU4'], .15, 2.4) * (1 - P['blink']), .004)
+    g['ah'] = np.maximum(P['eye_h'] * np.clip(1 + a['AU5'] - .5 * a['AU6'] - .3 * a['AU4'], .15,
+                                              2.4) * (1 - P['blink']), .004)
     bl = P['brow_len']        # AU1 lifts the inner brow end, AU2 the outer; AU4 pulls the inner end down and in
     g['brow_ix'], g['brow_iy'] = ex - .45 * bl - .035 * a['AU4'], ey - P['brow_gap'] - .09 * a['AU1'] + .07 * a['AU4']
     g['brow_ox'], g['brow_oy'] = ex + .55 * bl, ey - .9 * P['brow_gap'] - .09 * a['AU2'] + .015 * a['AU4']
@@ -154,14 +158,16 @@ def face_geometry(P:dict) -> dict:
     g['teeth'] = np.clip(a['AU12'] + a['AU20'] + a['AU9'], 0, 1)
     return g
 
-LANDMARKS = ('brow_in_r', 'brow_in_l', 'brow_out_r', 'brow_out_l', 'lid_top_r', 'lid_top_l', 'lid_bottom_r', 'lid_bottom_l',
+LANDMARKS = ('brow_in_r', 'brow_in_l', 'brow_out_r', 'brow_out_l', 'lid_top_r', 'lid_top_l', 'lid_bottom_r',
+             'lid_bottom_l',
              'mouth_corner_r', 'mouth_corner_l', 'lip_top', 'lip_bottom', 'lip_inner_top', 'lip_inner_bottom', 'nose', 'chin')
 
 def landmarks(P:dict) -> np.ndarray:
     "`(B, 16, 2)` landmarks (`LANDMARKS`) in canonical, pose-free face coordinates."
     g, ex, ey, my = face_geometry(P), P['eye_x'], P['eye_y'], P['mouth_y']
     z = np.zeros_like(ex)
-    pts = [(-g['brow_ix'], g['brow_iy']), (g['brow_ix'], g['brow_iy']), (-g['brow_ox'], g['brow_oy']), (g['brow_ox'], g['brow_oy']),
+    pts = [(-g['brow_ix'], g['brow_iy']), (g['brow_ix'], g['brow_iy']), (-g['brow_ox'], g['brow_oy']),
+           (g['brow_ox'], g['brow_oy']),
            (-ex, ey - g['ah']), (ex, ey - g['ah']), (-ex, ey + g['ah']), (ex, ey + g['ah']),
            (-g['mouth_w'], my + g['corner']), (g['mouth_w'], my + g['corner']), (z, my - g['o_up'] - g['lip_t']),
            (z, my + g['o_lo'] + 1.2 * g['lip_t']), (z, my - g['o_up']), (z, my + g['o_lo']), (z, g['nose_b']),
@@ -205,7 +211,8 @@ class _Canvas:
         view[:, 3] += alpha * (1 - view[:, 3])
 
 def _place(rgba, P, size):
-    "Put canonical faces into `size`x`size` frames (translation, scale, in-plane rotation): `(B,size,size,4)` premultiplied."
+    ("Put canonical faces into `size`x`size` frames (translation, scale, in-plane rotation): `(B,size,size,4)` "
+     "premultiplied.")
     g = (torch.arange(size, dtype=torch.float32) + .5) / size * 2 - 1
     y, x = torch.meshgrid(g, g, indexing='ij')
     t = {k: torch.as_tensor(P[k])[:, None, None] for k in ('tx', 'ty', 'rot', 'scale')}
@@ -217,7 +224,8 @@ def _place(rgba, P, size):
     return F.grid_sample(src, grid, mode='bilinear', padding_mode='border', align_corners=False).permute(0, 2, 3, 1).numpy()
 
 # %% ../nbs/07_synth.ipynb #3cf6feaf
-_FACE_KEYS = ('face_w', 'face_h', 'jaw', 'hair_h', 'eye_x', 'eye_y', 'eye_w', 'eye_h', 'brow_t', 'mouth_y', 'nose_w', 'glasses', 'gaze')
+_FACE_KEYS = ('face_w', 'face_h', 'jaw', 'hair_h', 'eye_x', 'eye_y', 'eye_w', 'eye_h', 'brow_t', 'mouth_y', 'nose_w',
+              'glasses', 'gaze')
 
 def render(P:dict, size:int=64, noise_rng:np.random.Generator|None=None) -> np.ndarray:
     "Draw a batch of faces from per-frame parameters `P` (arrays with a leading batch dim) as uint8 `(B,size,size,3)`."
@@ -231,9 +239,12 @@ def render(P:dict, size:int=64, noise_rng:np.random.Generator|None=None) -> np.n
     dark, white, black = skin * .55, np.full_like(skin, .96), np.full_like(skin, .03)
     # shoulders, neck, back hair, ears, face (its chin follows the mouth opening), fringe
     u, v, w = cv.window(-1.8, 1.8, .75, 1.8); paint(w, _ellipse(u, v, 0, 1.3, 1.0, .5, px), P['shirt'])
-    u, v, w = cv.window(-.4, .4, .2, 1.25); paint(w, _soft(np.maximum(np.abs(u) - .55 * fw, np.abs(v - .75) - .45), px), skin * .82)
+    u, v, w = cv.window(-.4, .4, .2, 1.25); paint(w,
+                                                  _soft(np.maximum(np.abs(u) - .55 * fw, np.abs(v - .75) - .45),
+                                                        px), skin * .82)
     u, v, w = cv.window(-.8, .8, -1.25, 1.0)
-    hair_a = _ellipse(u, v, 0, -.2 * fh + .15 * f['hair_h'], 1.12 * fw, fh * (.8 + .35 * f['hair_h']), px) * (f['hair_h'] > 0)
+    hair_a = _ellipse(u, v, 0, -.2 * fh + .15 * f['hair_h'], 1.12 * fw, fh * (.8 + .35 * f['hair_h']),
+                      px) * (f['hair_h'] > 0)
     paint(w, hair_a, hair)
     for sx in (-1, 1): paint(w, _ellipse(u, v, sx * .98 * fw, 0., .07, .11, px), skin * .9)
     vb = np.clip(v / fh, 0, 1)
@@ -243,20 +254,25 @@ def render(P:dict, size:int=64, noise_rng:np.random.Generator|None=None) -> np.n
     # upper face: cheeks (AU6 lifts and reddens them), nose and its wrinkles (AU9), eyes, brows, glasses
     u, v, w = cv.window(-.58, .58, -.52, .36)
     for sx in (-1, 1):
-        paint(w, .6 * G['cheek'] * _ellipse(u, v, sx * ex * 1.1, ey + .19 - .06 * G['cheek'], .09, .055, px), skin * .8 + np.float32([.2, .02, .02]))
+        paint(w, .6 * G['cheek'] * _ellipse(u, v, sx * ex * 1.1, ey + .19 - .06 * G['cheek'], .09, .055, px),
+              skin * .8 + np.float32([.2, .02, .02]))
         paint(w, .85 * _ellipse(u, v, sx * f['nose_w'] * .55, G['nose_b'], .022, .012, px), skin * .4)
     paint(w, .25 * _capsule(u, v, 0, ey + .04, 0, G['nose_b'] - .02, .018, px), dark)
-    for k in range(2): paint(w, G['wrinkle'] * _capsule(u, v, -.045, ey + .03 + .035 * k, .045, ey + .03 + .035 * k, .007, px), dark)
+    for k in range(2): paint(w,
+                             G['wrinkle'] * _capsule(u, v, -.045, ey + .03 + .035 * k, .045, ey + .03 + .035 * k, .007,
+                                                     px), dark)
     for sx in (-1, 1):
         cx = sx * ex
-        paint(w, _ellipse(u, v, cx, ey, ew + .012, G['ah'] + .012, px), skin * .3)       # lid line: all that is left in a blink
+        paint(w, _ellipse(u, v, cx, ey, ew + .012, G['ah'] + .012, px),
+              skin * .3)       # lid line: all that is left in a blink
         sclera = _ellipse(u, v, cx, ey, ew, G['ah'], px)
         paint(w, sclera, white)
         paint(w, sclera * _ellipse(u, v, cx + f['gaze'], ey, f['eye_h'] * .95, f['eye_h'] * .95, px), P['iris'])
         paint(w, sclera * _ellipse(u, v, cx + f['gaze'], ey, f['eye_h'] * .45, f['eye_h'] * .45, px), black)
     brow_col = np.where(P['hair_h'][:, None] > 0, hair * .6, skin * .35)
     for sx in (-1, 1):
-        paint(w, _capsule(u, v, sx * G['brow_ix'], G['brow_iy'], sx * G['brow_ox'], G['brow_oy'], f['brow_t'] / 2, px), brow_col)
+        paint(w, _capsule(u, v, sx * G['brow_ix'], G['brow_iy'], sx * G['brow_ox'], G['brow_oy'], f['brow_t'] / 2, px),
+              brow_col)
     if P['glasses'].any():
         for sx in (-1, 1):
             q = np.sqrt(np.square((u - sx * ex) / (ew * 1.45)) + np.square((v - ey) / (f['eye_h'] * 2.3)))
@@ -266,7 +282,9 @@ def render(P:dict, size:int=64, noise_rng:np.random.Generator|None=None) -> np.n
     u, v, w = cv.window(-.46, .46, -.05, .72)
     mw, corner = G['mouth_w'], G['corner']
     for sx in (-1, 1):
-        paint(w, .7 * G['fold'] * _capsule(u, v, sx * f['nose_w'] * 1.4, G['nose_b'] - .01, sx * mw * 1.08, my + corner, .009, px), dark)
+        paint(w,
+              .7 * G['fold'] * _capsule(u, v, sx * f['nose_w'] * 1.4, G['nose_b'] - .01, sx * mw * 1.08, my + corner,
+                                        .009, px), dark)
     xm2 = np.minimum(np.square(u / mw), 1)
     env, dv, inside = np.sqrt(1 - xm2), v - (my + corner * xm2), np.abs(u) < mw
     lt, o_up, o_lo = G['lip_t'], G['o_up'], G['o_lo']
@@ -329,7 +347,8 @@ def sample_scenes(rng:np.random.Generator, people:dict, who, labels, lengths, pe
     amp_h = rng.uniform(0, 1, (n, 4)) * np.float32([.04, .03, .1, .05]) * moving[:, None]
     sway = amp_h[clip_of] * np.sin(2 * np.pi * f_h[clip_of] * t[:, None] + ph_h[clip_of])
     # framing like DFEW's face crops: the face fills the frame, slightly off-centre, a little rolled
-    base = np.stack([rng.uniform(-.05, .05, n), rng.uniform(-.02, .1, n), rng.uniform(-.15, .15, n), rng.uniform(1.05, 1.3, n)], 1)
+    base = np.stack([rng.uniform(-.05, .05, n), rng.uniform(-.02, .1, n), rng.uniform(-.15, .15, n),
+                     rng.uniform(1.05, 1.3, n)], 1)
     P['tx'], P['ty'] = base[clip_of, 0] + sway[:, 0], base[clip_of, 1] + sway[:, 1]
     P['rot'], P['scale'] = base[clip_of, 2] + sway[:, 2], base[clip_of, 3] * (1 + sway[:, 3])
     P['gaze'] = (rng.uniform(-.3, .3, n)[clip_of] + .1 * np.sin(t * rng.uniform(0, .4, n)[clip_of])) * P['eye_w'] * .5
@@ -361,12 +380,14 @@ PRESETS = {
 }
 
 def preset_config(preset:str|dict) -> dict:
-    "The size settings of a named preset (`tiny`, `small`, `default`, `large`), or a dict with the same keys passed through."
+    ("The size settings of a named preset (`tiny`, `small`, `default`, `large`), or a dict with the same keys passed "
+     "through.")
     if isinstance(preset, dict):
         missing = set(PRESETS['tiny']) - set(preset)
         if missing: raise ValueError(f"preset dict lacks {sorted(missing)}")
         return dict(preset)
-    if preset not in PRESETS: raise ValueError(f"Unknown preset {preset!r}; choose one of {list(PRESETS)} or pass a dict")
+    if preset not in PRESETS: raise ValueError(f"Unknown preset {preset!r}; choose one of {list(PRESETS)} or pass a "
+                                               f"dict")
     return dict(PRESETS[preset])
 
 def allocate(n:int, shares:dict, order, floor:int=0) -> np.ndarray:
@@ -401,7 +422,8 @@ def sample_clips(r_clip, r_noise, people:dict, cfg:dict, shares:dict, order, lab
     lengths = r_clip.integers(cfg['frames'][0], cfg['frames'][1] + 1, n)
     P, clip_of, table = sample_scenes(r_clip, people, who, lab, lengths)
     given, flipped = flip_labels(r_noise, lab, label_noise, len(order))
-    return dict(P=P, sample_of=clip_of, table=dict(table, person=who, fold=fold, true_label=lab, label=given, flipped=flipped))
+    return dict(P=P, sample_of=clip_of,
+                table=dict(table, person=who, fold=fold, true_label=lab, label=given, flipped=flipped))
 
 def sample_mafw(preset:str|dict='default', seed:int=0, label_noise:float=.05) -> dict:
     "The MAFW role: as many clips as the DFEW role, 11 classes (ids in `EMOTIONS + MAFW_EXTRA`), people of its own."
@@ -416,7 +438,8 @@ def sample_benchmark(preset:str|dict='default', seed:int=0, label_noise:float=.0
     cfg = preset_config(preset)
     r_id, r_clip, r_img, r_talk, r_noise = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
     people = sample_identities(r_id, cfg['clip_people'] + cfg['image_people'] + cfg['talk_people'])
-    out = dict(config=dict(preset=preset if isinstance(preset, str) else 'custom', seed=seed, label_noise=label_noise, **cfg))
+    out = dict(config=dict(preset=preset if isinstance(preset, str) else 'custom', seed=seed, label_noise=label_noise,
+                           **cfg))
     # DFEW role: 5 folds of disjoint people, DFEW's class shares in every fold
     out['video'] = sample_clips(r_clip, r_noise, people, cfg, DFEW_SHARE, EMOTIONS, label_noise)
     # AffectNet role: single frames at the peak, other people; training list imbalanced, test list balanced
@@ -430,7 +453,8 @@ def sample_benchmark(preset:str|dict='default', seed:int=0, label_noise:float=.0
                                      blink_rate=.08, still=True)
     given, flipped = flip_labels(r_noise, lab, label_noise)
     split = np.r_[np.full(n_tr, 'train'), np.full(n_te, 'test')]
-    out['image'] = dict(P=P, sample_of=img_of, table=dict(table, person=who, split=split, true_label=lab, label=given, flipped=flipped))
+    out['image'] = dict(P=P, sample_of=img_of,
+                        table=dict(table, person=who, split=split, true_label=lab, label=given, flipped=flipped))
     # VoxCeleb2 role: unlabelled talking faces, weak and mixed expressions
     nt = cfg['talking']
     who = cfg['clip_people'] + cfg['image_people'] + r_talk.integers(0, cfg['talk_people'], nt)
@@ -447,7 +471,8 @@ _CHUNK = 256
 def benchmark_paths(root) -> dict:
     "Roots to hand to `unilearn.data`'s readers: `DFEW(root=...)`, `AffectNet(root=...)`, ..., `MAFW(root=...)`."
     root = Path(root)
-    return dict(dfew=root / 'DFEW', affectnet=root / AFFECTNET_DIR, voxceleb2=root / 'VoxCeleb2', ferv39k=root / 'FERV39K',
+    return dict(dfew=root / 'DFEW', affectnet=root / AFFECTNET_DIR, voxceleb2=root / 'VoxCeleb2',
+                ferv39k=root / 'FERV39K',
                 mafw=root / 'MAFW', meta=root / 'synth.json')
 
 def _rendered(part:dict, seed:int, tag:int, size:int, pool):
@@ -556,7 +581,8 @@ def write_benchmark(root,                         # a new or empty folder, or on
     for c, ims in _rendered(V, seed, 0, size, pool):
         for j, im in enumerate(ims):
             k = V['sample_of'][c + j]
-            pending.append(pool.submit(save, im, root / DFEW_FRAMES / names[k] / ('%05d.jpg' % (t_in[c + j] + 1)), quality=int(quality[k])))
+            pending.append(pool.submit(save, im, root / DFEW_FRAMES / names[k] / ('%05d.jpg' % (t_in[c + j] + 1)),
+                                       quality=int(quality[k])))
     (root / DFEW_SPLITS).mkdir(parents=True, exist_ok=True)
     for k in range(1, 6):
         for split, sel in (('train', T['fold'] != k), ('test', T['fold'] == k)):
@@ -588,7 +614,8 @@ def write_benchmark(root,                         # a new or empty folder, or on
     frames = np.concatenate([ims for _, ims in _rendered(B['talking'], seed, 2, size, pool)])
     start = np.r_[0, np.cumsum(W['frames'])[:-1]]
     rels = [f"{ids[W['person'][i] - first]}/{vids[i]}/00001.mp4" for i in range(len(vids))]
-    list(pool.map(lambda i: _write_mp4(root / VOX_DIR / rels[i], frames[start[i]:start[i] + W['frames'][i]]), range(len(rels))))
+    list(pool.map(lambda i: _write_mp4(root / VOX_DIR / rels[i], frames[start[i]:start[i] + W['frames'][i]]),
+                  range(len(rels))))
     samples += [dict(part='voxceleb2', name=rels[i], split='unlabelled', person=int(W['person'][i]),
                      true_label=EMOTIONS[W['true_label'][i]], label='', frames=int(W['frames'][i]), talking=1,
                      blinks=int(W['blinks'][i]), moving=int(W['moving'][i]), brief_apex=0,
@@ -597,7 +624,8 @@ def write_benchmark(root,                         # a new or empty folder, or on
     log(f"VoxCeleb2 role: {len(rels)} mp4 clips written ({time.perf_counter() - t0:.1f}s)")
     flipped = [T['flipped'], I['flipped']]
     if 'ferv39k' in extra:
-        _write_ferv39k(root, names, T); log(f"FERV39K layout: {len(names)} clips linked ({time.perf_counter() - t0:.1f}s)")
+        _write_ferv39k(root, names,
+                       T); log(f"FERV39K layout: {len(names)} clips linked ({time.perf_counter() - t0:.1f}s)")
     if 'mafw' in extra:
         M = sample_mafw(preset, seed, label_noise)
         for p in _write_mafw(root, M, seed, size, pool): p.result()
@@ -612,9 +640,11 @@ def write_benchmark(root,                         # a new or empty folder, or on
     cols = list(samples[0])
     (root / 'samples.csv').write_text('\n'.join([','.join(cols)] + [','.join(str(s[c]) for c in cols) for s in samples]) + '\n')
     flipped = np.concatenate(flipped)
-    meta = dict(B['config'], size=size, extra=sorted(extra), generator='unilearn.synth', version=SYNTH_VERSION, dfew_classes=list(EMOTIONS),
+    meta = dict(B['config'], size=size, extra=sorted(extra), generator='unilearn.synth', version=SYNTH_VERSION,
+                dfew_classes=list(EMOTIONS),
                 affectnet_classes=list(AFFECTNET7), action_units=AU_NAMES, prototypes=PROTOTYPES,
-                counts=dict(dfew_clips=len(names), dfew_frames=len(V['sample_of']), affectnet_train=int((I['split'] == 'train').sum()),
+                counts=dict(dfew_clips=len(names), dfew_frames=len(V['sample_of']),
+                            affectnet_train=int((I['split'] == 'train').sum()),
                             affectnet_test=int((I['split'] == 'test').sum()), voxceleb2_clips=len(rels),
                             dfew_per_class=dict(zip(EMOTIONS, np.bincount(T['label'], minlength=7).tolist()))),
                 labels_flipped=int(flipped.sum()), labels_flipped_share=round(float(flipped.mean()), 4),
@@ -642,7 +672,8 @@ def ensure_benchmark(root, preset:str|dict='default', seed:int=0, label_noise:fl
 MEDIA_TREES = {   # dataset: (media folder, frame file type, {reference split file: where the authors' scripts read it})
     'DFEW': ('clip_jpg_256', '.jpg', {f'{s}_set_{k}.csv': f'EmoLabel_DataSplit/{s}(single-labeled)/{s}_set_{k}.csv'
                                       for s in ('train', 'test') for k in range(1, 6)}),
-    'FERV39K': ('2_ClipsforFaceCrop', '.jpg', {f: f'Annotation/{f}' for f in ('train.csv', 'test.csv', 'label_index.txt')}),
+    'FERV39K': ('2_ClipsforFaceCrop', '.jpg',
+                {f: f'Annotation/{f}' for f in ('train.csv', 'test.csv', 'label_index.txt')}),
     'MAFW': ('frames_crop_align_224', '.png', {f'set_{k}/{s}.{e}': f'anno/single/no_caption/set_{k}/{s}.{e}'
              for k in range(1, 6) for s in ('train', 'test') for e in ('csv', 'txt')}
              | {'id_to_calss.txt': 'anno/single/no_caption/id_to_calss.txt'}),

@@ -43,10 +43,12 @@ def train_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> np.
     return np.clip(np.linspace(start, start + span, num_frames), start, start + span - 1).astype(np.int64)
 
 def test_indices(n:int, num_frames:int=16, stride:int=4, num_clips:int=2) -> list[np.ndarray]:
-    "`num_clips` windows of `num_frames` at `stride`, evenly placed from the start to the end; padded with the last frame."
+    ("`num_clips` windows of `num_frames` at `stride`, evenly placed from the start to the end; padded with the last "
+     "frame.")
     if n < 1: raise ValueError(f"a clip needs at least one frame, got {n}")
     span = (num_frames - 1) * stride + 1
-    starts = np.linspace(0, max(n - span, 0), num_clips).round().astype(np.int64) if num_clips > 1 else [max(n - span, 0) // 2]
+    starts = np.linspace(0, max(n - span, 0), num_clips).round().astype(np.int64) if num_clips > 1 else [max(n - span,
+                                                                                                             0) // 2]
     return [np.minimum(s + np.arange(num_frames) * stride, n - 1) for s in starts]
 
 def pretrain_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> np.ndarray:
@@ -58,7 +60,8 @@ def pretrain_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> 
 
 # %% ../nbs/04c_transforms.ipynb #e90129a4
 class ClipRandAugment:
-    "timm's `rand_augment_transform(config)` on a `uint8` image `(C,H,W)` or clip `(T,C,H,W)`: one draw for the whole clip."
+    ("timm's `rand_augment_transform(config)` on a `uint8` image `(C,H,W)` or clip `(T,C,H,W)`: one draw for the whole "
+     "clip.")
     def __init__(self, config:str='rand-m7-n4-mstd0.5-inc1', # timm RandAugment config string
                  img_size:int=160,          # sets timm's `translate_const` to 45% of it, as timm's `create_transform`
                  interpolation:str='bicubic',  # resampling of the geometric ops
@@ -141,7 +144,8 @@ def eval_transform(kind:str='image',     # 'image' (`(C,H,W)`) or 'video' (`(T,C
                    squash:bool=False,    # resize straight to img_size x img_size, no crop (the published images)
                   ) -> v2.Compose:
     "The one test-time transform: resize, centre crop, normalise."
-    if kind not in ('image', 'video'): raise ValueError(f"eval_transform: kind must be 'image' or 'video', not {kind!r}")
+    if kind not in ('image',
+                    'video'): raise ValueError(f"eval_transform: kind must be 'image' or 'video', not {kind!r}")
     if squash: return v2.Compose([v2.Resize((img_size, img_size), antialias=True), *_norm()])
     return v2.Compose([v2.Resize(resize or img_size, antialias=True), v2.CenterCrop(img_size), *_norm()])
 
