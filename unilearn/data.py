@@ -93,6 +93,7 @@ def _read_rows(path) -> list[tuple[int, list[str]]]:
     rows = csv.reader(io.StringIO(read_split_text(path), newline=''))
     return [(i, [c.strip() for c in r]) for i, r in enumerate(rows, 1) if any(c.strip() for c in r)]
 
+# %% ../nbs/04d_data.ipynb #bea50ce4
 def _check_header(path, rows, expected):
     if not rows: raise DataError(f"{path}: empty annotation file")
     got = [c.lower() for c in rows[0][1]]
@@ -109,8 +110,6 @@ def _add(items:list, seen:dict, item:Item, problems:Problems):
 def _int_label(s:str) -> int|None:
     try: return int(s)
     except ValueError: return None
-
-
 
 # %% ../nbs/04d_data.ipynb #1a6ab815
 def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=None) -> list[Item]:
@@ -277,6 +276,7 @@ class SkipLog:
         self.path.write_text('')
         return out
 
+# %% ../nbs/04d_data.ipynb #a6ef6f0f
 class ItemTimeout(DataError, TimeoutError): "Loading one item took longer than `item_timeout` seconds."
 
 def run_with_time_limit(fn, seconds:float|None, what:str=''):
@@ -532,6 +532,7 @@ def _digest(p:Path) -> str:
     fs = [p] if p.is_file() else [p / n for n in (lambda ns: (min(ns), max(ns)))(_frame_names(p))]
     return hashlib.blake2b(b''.join(f.read_bytes() for f in fs), digest_size=16).hexdigest()
 
+# %% ../nbs/04d_data.ipynb #7cec428d
 def find_overlap(train:list[Item], test:list[Item], by_content:bool=True) -> list[tuple[Item, Item, str]]:
     "(train item, test item, 'id' or 'content') for every training item that is also a test item."
     ids = {it.id: it for it in test}
@@ -565,6 +566,7 @@ def _twin(path:Path) -> list[Path]:
     out = [d / t(n), d.parent / t(d.name) / t(n), d.parent / t(d.name) / n, d / t(n).replace('.txt', '_2w.txt')]
     return [p for p in out if p != path]
 
+# %% ../nbs/04d_data.ipynb #7a3d89f7
 def _check_overlap(ds, items, name, root, annotation, test_names, split_dir, read, kind, by_content):
     "Refuse training items that are also in the test split (a `DataError` naming both files and the first pair)."
     a = Path(annotation) if annotation is not None else None
@@ -780,6 +782,7 @@ def _fold_stats(d:Path, name:str, read, path, classes, unit:str) -> tuple[int, s
     assert len({it.id for it in test}) == len(test), f'{name} test {unit}s overlap'
     return len(test), _table({**cols, f'all 5 test {unit}s': _labels(test)}, classes)
 
+# %% ../nbs/04d_data.ipynb #0d9b04c0
 def split_statistics(name:str, splits_dir) -> str:
     "Markdown tables of split sizes and per-class counts of dataset `name`, from the split files in `splits_dir/<name>`."
     d = Path(splits_dir) / name
@@ -805,6 +808,7 @@ def split_statistics(name:str, splits_dir) -> str:
         return f"Files: {', '.join(f'`{name}/{f.name}`' for f in files)}:\n\n" + _table(cols, AFFECTNET7_CLASSES)
     raise ValueError(f"no annotation statistics for {name!r}")
 
+# %% ../nbs/04d_data.ipynb #a638baa0
 def update_data_docs(splits_dir, docs_dir, names=('DFEW', 'FERV39K', 'MAFW', 'AffectNet'),
                      check:bool=False) -> list[str]:
     ("Rewrite (or with `check=True` only compare) the statistics block of `docs_dir/<name>.md`; returns the pages that "

@@ -48,6 +48,7 @@ def to_rgb8(img:Image.Image, path='') -> np.ndarray:
     if img.mode != 'RGB': img = img.convert('RGB')
     return np.array(img)   # a writable copy: torch warns on read-only arrays
 
+# %% ../nbs/04a_media.ipynb #d9110d2e
 def load_image(path) -> np.ndarray:
     "`uint8 (H,W,3)` of one image file; unreadable or truncated files raise a `DataError` naming the file."
     try:
@@ -92,6 +93,7 @@ def _pyav_frames(path) -> list[np.ndarray]:
         s = c.streams.video[0]; s.thread_type = 'AUTO'
         return [f.to_ndarray(format='rgb24') for f in c.decode(s)]
 
+# %% ../nbs/04a_media.ipynb #c4a000f3
 class VideoFile:
     "A clip stored as a video file: decord first, PyAV when decord fails (`backend` forces one)."
     def __init__(self, path, backend:str|None=None):
@@ -127,6 +129,7 @@ class VideoFile:
         n = len(self._frames)
         return np.stack([self._frames[min(max(int(i), 0), n - 1)] for i in indices])
 
+# %% ../nbs/04a_media.ipynb #fdb68688
 def open_clip(path):
     "A `FrameFolder` or a `VideoFile`, by what is on disk at `path`."
     path = Path(path)
@@ -179,6 +182,7 @@ class MediaCache:
         cap = f" of {self.max_bytes / 2**20:.0f}" if self.max_bytes is not None else ''
         return f"MediaCache({len(self)} items, {self.nbytes / 2**20:.1f}{cap} MiB" + (f", {self.refused} refused)" if self.refused else ')')
 
+# %% ../nbs/04a_media.ipynb #e091dfd3
 def media_cache(cache) -> MediaCache|None:
     "`cache=` of a reader: None/False (no cache), True (a private `MediaCache`) or a `MediaCache` to share."
     if cache is None or cache is False: return None
@@ -205,6 +209,7 @@ def open_cached_clip(path, cache:MediaCache|None):
         frames = cache.put(path, src.read(np.arange(src.num_frames)))
     return DecodedClip(path, frames)
 
+# %% ../nbs/04a_media.ipynb #d55ff070
 def load_cached_image(path, cache:MediaCache|None) -> np.ndarray:
     "`load_image(path)`, served from `cache` after the first read (as a copy, so transforms may write to it)."
     if cache is None: return load_image(path)

@@ -24,12 +24,17 @@ __all__ = ['EMOTIONS', 'AFFECTNET7', 'AFFECTNET_NAME', 'AUS', 'AU_NAMES', 'PROTO
 
 # %% ../nbs/07_synth.ipynb #ccb53427
 EMOTIONS = ('Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear')      # DFEW order
+
 AFFECTNET7 = ('Neutral', 'Happy', 'Sad', 'Surprise', 'Fear', 'Disgust', 'Anger')     # AffectNet-7 order
+
 AFFECTNET_NAME = {'Angry': 'Anger'}
+
 AUS = ('AU1', 'AU2', 'AU4', 'AU5', 'AU6', 'AU9', 'AU12', 'AU15', 'AU20', 'AU24', 'AU26')
+
 AU_NAMES = dict(AU1='inner brow raiser', AU2='outer brow raiser', AU4='brow lowerer', AU5='upper lid raiser',
                 AU6='cheek raiser', AU9='nose wrinkler', AU12='lip corner puller', AU15='lip corner depressor',
                 AU20='lip stretcher', AU24='lip pressor', AU26='jaw drop')
+
 PROTOTYPES = {
     'Happy':    dict(AU6=0.8, AU12=1.0),
     'Sad':      dict(AU1=0.9, AU4=0.5, AU15=1.0),
@@ -39,10 +44,14 @@ PROTOTYPES = {
     'Disgust':  dict(AU9=1.0, AU15=0.6, AU4=0.4),
     'Fear':     dict(AU1=1.0, AU2=0.6, AU4=0.6, AU5=1.0, AU20=1.0, AU26=0.5),
 }
+
 # Class shares of DFEW fold-1 training (reference/splits): disgust is rare (1.2%)
 DFEW_SHARE = dict(Happy=.209, Sad=.162, Neutral=.228, Angry=.186, Surprise=.126, Disgust=.012, Fear=.077)
+
+# %% ../nbs/07_synth.ipynb #4954c327
 # AffectNet-7 training counts, square-rooted: the static set stays imbalanced but every class is learnable
 _AFFECTNET_COUNTS = dict(Neutral=74874, Happy=134415, Sad=25459, Surprise=14090, Fear=6378, Disgust=3803, Angry=24882)
+
 AFFECTNET_SHARE = {k: math.sqrt(v) for k, v in _AFFECTNET_COUNTS.items()}
 
 def prototype_matrix(names=EMOTIONS) -> np.ndarray:
@@ -162,6 +171,7 @@ LANDMARKS = ('brow_in_r', 'brow_in_l', 'brow_out_r', 'brow_out_l', 'lid_top_r', 
              'lid_bottom_l',
              'mouth_corner_r', 'mouth_corner_l', 'lip_top', 'lip_bottom', 'lip_inner_top', 'lip_inner_bottom', 'nose', 'chin')
 
+# %% ../nbs/07_synth.ipynb #d5007f8f
 def landmarks(P:dict) -> np.ndarray:
     "`(B, 16, 2)` landmarks (`LANDMARKS`) in canonical, pose-free face coordinates."
     g, ex, ey, my = face_geometry(P), P['eye_x'], P['eye_y'], P['mouth_y']
@@ -191,6 +201,7 @@ def _capsule(u, v, ax, ay, bx, by, r, px):
     h = np.clip(((u - ax) * dx + (v - ay) * dy) / (dx * dx + dy * dy + 1e-9), 0, 1)
     return _soft(np.hypot(u - ax - h * dx, v - ay - h * dy) - r, px)
 
+# %% ../nbs/07_synth.ipynb #35bab7fd
 class _Canvas:
     "Planar RGBA canvas in canonical face coordinates; features are drawn into windows of it."
     SPAN = 1.7
@@ -210,6 +221,7 @@ class _Canvas:
         for i in range(3): view[:, i] += alpha * (col[:, i, None, None] - view[:, i])
         view[:, 3] += alpha * (1 - view[:, 3])
 
+# %% ../nbs/07_synth.ipynb #074346ff
 def _place(rgba, P, size):
     ("Put canonical faces into `size`x`size` frames (translation, scale, in-plane rotation): `(B,size,size,4)` "
      "premultiplied.")
@@ -227,6 +239,7 @@ def _place(rgba, P, size):
 _FACE_KEYS = ('face_w', 'face_h', 'jaw', 'hair_h', 'eye_x', 'eye_y', 'eye_w', 'eye_h', 'brow_t', 'mouth_y', 'nose_w',
               'glasses', 'gaze')
 
+# %% ../nbs/07_synth.ipynb #f4414ca6
 def render(P:dict, size:int=64, noise_rng:np.random.Generator|None=None) -> np.ndarray:
     "Draw a batch of faces from per-frame parameters `P` (arrays with a leading batch dim) as uint8 `(B,size,size,3)`."
     B = len(P['tx'])
@@ -316,6 +329,7 @@ def render(P:dict, size:int=64, noise_rng:np.random.Generator|None=None) -> np.n
 _ID_KEYS = ('face_w', 'face_h', 'jaw', 'skin', 'hair', 'hair_h', 'eye_x', 'eye_y', 'eye_w', 'eye_h', 'iris', 'brow_gap',
             'brow_t', 'brow_len', 'mouth_y', 'mouth_w', 'lip_t', 'lip', 'nose_len', 'nose_w', 'glasses', 'glasses_col', 'shirt')
 
+# %% ../nbs/07_synth.ipynb #751929b4
 def sample_scenes(rng:np.random.Generator, people:dict, who, labels, lengths, peak=(.35, 1.), talk_p:float=.4,
                   blink_rate:float=.06, motion:float=1., still:bool=False) -> tuple[dict, np.ndarray, dict]:
     """Per-frame parameters of `len(who)` samples (person index `who`, DFEW `labels` or -1 when unlabelled,
@@ -363,6 +377,7 @@ def sample_scenes(rng:np.random.Generator, people:dict, who, labels, lengths, pe
                  blinks=np.array([blink[s:s + L].max() > .5 for s, L in zip(start, lengths)]))
     return P, clip_of, table
 
+# %% ../nbs/07_synth.ipynb #18c1685e
 def take(P:dict, idx) -> dict:
     "Per-frame parameters of the frames `idx` (a slice or an index array)."
     return {k: a[idx] for k, a in P.items()}
@@ -390,6 +405,7 @@ def preset_config(preset:str|dict) -> dict:
                                                f"dict")
     return dict(PRESETS[preset])
 
+# %% ../nbs/07_synth.ipynb #c624c74f
 def allocate(n:int, shares:dict, order, floor:int=0) -> np.ndarray:
     "Largest-remainder split of `n` items over classes `order` by `shares`, each class at least `floor`."
     p = np.array([shares[c] for c in order], np.float64); p /= p.sum()
@@ -465,7 +481,9 @@ def sample_benchmark(preset:str|dict='default', seed:int=0, label_noise:float=.0
 
 # %% ../nbs/07_synth.ipynb #d74ea327
 DFEW_FRAMES, DFEW_SPLITS, AFFECTNET_DIR, VOX_DIR = 'DFEW/clip_jpg_256', 'DFEW/split', 'AffectNet', 'VoxCeleb2/dev/mp4'
+
 SYNTH_VERSION = 2   # bumped whenever the drawing changes, so that `ensure_benchmark` regenerates old benchmarks
+
 _CHUNK = 256
 
 def benchmark_paths(root) -> dict:
@@ -484,6 +502,7 @@ def _vox_names(rng, n_people, n_videos):
     letters = np.array(list(string.ascii_letters + string.digits + '-_'))
     return ['id%05d' % (10001 + i) for i in range(n_people)], [''.join(rng.choice(letters, 11)) for _ in range(n_videos)]
 
+# %% ../nbs/07_synth.ipynb #d16fc7ae
 def _write_mp4(path, frames, fps:int=25):
     import av
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -653,6 +672,7 @@ def write_benchmark(root,                         # a new or empty folder, or on
     log(f"benchmark '{meta['preset']}' (seed {seed}) written to {root} in {meta['seconds']}s")
     return root
 
+# %% ../nbs/07_synth.ipynb #6a2d7efa
 def ensure_benchmark(root, preset:str|dict='default', seed:int=0, label_noise:float=.05, size:int=64,
                      workers:int=2, log=print, extra=()) -> Path:
     "`root` if it holds a complete benchmark made with these settings, else (re)generate it there."
