@@ -574,6 +574,81 @@ def _write_mafw(root:Path, M:dict, seed:int, size:int, pool) -> list:
     (anno / 'id_to_calss.txt').write_text(''.join(f"{i}: '{c}',\n" for i, c in enumerate(MAFW11)))
     return pending
 
+# %% ../nbs/07_synth.ipynb #ec70662b
+def _rows(part:str, names, T:dict, splits, **fixed) -> list[dict]:
+    "`samples.csv` rows of one part: who, labels by name, what was drawn; `fixed` overrides columns."
+    out = []
+    for i, nm in enumerate(names):
+        r = dict(part=part, name=nm, split=splits[i], person=int(T['person'][i]),
+                 true_label=(EMOTIONS + MAFW_EXTRA)[T['true_label'][i]],
+                 label=(EMOTIONS + MAFW_EXTRA)[T['label'][i]] if 'label' in T else '', frames=int(T['frames'][i]),
+                 talking=int(T['talking'][i]), blinks=int(T['blinks'][i]), moving=int(T['moving'][i]),
+                 brief_apex=int(T['brief_apex'][i]), peak=round(float(T['peak'][i]), 3))
+        out.append({**r, **fixed})
+    return out
+
+def _save(arr, path, **kw): Image.fromarray(arr).save(path, **kw)
+
+# %% ../nbs/07_synth.ipynb #ffe61a9d
+def _write_dfew(root:Path, V:dict, names:list, seed:int, size:int, pool) -> list:
+    "The DFEW role: JPEG frame folders (quality 40-91) and the 5 folds' split files; returns the pending writes."
+    T, pending = V['table'], []
+    for nm in names: (root / DFEW_FRAMES / nm).mkdir(parents=True, exist_ok=True)
+    quality = np.random.default_rng([seed, 99]).integers(40, 92, len(names))
+    t_in = np.arange(len(V['sample_of'])) - np.r_[0, np.cumsum(T['frames'])[:-1]][V['sample_of']]
+    for c, ims in _rendered(V, seed, 0, size, pool):
+        for j, im in enumerate(ims):
+            k = V['sample_of'][c + j]
+            pending.append(pool.submit(_save, im, root / DFEW_FRAMES / names[k] / ('%05d.jpg' % (t_in[c + j] + 1)),
+                                       quality=int(quality[k])))
+    (root / DFEW_SPLITS).mkdir(parents=True, exist_ok=True)
+    for k in range(1, 6):
+        for split, sel in (('train', T['fold'] != k), ('test', T['fold'] == k)):
+            rows = ['video_name,label'] + [f'{names[i]},{T["label"][i]}' for i in np.flatnonzero(sel)]
+            (root / DFEW_SPLITS / f'{split}_set_{k}.csv').write_text('\n'.join(rows) + '\n')
+    return pending
+
+# %% ../nbs/07_synth.ipynb #53e204d9
+def _write_affectnet(root:Path, part:dict, seed:int, size:int, pool) -> tuple[list, list]:
+    "The AffectNet role: PNG faces and the two lists with AffectNet-7 ids; returns the names and the pending writes."
+    I, pending = part['table'], []
+    rel = [f'images/{I["person"][i]:05d}/{i:06d}.png' for i in range(len(I['label']))]
+    for d in sorted({str(Path(r).parent) for r in rel}): (root / AFFECTNET_DIR / d).mkdir(parents=True, exist_ok=True)
+    for c, ims in _rendered(part, seed, 1, size, pool):
+        for j, im in enumerate(ims): pending.append(pool.submit(_save, im, root / AFFECTNET_DIR / rel[c + j]))
+    afn = to_affectnet(I['label'])
+    for split, fn in (('train', 'train_affectnet7.txt'), ('test', 'test_affectnet7_2w.txt')):
+        sel = np.flatnonzero(I['split'] == split)
+        (root / AFFECTNET_DIR / fn).write_text(''.join(f'{rel[i]} {afn[i]}\n' for i in sel))
+    return rel, pending
+
+def _write_voxceleb2(root:Path, B:dict, seed:int, size:int, pool) -> list:
+    "The VoxCeleb2 role: lossless mp4s under `idNNNNN/<video id>/00001.mp4`; returns their names."
+    W, first = B['talking']['table'], B['config']['clip_people'] + B['config']['image_people']
+    ids, vids = _vox_names(np.random.default_rng([seed, 7]), B['config']['talk_people'], len(W['frames']))
+    frames = np.concatenate([ims for _, ims in _rendered(B['talking'], seed, 2, size, pool)])
+    start = np.r_[0, np.cumsum(W['frames'])[:-1]]
+    rels = [f"{ids[W['person'][i] - first]}/{vids[i]}/00001.mp4" for i in range(len(vids))]
+    list(pool.map(lambda i: _write_mp4(root / VOX_DIR / rels[i], frames[start[i]:start[i] + W['frames'][i]]),
+                  range(len(rels))))
+    return rels
+
+# %% ../nbs/07_synth.ipynb #e072b627
+def _write_meta(root:Path, B:dict, samples:list, flipped, size:int, extra, n_vox:int, t0:float):
+    "`samples.csv`, then `synth.json` (settings, class orders, counts): written last, it marks a complete benchmark."
+    cols, T, I = list(samples[0]), B['video']['table'], B['image']['table']
+    (root / 'samples.csv').write_text('\n'.join([','.join(cols)] + [','.join(str(s[c]) for c in cols) for s in samples]) + '\n')
+    meta = dict(B['config'], size=size, extra=sorted(extra), generator='unilearn.synth', version=SYNTH_VERSION,
+                dfew_classes=list(EMOTIONS), affectnet_classes=list(AFFECTNET7), action_units=AU_NAMES,
+                prototypes=PROTOTYPES,
+                counts=dict(dfew_clips=len(T['label']), dfew_frames=len(B['video']['sample_of']),
+                            affectnet_train=int((I['split'] == 'train').sum()),
+                            affectnet_test=int((I['split'] == 'test').sum()), voxceleb2_clips=n_vox,
+                            dfew_per_class=dict(zip(EMOTIONS, np.bincount(T['label'], minlength=7).tolist()))),
+                labels_flipped=int(flipped.sum()), labels_flipped_share=round(float(flipped.mean()), 4),
+                seconds=round(time.perf_counter() - t0, 1))
+    (root / 'synth.json').write_text(json.dumps(meta, indent=1))
+
 # %% ../nbs/07_synth.ipynb #8a2f85d9
 def write_benchmark(root,                         # a new or empty folder, or one holding an earlier benchmark
                     preset:str|dict='default', seed:int=0,
@@ -586,90 +661,33 @@ def write_benchmark(root,                         # a new or empty folder, or on
     if size % 2: raise ValueError(f"size must be even (h264 needs even frame sizes), got {size}")
     bad = set(extra) - {'ferv39k', 'mafw'}
     if bad: raise ValueError(f"extra layouts must be among 'ferv39k', 'mafw', not {sorted(bad)}")
-    t0 = time.perf_counter()
-    B = sample_benchmark(preset, seed, label_noise)
+    t0, B = time.perf_counter(), sample_benchmark(preset, seed, label_noise)
     root = Path(root); _clear(root)                          # synth.json is written last: it marks a complete benchmark
-    pool, pending, samples = ThreadPoolExecutor(max(1, workers)), [], []
-    def save(arr, path, **kw): Image.fromarray(arr).save(path, **kw)
-    # DFEW role
-    V, T = B['video'], B['video']['table']
+    pool, T, I, W = ThreadPoolExecutor(max(1, workers)), *(B[k]['table'] for k in ('video', 'image', 'talking'))
+    took = lambda: f"({time.perf_counter() - t0:.1f}s)"
     names = ['%05d' % (i + 1) for i in range(len(T['label']))]
-    for nm in names: (root / DFEW_FRAMES / nm).mkdir(parents=True, exist_ok=True)
-    quality = np.random.default_rng([seed, 99]).integers(40, 92, len(names))
-    t_in = np.arange(len(V['sample_of'])) - np.r_[0, np.cumsum(T['frames'])[:-1]][V['sample_of']]
-    for c, ims in _rendered(V, seed, 0, size, pool):
-        for j, im in enumerate(ims):
-            k = V['sample_of'][c + j]
-            pending.append(pool.submit(save, im, root / DFEW_FRAMES / names[k] / ('%05d.jpg' % (t_in[c + j] + 1)),
-                                       quality=int(quality[k])))
-    (root / DFEW_SPLITS).mkdir(parents=True, exist_ok=True)
-    for k in range(1, 6):
-        for split, sel in (('train', T['fold'] != k), ('test', T['fold'] == k)):
-            rows = ['video_name,label'] + [f'{names[i]},{T["label"][i]}' for i in np.flatnonzero(sel)]
-            (root / DFEW_SPLITS / f'{split}_set_{k}.csv').write_text('\n'.join(rows) + '\n')
-    samples += [dict(part='dfew', name=names[i], split=f'fold{T["fold"][i]}', person=int(T['person'][i]),
-                     true_label=EMOTIONS[T['true_label'][i]], label=EMOTIONS[T['label'][i]], frames=int(T['frames'][i]),
-                     talking=int(T['talking'][i]), blinks=int(T['blinks'][i]), moving=int(T['moving'][i]),
-                     brief_apex=int(T['brief_apex'][i]), peak=round(float(T['peak'][i]), 3)) for i in range(len(names))]
-    log(f"DFEW role: {len(names)} clips, {len(V['sample_of'])} frames written ({time.perf_counter() - t0:.1f}s)")
-    # AffectNet role
-    I = B['image']['table']
-    rel = [f'images/{I["person"][i]:05d}/{i:06d}.png' for i in range(len(I['label']))]
-    for d in sorted({str(Path(r).parent) for r in rel}): (root / AFFECTNET_DIR / d).mkdir(parents=True, exist_ok=True)
-    for c, ims in _rendered(B['image'], seed, 1, size, pool):
-        for j, im in enumerate(ims): pending.append(pool.submit(save, im, root / AFFECTNET_DIR / rel[c + j]))
-    afn = to_affectnet(I['label'])
-    for split, fn in (('train', 'train_affectnet7.txt'), ('test', 'test_affectnet7_2w.txt')):
-        (root / AFFECTNET_DIR / fn).write_text(''.join(f'{rel[i]} {afn[i]}\n' for i in np.flatnonzero(I['split'] == split)))
-    samples += [dict(part='affectnet', name=rel[i], split=str(I['split'][i]), person=int(I['person'][i]),
-                     true_label=EMOTIONS[I['true_label'][i]], label=EMOTIONS[I['label'][i]], frames=1,
-                     talking=int(I['talking'][i]), blinks=int(I['blinks'][i]), moving=0, brief_apex=0,
-                     peak=round(float(I['peak'][i]), 3)) for i in range(len(rel))]
-    log(f"AffectNet role: {len(rel)} images written ({time.perf_counter() - t0:.1f}s)")
-    # VoxCeleb2 role
-    W = B['talking']['table']
-    first = B['config']['clip_people'] + B['config']['image_people']
-    ids, vids = _vox_names(np.random.default_rng([seed, 7]), B['config']['talk_people'], len(W['frames']))
-    frames = np.concatenate([ims for _, ims in _rendered(B['talking'], seed, 2, size, pool)])
-    start = np.r_[0, np.cumsum(W['frames'])[:-1]]
-    rels = [f"{ids[W['person'][i] - first]}/{vids[i]}/00001.mp4" for i in range(len(vids))]
-    list(pool.map(lambda i: _write_mp4(root / VOX_DIR / rels[i], frames[start[i]:start[i] + W['frames'][i]]),
-                  range(len(rels))))
-    samples += [dict(part='voxceleb2', name=rels[i], split='unlabelled', person=int(W['person'][i]),
-                     true_label=EMOTIONS[W['true_label'][i]], label='', frames=int(W['frames'][i]), talking=1,
-                     blinks=int(W['blinks'][i]), moving=int(W['moving'][i]), brief_apex=0,
-                     peak=round(float(W['peak'][i]), 3)) for i in range(len(rels))]
-    for p in pending: p.result()
-    log(f"VoxCeleb2 role: {len(rels)} mp4 clips written ({time.perf_counter() - t0:.1f}s)")
+    pending = _write_dfew(root, B['video'], names, seed, size, pool)
+    log(f"DFEW role: {len(names)} clips, {len(B['video']['sample_of'])} frames written {took()}")
+    rel, more = _write_affectnet(root, B['image'], seed, size, pool)
+    log(f"AffectNet role: {len(rel)} images written {took()}")
+    rels = _write_voxceleb2(root, B, seed, size, pool)
+    for p in pending + more: p.result()
+    log(f"VoxCeleb2 role: {len(rels)} mp4 clips written {took()}")
+    samples = (_rows('dfew', names, T, [f'fold{f}' for f in T['fold']])
+               + _rows('affectnet', rel, I, [str(s) for s in I['split']], frames=1, moving=0, brief_apex=0)
+               + _rows('voxceleb2', rels, W, ['unlabelled'] * len(rels), talking=1, brief_apex=0))
     flipped = [T['flipped'], I['flipped']]
-    if 'ferv39k' in extra:
-        _write_ferv39k(root, names,
-                       T); log(f"FERV39K layout: {len(names)} clips linked ({time.perf_counter() - t0:.1f}s)")
+    if 'ferv39k' in extra: _write_ferv39k(root, names, T); log(f"FERV39K layout: {len(names)} clips linked {took()}")
     if 'mafw' in extra:
         M = sample_mafw(preset, seed, label_noise)
         for p in _write_mafw(root, M, seed, size, pool): p.result()
-        MT, flipped = M['table'], flipped + [M['table']['flipped']]
-        samples += [dict(part='mafw', name='%05d' % (i + 1), split=f'fold{MT["fold"][i]}', person=int(MT['person'][i]),
-                         true_label=(EMOTIONS + MAFW_EXTRA)[MT['true_label'][i]], label=(EMOTIONS + MAFW_EXTRA)[MT['label'][i]],
-                         frames=int(MT['frames'][i]), talking=int(MT['talking'][i]), blinks=int(MT['blinks'][i]),
-                         moving=int(MT['moving'][i]), brief_apex=int(MT['brief_apex'][i]), peak=round(float(MT['peak'][i]), 3))
-                    for i in range(len(MT['label']))]
-        log(f"MAFW role: {len(MT['label'])} clips written ({time.perf_counter() - t0:.1f}s)")
+        MT = M['table']; flipped.append(MT['flipped'])
+        samples += _rows('mafw', ['%05d' % (i + 1) for i in range(len(MT['label']))], MT,
+                         [f'fold{f}' for f in MT['fold']])
+        log(f"MAFW role: {len(MT['label'])} clips written {took()}")
     pool.shutdown()
-    cols = list(samples[0])
-    (root / 'samples.csv').write_text('\n'.join([','.join(cols)] + [','.join(str(s[c]) for c in cols) for s in samples]) + '\n')
-    flipped = np.concatenate(flipped)
-    meta = dict(B['config'], size=size, extra=sorted(extra), generator='unilearn.synth', version=SYNTH_VERSION,
-                dfew_classes=list(EMOTIONS),
-                affectnet_classes=list(AFFECTNET7), action_units=AU_NAMES, prototypes=PROTOTYPES,
-                counts=dict(dfew_clips=len(names), dfew_frames=len(V['sample_of']),
-                            affectnet_train=int((I['split'] == 'train').sum()),
-                            affectnet_test=int((I['split'] == 'test').sum()), voxceleb2_clips=len(rels),
-                            dfew_per_class=dict(zip(EMOTIONS, np.bincount(T['label'], minlength=7).tolist()))),
-                labels_flipped=int(flipped.sum()), labels_flipped_share=round(float(flipped.mean()), 4),
-                seconds=round(time.perf_counter() - t0, 1))
-    (root / 'synth.json').write_text(json.dumps(meta, indent=1))
-    log(f"benchmark '{meta['preset']}' (seed {seed}) written to {root} in {meta['seconds']}s")
+    _write_meta(root, B, samples, np.concatenate(flipped), size, extra, len(rels), t0)
+    log(f"benchmark '{B['config']['preset']}' (seed {seed}) written to {root} in {time.perf_counter() - t0:.1f}s")
     return root
 
 # %% ../nbs/07_synth.ipynb #6a2d7efa
