@@ -497,6 +497,10 @@ def test_save_pretrained_refuses_what_config_json_cannot_rebuild(tmp_path):
     model = unilearn_vit(TINY4, num_experts=4, **GEO)
     odd = type(model)(**{**model._hub_mixin_config, 'moae_kwargs': dict(num_experts=4, expert_layer=partial(Mlp, bias=False))})
     with pytest.raises(ValueError, match='would not rebuild'): odd.save_pretrained(tmp_path)
+    from unilearn.moae import NoisyTopKRouter
+    class Router(NoisyTopKRouter): pass
+    own = type(model)(**{**model._hub_mixin_config, 'moae_kwargs': dict(num_experts=4, router_layer=Router)})
+    with pytest.raises(ValueError, match='expert_layer of their own'): model_config(own)
     with pytest.raises(FileNotFoundError, match='model.safetensors'): type(model).from_pretrained(tmp_path)
 
 

@@ -493,6 +493,8 @@ def _multitask_config(model) -> dict:
         return dict(builder='unilearn.moae.' + ('vit_mtl' if isinstance(heads, nn.ModuleDict) else 'vit_single'), kwargs=kw)
     blk = model.blocks[model.moe_blocks[0]]
     layer, at = blk.moe_layer, list(model.moe_blocks)
+    if type(layer.router).__name__ != 'NoisyTopKRouter' or type(layer.experts[0]).__name__ != 'Mlp':
+        raise ValueError("this model's MoAE layers take a router_layer / expert_layer of their own; pass config=")
     moe = dict(num_experts=layer.num_experts, top_k=layer.top_k, noise_at_eval=layer.router.noise_at_eval,
                capacity_factor=layer.capacity_factor, aux_loss_coef=layer.aux_loss_coef)
     if model.moae_kind == 'ffn': return dict(builder='unilearn.moae.vit_moe', kwargs=dict(kw, moae=at, **moe))

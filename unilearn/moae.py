@@ -253,18 +253,17 @@ class MoEBlock(Block):
 # %% ../nbs/01_moae.ipynb #d6c6b133
 PLACEMENTS = ('later', 'early', 'middle', 'alternate')
 
-def moae_blocks(placement:str|Sequence[int]|None, depth:int) -> list[int]:
-    "Block indices that get a MoAE (or MoE) layer for `placement` in a `depth`-block ViT."
-    if placement is None or placement == 'none': return []
+def moae_blocks(moae:str|Sequence[int]|None, depth:int) -> list[int]:
+    "Block indices that get a MoAE (or MoE) layer for the placement `moae` in a `depth`-block ViT."
+    if moae is None or moae == 'none': return []
     half = depth // 2
-    if isinstance(placement, str):
-        if placement == 'later': return list(range(depth - half, depth))
-        if placement == 'early': return list(range(half))
-        if placement == 'middle': return list(range(depth // 4, depth // 4 + half))
-        if placement == 'alternate': return list(range(depth - 1, -1, -2))[::-1]
-        raise ValueError(f"Unknown MoAE placement {placement!r}; choose one of {PLACEMENTS}, None, or a list of block "
-                         "indices")
-    idx = list(placement)
+    if isinstance(moae, str):
+        if moae == 'later': return list(range(depth - half, depth))
+        if moae == 'early': return list(range(half))
+        if moae == 'middle': return list(range(depth // 4, depth // 4 + half))
+        if moae == 'alternate': return list(range(depth - 1, -1, -2))[::-1]
+        raise ValueError(f"Unknown MoAE placement {moae!r}; choose one of {PLACEMENTS}, None, or block indices")
+    idx = list(moae)
     bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int)]
     if bad: raise TypeError(f"MoAE placement list must hold block indices (ints), got {bad!r}")
     out = [i for i in idx if not 0 <= i < depth]
