@@ -41,7 +41,7 @@ def seed_everything(seed:int=0, reproducible:bool=False) -> int:
 
 # %% ../nbs/02a_train.ipynb #57037652
 class _EveryNth:
-    "A sized iterable of batches (a batch sampler, or any loader) keeping batches `rank, rank+w, ...`; `even`: cut to `len // w` per rank so ranks stay in step."
+    "Batches `rank, rank+w, ...` of a sized iterable (batch sampler or loader); `even`: `len // w` each, in step."
     def __init__(self, it, rank:int, world_size:int, even:bool=True):
         self.it, self.rank, self.w, self.even = it, rank, world_size, even
         self.generator = getattr(it, 'generator', None)
@@ -61,18 +61,21 @@ def _shard_loader(dl, rank:int, world_size:int, name:str, even:bool=True):
     "This rank's share of `dl`'s batches (`even=False`: every batch once, the first ranks taking one more)."
     if world_size == 1: return dl
     if any(isinstance(s, DistributedSampler) for s in _samplers(dl)):
-        raise ValueError(f"MixedModalityLoader: loader {name!r} already uses a DistributedSampler; either pass per-rank loaders "
-                         f"with rank=0, world_size=1, or plain loaders with rank/world_size, not both")
+        raise ValueError(f"MixedModalityLoader: loader {name!r} already uses a DistributedSampler; either pass "
+                         f"per-rank loaders with rank=0, world_size=1, or plain loaders with rank/world_size, not both")
     try: len(dl)
-    except TypeError: raise TypeError(f"MixedModalityLoader: loader {name!r} has no len(), needed to split it over {world_size} ranks") from None
+    except TypeError:
+        raise TypeError(f"MixedModalityLoader: loader {name!r} has no len(), "
+                        f"needed to split it over {world_size} ranks") from None
     if isinstance(dl, TorchDataLoader) and dl.batch_sampler is not None and not isinstance(dl.dataset, IterableDataset):
         kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, timeout=dl.timeout,
                   worker_init_fn=dl.worker_init_fn, multiprocessing_context=dl.multiprocessing_context,
-                  generator=dl.generator, persistent_workers=dl.persistent_workers, pin_memory_device=dl.pin_memory_device)
+                  generator=dl.generator, persistent_workers=dl.persistent_workers,
+                  pin_memory_device=dl.pin_memory_device)
         if dl.num_workers > 0: kw['prefetch_factor'] = dl.prefetch_factor
         if hasattr(dl, 'in_order'): kw['in_order'] = dl.in_order
         return TorchDataLoader(dl.dataset, batch_sampler=_EveryNth(dl.batch_sampler, rank, world_size, even), **kw)
-    return _EveryNth(dl, rank, world_size, even)   # any other sized iterable: the other ranks' batches are still produced, then dropped
+    return _EveryNth(dl, rank, world_size, even)  # any other sized iterable: other ranks' batches made, then dropped
 
 def _seed_of(*keys) -> int:
     "A 63-bit seed derived from integer `keys` (numpy's SeedSequence mixes them well)."
@@ -86,7 +89,7 @@ def _classes_of(ds):
     return list(c) if c is not None else None
 
 class MixedModalityLoader:
-    "Single-modality batches `(x, task, y)` from several loaders, in an order fixed by `(seed, epoch)`; `len()` = steps per epoch."
+    "Single-modality batches `(x, task, y)` from several loaders, in an order fixed by `(seed, epoch)`; `len()`: steps."
     n_inp = 2  # fastai's Learner splits `(x, task, y)` into xb=(x, task), yb=(y,)
     def __init__(self,
         loaders:dict,              # modality name -> torch DataLoader (or any iterable of `(x, y)` / `x` batches)
@@ -96,26 +99,33 @@ class MixedModalityLoader:
         shuffle:bool=True,         # False: modalities one after the other, in dict order, every batch once (evaluation)
         device=None,               # move batches here (fastai's `Learner` also moves them to the model's device)
     ):
-        if not isinstance(loaders, dict) or not loaders: raise ValueError("MixedModalityLoader: `loaders` must be a non-empty dict name -> loader")
+        if not isinstance(loaders, dict) or not loaders:
+            raise ValueError("MixedModalityLoader: `loaders` must be a non-empty dict name -> loader")
         steps = dict(steps or {})
         unknown = [k for k in steps if k not in loaders]
-        if unknown: raise KeyError(f"MixedModalityLoader: steps given for unknown modality {unknown}; loaders are {list(loaders)}")
+        if unknown:
+            raise KeyError(f"MixedModalityLoader: steps given for unknown modality {unknown}; "
+                           f"loaders are {list(loaders)}")
         for name in loaders:
-            if not isinstance(name, str): raise TypeError(f"MixedModalityLoader: modality names must be str, got {name!r}")
+            if not isinstance(name, str):
+                raise TypeError(f"MixedModalityLoader: modality names must be str, got {name!r}")
         self.sources, self.seed, self.shuffle, self.device = dict(loaders), seed, shuffle, device
         self.steps = {k: steps.get(k, 1.0) for k in loaders}
         self.batch_sizes = {k: getattr(dl, 'batch_size', None) for k, dl in loaders.items()}
         self.classes = {k: _classes_of(getattr(dl, 'dataset', None)) for k, dl in loaders.items()}
-        self.epoch, self.yielded, self.unlabelled = 0, [], set()  # `unlabelled`: modalities of test items, batches `(x, task)`
+        self.epoch, self.yielded = 0, []
+        self.unlabelled = set()  # modalities of test items without labels: batches `(x, task)`
         self._shard(rank, world_size)
 
     def _shard(self, rank, world_size):
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise ValueError(f"MixedModalityLoader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+            raise ValueError(f"MixedModalityLoader: need 0 <= rank < world_size, got rank={rank!r}, "
+                             f"world_size={world_size!r}")
         self.rank, self.world_size = rank, world_size
         self.loaders = {k: _shard_loader(dl, rank, world_size, k, even=self.shuffle) for k, dl in self.sources.items()}
         self.counts = {k: self._count(k, s) for k, s in self.steps.items()}
-        if sum(self.counts.values()) == 0: raise ValueError(f"MixedModalityLoader: no steps per epoch (steps={self.steps})")
+        if sum(self.counts.values()) == 0:
+            raise ValueError(f"MixedModalityLoader: no steps per epoch (steps={self.steps})")
 
     def _count(self, name, s) -> int:
         dl = self.loaders[name]
@@ -123,15 +133,20 @@ class MixedModalityLoader:
         except TypeError: n = None
         if n == 0:
             extra = f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ''
-            raise ValueError(f"MixedModalityLoader: loader {name!r} is empty{extra} (no batch: dataset empty or smaller than one batch with drop_last?)")
+            raise ValueError(f"MixedModalityLoader: loader {name!r} is empty{extra} "
+                             "(no batch: dataset empty or smaller than one batch with drop_last?)")
         if isinstance(s, bool) or not isinstance(s, numbers.Real):
             raise TypeError(f"MixedModalityLoader: steps[{name!r}] must be a float share or an int count, got {s!r}")
         if isinstance(s, numbers.Integral):
             if s < 0: raise ValueError(f"MixedModalityLoader: steps[{name!r}]={s} is a negative step count")
             return int(s)
         s = float(s)
-        if not 0. <= s <= 1.: raise ValueError(f"MixedModalityLoader: steps[{name!r}]={s} is a share of one pass and must be in [0,1] (use an int for a step count)")
-        if n is None: raise TypeError(f"MixedModalityLoader: loader {name!r} has no len(), so a float share {s} is undefined; give an int step count")
+        if not 0. <= s <= 1.:
+            raise ValueError(f"MixedModalityLoader: steps[{name!r}]={s} is a share of one pass and must be in [0,1] "
+                             "(use an int for a step count)")
+        if n is None:
+            raise TypeError(f"MixedModalityLoader: loader {name!r} has no len(), so a float share {s} is undefined; "
+                            "give an int step count")
         return int(math.floor(s * n + 0.5))  # round half up: 0.25 of 10 batches is 3 steps
 
     @property
@@ -151,7 +166,7 @@ class MixedModalityLoader:
         return [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
 
     def _start_pass(self, name, epoch, n_pass):
-        "Fresh iterator over `name`'s loader, its shuffling/worker seeds drawn from `(seed, epoch, name, pass)`, and its first batch."
+        "Fresh iterator over `name`'s loader, seeded from `(seed, epoch, name, pass)`, and its first batch."
         s = _seed_of(self.seed, epoch, zlib.crc32(name.encode()), n_pass, 1)
         dl = self.loaders[name]
         with torch.random.fork_rng(devices=[]):  # the global torch RNG is left as it was
@@ -162,21 +177,24 @@ class MixedModalityLoader:
                 if callable(getattr(smp, 'set_epoch', None)): smp.set_epoch(s % 2**31)
             it = iter(dl)
             try: b = next(it)
-            except StopIteration: raise RuntimeError(f"MixedModalityLoader: loader {name!r} yielded no batch in pass {n_pass} of epoch {epoch}") from None
+            except StopIteration:
+                raise RuntimeError(f"MixedModalityLoader: loader {name!r} yielded no batch in pass {n_pass} "
+                                   f"of epoch {epoch}") from None
         return it, b
 
     def _batch(self, name, b):
         if name in self.unlabelled: return (b if isinstance(b, torch.Tensor) else b[0], name)
         if isinstance(b, torch.Tensor): return (b, name, b)
         if isinstance(b, dict) or not isinstance(b, (tuple, list)) or not len(b):
-            raise TypeError(f"MixedModalityLoader: loader {name!r} must yield `(x, y, ...)` tuples or tensors, got {type(b).__name__}")
+            raise TypeError(f"MixedModalityLoader: loader {name!r} must yield `(x, y, ...)` tuples or tensors, "
+                            f"got {type(b).__name__}")
         return (b[0], name, b[0]) if len(b) == 1 else (b[0], name, *b[1:])
 
     def __iter__(self):
         e = self.epoch
         self.epoch += 1  # iterating advances the epoch, as fastai never calls `set_epoch`
         its, passes, done = {}, defaultdict(int), defaultdict(int)
-        self.yielded = []  # (modality, pass, batch index in the whole pass, size) of each batch: `GatherRanks` orders by it
+        self.yielded = []  # (modality, pass, batch index in the whole pass, size) per batch: `GatherRanks` orders by it
         for name in self.schedule(e):
             b = None
             if name in its:
@@ -186,19 +204,21 @@ class MixedModalityLoader:
                 its[name], b = self._start_pass(name, e, passes[name])
                 passes[name] += 1; done[name] = 0
             b = self._batch(name, b)
-            self.yielded.append((self.modalities.index(name), passes[name] - 1, done[name] * self.world_size + self.rank, find_bs(b)))
+            key = (self.modalities.index(name), passes[name] - 1, done[name] * self.world_size + self.rank)
+            self.yielded.append((*key, find_bs(b)))
             done[name] += 1
             yield b if self.device is None else to_device(b, self.device)
 
     def __repr__(self):
-        return f"MixedModalityLoader(steps per epoch {self.counts}, seed={self.seed}, rank {self.rank}/{self.world_size}, epoch={self.epoch})"
+        return (f"MixedModalityLoader(steps per epoch {self.counts}, seed={self.seed}, "
+                f"rank {self.rank}/{self.world_size}, epoch={self.epoch})")
 
 # %% ../nbs/02a_train.ipynb #b2a10002
 import copy
 from fastai.torch_core import to_detach, to_concat
 
 class ModalityDatasets(dict):
-    "The datasets of a `MixedModalityLoader` by modality; `new_empty()` keeps only the names (what `Learner.export` saves)."
+    "The datasets of a `MixedModalityLoader` by modality; `new_empty()` keeps the names (what `Learner.export` saves)."
     def new_empty(self): return ModalityDatasets({k: [] for k in self})
 
 @patch(as_prop=True)
@@ -232,14 +252,15 @@ def _by_task(items, task, default) -> dict:
     for i, it in enumerate(items):
         if isinstance(it, (tuple, list)) and len(it) >= 2 and isinstance(it[1], str): t, it = it[1], (it[0], *it[2:])
         else: t, it = task or default, (it if isinstance(it, (tuple, list)) else (it,))
-        if t is None: raise ValueError(f"MixedModalityLoader.new: test item {i} names no task; give `(x, task)` items or task=")
+        if t is None:
+            raise ValueError(f"MixedModalityLoader.new: test item {i} names no task; give `(x, task)` items or task=")
         out.setdefault(t, []).append(tuple(it))
     return out
 
 # %% ../nbs/02a_train.ipynb #b2a10004
 @patch
 def new(self:MixedModalityLoader,
-        dataset=None,             # None (the same data), a dict modality -> dataset, or a list of test items `(x, task[, y])`
+        dataset=None,             # None (same data), a dict modality -> dataset, or test items `(x, task[, y])`
         shuffle:bool|None=None,   # False: every item once, in order (what `get_preds` asks for)
         drop_last:bool|None=None, bs:int|dict|None=None, num_workers:int|None=None,
         task:str|list|None=None,  # keep only these modalities (or: the task of test items given without one)
@@ -247,19 +268,21 @@ def new(self:MixedModalityLoader,
     "A loader like this one over other data or settings: fastai's `DataLoader.new` (`get_preds`, `test_dl`, `export`)."
     tasks = [task] if isinstance(task, str) else list(task or [])
     if dataset is None or isinstance(dataset, dict):
-        datasets = {k: ds for k, ds in (dataset if dataset is not None else self.dataset).items() if not tasks or k in tasks}
+        given = dataset if dataset is not None else self.dataset
+        datasets = {k: ds for k, ds in given.items() if not tasks or k in tasks}
         missing = [t for t in tasks if t not in datasets]
         if missing: raise KeyError(f"MixedModalityLoader.new: no modality {missing}; this loader has {self.modalities}")
         unlabelled = {k for k in self.unlabelled if k in datasets}
     else:
-        datasets = {k: _Items(v) for k, v in _by_task(dataset, tasks[0] if len(tasks) == 1 else None,
-                                                            self.modalities[0] if len(self.sources) == 1 else None).items()}
+        only = self.modalities[0] if len(self.sources) == 1 else None
+        datasets = {k: _Items(v) for k, v in _by_task(dataset, tasks[0] if len(tasks) == 1 else None, only).items()}
         unlabelled = {k for k, ds in datasets.items() if len(ds.items[0]) == 1}
     shuffle = self.shuffle if shuffle is None else shuffle
-    same = dataset is None and shuffle == self.shuffle and drop_last is None and bs is None and num_workers is None and not kwargs
-    empty = all(ds is not None and len(ds) == 0 for ds in datasets.values())  # `export` keeps the settings, not the data
-    loaders = {k: self.sources[k] if same else self._rebuild(k, ds, shuffle and not empty, drop_last, bs, num_workers, **kwargs)
-               for k, ds in datasets.items()}
+    same = (dataset is None and shuffle == self.shuffle and drop_last is None and bs is None and num_workers is None
+            and not kwargs)
+    empty = all(ds is not None and len(ds) == 0 for ds in datasets.values())  # `export` keeps settings, not data
+    rebuild = lambda k, ds: self._rebuild(k, ds, shuffle and not empty, drop_last, bs, num_workers, **kwargs)
+    loaders = {k: self.sources[k] if same else rebuild(k, ds) for k, ds in datasets.items()}
     res = copy.copy(self)
     res.sources, res.shuffle, res.unlabelled, res.epoch, res.yielded = loaders, shuffle, unlabelled, 0, []
     res.steps = {k: self.steps.get(k, 1.0) if shuffle and dataset is None else 1.0 for k in loaders}
@@ -276,8 +299,8 @@ def new(self:MixedModalityLoader,
 def _rebuild(self:MixedModalityLoader, name, ds, shuffle, drop_last, bs, num_workers, **kwargs):
     "A torch `DataLoader` over `ds` with the collate function, workers and batch size of modality `name`."
     if ds is None:
-        raise TypeError(f"MixedModalityLoader.new: loader {name!r} is a {type(self.sources.get(name)).__name__}, not a torch "
-                        "DataLoader, so it cannot be rebuilt; pass `dataset=` (a dict modality -> dataset)")
+        raise TypeError(f"MixedModalityLoader.new: loader {name!r} is a {type(self.sources.get(name)).__name__}, not a "
+                        "torch DataLoader, so it cannot be rebuilt; pass `dataset=` (a dict modality -> dataset)")
     src = self.sources.get(name)
     bs = bs.get(name) if isinstance(bs, dict) else bs
     kw = dict(batch_size=bs or self.batch_sizes.get(name) or 1, shuffle=shuffle, drop_last=bool(drop_last),
@@ -305,7 +328,8 @@ class _Task(str):
 @patch
 def one_batch(self:MixedModalityLoader):
     "The first batch of the next epoch, leaving that epoch unused."
-    if len(self) == 0: raise ValueError("MixedModalityLoader.one_batch: this loader has no batch (an exported, empty loader?)")
+    if len(self) == 0:
+        raise ValueError("MixedModalityLoader.one_batch: this loader has no batch (an exported, empty loader?)")
     e, y, it = self.epoch, self.yielded, iter(self)
     try: b = next(it)
     finally: it.close(); self.epoch, self.yielded = e, y
@@ -313,7 +337,7 @@ def one_batch(self:MixedModalityLoader):
 
 @patch
 def to_detach(self:MixedModalityLoader, b, cpu:bool=True, gather:bool=True):
-    "fastai's `to_detach` on this rank's batch (`GatherRanks` gathers once per epoch); a task name in inputs becomes ids."
+    "fastai's `to_detach` of this rank's batch (`GatherRanks` gathers once per epoch); task names in inputs become ids."
     if isinstance(b, tuple) and len(b) >= 2 and isinstance(b[1], str) and torch.is_tensor(b[0]):
         b = (b[0], torch.full((len(b[0]),), _task_id(b[1])), *b[2:])
     return to_detach(b, cpu=cpu, gather=False)
@@ -327,7 +351,8 @@ def decode_batch(self:MixedModalityLoader, b, max_n:int=9, full:bool=True) -> li
     def dec(o, i, task):
         o = o[i]
         cls = self.classes.get(task)
-        if torch.is_tensor(o) and o.ndim == 0 and not o.is_floating_point() and cls and 0 <= int(o) < len(cls): return cls[int(o)]
+        if torch.is_tensor(o) and o.ndim == 0 and not o.is_floating_point() and cls and 0 <= int(o) < len(cls):
+            return cls[int(o)]
         return o
     return [(x[i], names[i], *[dec(o, i, names[i]) for o in rest]) for i in range(min(len(x), max_n))]
 
@@ -341,7 +366,8 @@ def _show_items(items, titles, ncols:int=3, figsize=None):
     import matplotlib.pyplot as plt
     n = len(items); rows = math.ceil(n / ncols)
     fig, axs = plt.subplots(rows, min(n, ncols), figsize=figsize or (2.2 * min(n, ncols), 2.4 * rows), squeeze=False)
-    for ax, it, title in zip(axs.flat, items, titles): ax.imshow(_frame(it[0]).squeeze(), cmap='gray'); ax.set_title(title, fontsize=9)
+    for ax, it, title in zip(axs.flat, items, titles):
+        ax.imshow(_frame(it[0]).squeeze(), cmap='gray'); ax.set_title(title, fontsize=9)
     for ax in axs.flat: ax.axis('off')
     return axs
 
@@ -392,10 +418,12 @@ def init_distributed(backend:str|None=None) -> tuple:
     if world <= 1: return 0, 1
     if dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     missing = [k for k in ('RANK', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
-    if missing: raise RuntimeError(f"init_distributed: WORLD_SIZE={world} but {', '.join(missing)} unset; start with torchrun or accelerate launch")
+    if missing: raise RuntimeError(f"init_distributed: WORLD_SIZE={world} but {', '.join(missing)} unset; "
+                                   "start with torchrun or accelerate launch")
     backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')  # NCCL on GPUs, gloo on CPU
     if backend == 'nccl':
-        if not torch.cuda.is_available(): raise RuntimeError("init_distributed: backend 'nccl' needs CUDA; use backend='gloo' on CPU")
+        if not torch.cuda.is_available():
+            raise RuntimeError("init_distributed: backend 'nccl' needs CUDA; use backend='gloo' on CPU")
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
@@ -415,14 +443,17 @@ def all_gather_objects(obj) -> list:
 def _split(o, sizes:list) -> list:
     "A result concatenated over batches of `sizes` items, cut back into one piece per batch."
     if torch.is_tensor(o): return list(o.split(sizes))
-    if isinstance(o, tuple): return [type(o)(list(p)) for p in zip(*[_split(t, sizes) for t in o])] if len(o) else [o] * len(sizes)
-    if isinstance(o, (list, L)): ends = np.cumsum([0] + list(sizes)); return [L(o[a:b]) for a, b in zip(ends[:-1], ends[1:])]
+    if isinstance(o, tuple):
+        return [type(o)(list(p)) for p in zip(*[_split(t, sizes) for t in o])] if len(o) else [o] * len(sizes)
+    if isinstance(o, (list, L)):
+        ends = np.cumsum([0] + list(sizes))
+        return [L(o[a:b]) for a, b in zip(ends[:-1], ends[1:])]
     raise TypeError(f"GatherRanks: cannot split a {type(o).__name__} into batches")
 
 def _regather(o, yielded:list):
     "This rank's `o` (concatenated over its batches) -> all ranks' batches, concatenated in the single-process order."
-    pieces = sorted(sum(all_gather_objects(list(zip([y[:3] for y in yielded], _split(o, [y[3] for y in yielded])))), []),
-                    key=lambda kp: kp[0])
+    mine = list(zip([y[:3] for y in yielded], _split(o, [y[3] for y in yielded])))
+    pieces = sorted(sum(all_gather_objects(mine), []), key=lambda kp: kp[0])
     ps = [p for _, p in pieces]
     return L(sum(map(list, ps), [])) if isinstance(o, (list, L)) else to_concat(ps)
 
@@ -448,7 +479,8 @@ class GatherRanks(Callback):
             elif hasattr(m, 'total') and hasattr(m, 'count'): _sum_over_ranks(m)
         for cb in self.learn.cbs:
             if not isinstance(cb, GatherPredsCallback) or not hasattr(cb, 'preds'): continue
-            for attr, on in (('inputs', cb.with_input), ('preds', cb.with_preds), ('targets', cb.with_targs), ('losses', cb.with_loss)):
+            for attr, on in (('inputs', cb.with_input), ('preds', cb.with_preds), ('targets', cb.with_targs),
+                             ('losses', cb.with_loss)):
                 if on: setattr(cb, attr, _regather(getattr(cb, attr), dl.yielded))
 
 # %% ../nbs/02a_train.ipynb #b2a10011
@@ -458,7 +490,8 @@ def shard(self:MixedModalityLoader, rank:int, world_size:int) -> MixedModalityLo
     if (self.rank, self.world_size) == (rank, world_size): return self
     if not any(self.counts.values()): self.rank, self.world_size = rank, world_size; return self  # an empty loader
     if self.world_size != 1:
-        raise ValueError(f"MixedModalityLoader: split for rank {self.rank} of {self.world_size}, cannot split again for rank {rank} of {world_size}")
+        raise ValueError(f"MixedModalityLoader: split for rank {self.rank} of {self.world_size}, cannot split again "
+                         f"for rank {rank} of {world_size}")
     self._shard(rank, world_size)
     return self
 
@@ -469,12 +502,13 @@ if DistributedTrainer is not None:
     _fastai_wrap_dl = getattr(DistributedTrainer._wrap_dl, 'fastai', DistributedTrainer._wrap_dl)
     def _wrap_dl(self, dl):
         "A `MixedModalityLoader` splits itself by rank; other loaders go to fastai's `DistributedDL`."
-        return dl.shard(get_rank(), get_world_size()) if isinstance(dl, MixedModalityLoader) else _fastai_wrap_dl(self, dl)
+        if isinstance(dl, MixedModalityLoader): return dl.shard(get_rank(), get_world_size())
+        return _fastai_wrap_dl(self, dl)
     _wrap_dl.fastai = _fastai_wrap_dl
     DistributedTrainer._wrap_dl = _wrap_dl
 
 def ddp_kwargs(**kwargs) -> dict:
-    "Arguments for fastai's `learn.distrib_ctx(**ddp_kwargs())`: a step may leave a head unused; Accelerate on CPU without GPU."
+    "Arguments for fastai's `learn.distrib_ctx(**ddp_kwargs())`: a step may leave a head unused; gloo on CPU."
     from accelerate import DistributedDataParallelKwargs
     return dict(sync_bn=False, cpu=not torch.cuda.is_available(),
                 kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)], **kwargs)
