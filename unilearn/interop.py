@@ -47,7 +47,7 @@ def _safetensors_check(path:Path, size:int):
 
 # %% ../nbs/08_interop.ipynb #088d3c31
 def sniff_checkpoint(path) -> str:
-    "A checkpoint's format, `'safetensors'`, `'torch'` (zip) or `'torch-legacy'` (pickle), or an error saying what it is."
+    "A checkpoint's format, `'safetensors'`, `'torch'` (zip) or `'torch-legacy'` (pickle), or an error saying what."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}")
     size = path.stat().st_size
@@ -90,7 +90,8 @@ def _torch_load(path:Path, trust:bool):
         msg = (str(e).splitlines() or ['unexpected end of file'])[0]
         if 'magic number' in msg: raise CheckpointError(f"{path} is a Python pickle but not a PyTorch checkpoint "
                                                         f"({msg})") from None
-        raise CheckpointError(f"{path} is a truncated or damaged PyTorch checkpoint ({type(e).__name__}: {msg})") from None
+        raise CheckpointError(f"{path} is a truncated or damaged PyTorch checkpoint "
+                              f"({type(e).__name__}: {msg})") from None
 
 # %% ../nbs/08_interop.ipynb #49875e5b
 def read_checkpoint(path, trust:bool=False):
@@ -117,14 +118,16 @@ _CONTAINER_KEYS = ('model', 'module', 'state_dict', 'model_state_dict', 'model_s
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 
 def _is_tensor_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (isinstance(obj, dict) and len(obj) > 0
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
 
 def _state_dict_of(obj, source='state dict') -> dict:
     if isinstance(obj, nn.Module): obj = obj.state_dict()
     if _is_tensor_dict(obj): return dict(obj)
     if isinstance(obj, dict):
         for k in _CONTAINER_KEYS:
-            if k in obj and (_is_tensor_dict(obj[k]) or isinstance(obj[k], nn.Module)): return _state_dict_of(obj[k], source)
+            if k in obj and (_is_tensor_dict(obj[k]) or isinstance(obj[k], nn.Module)):
+                return _state_dict_of(obj[k], source)
         for k in _CONTAINER_KEYS:  # a container that holds more than tensors: say which entries
             if isinstance(obj.get(k), dict) and obj[k]:
                 bad = [n for n, v in obj[k].items() if not isinstance(v, torch.Tensor)]
@@ -178,7 +181,7 @@ def _collapse(keys, universe) -> list:
 
 # %% ../nbs/08_interop.ipynb #00da7ef0
 def _summarise(keys, limit:int=12, universe=None) -> str:
-    "Keys in short: `blocks.{6..11}.moe_layer.*` (numbers grouped; `prefix.*` when all of `universe` under it is meant)."
+    "Keys in short: `blocks.{6..11}.moe_layer.*` (numbers grouped; `prefix.*` when all of `universe` under it is)."
     groups = {}
     for k in _collapse(keys, universe):
         parts = k.split('.')
@@ -208,7 +211,8 @@ class LoadReport:
     _universe: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self):
-        head = 'LoadReport' + (f" from {self.source}" if self.source else '') + (f" (layout {self.layout})" if self.layout else '')
+        head = ('LoadReport' + (f" from {self.source}" if self.source else '')
+                + (f" (layout {self.layout})" if self.layout else ''))
         lines = [f"{head}: {len(self.loaded)} loaded" + (f" ({len(self.upcycled)} upcycled)" if self.upcycled else '') +
                  f", {len(self.new)} new, {len(self.unused)} unused, {len(self.mismatched)} mismatched, "
                  f"{len(self.converted)} converted"]
@@ -245,7 +249,8 @@ def detect_layout(sd:dict) -> str:
     "Which of `LAYOUTS` a state dict follows; an error naming its first keys when none fits."
     keys = list(sd)
     if _any(keys, r'(^|\.)lg_region_tokens$|\.first_attn\.'): return 'lgi-former'
-    if _any(keys, r'(^|\.)encoder\.layer\.\d+\.attention\.attention\.|(^|\.)embeddings\.patch_embeddings\.projection\.'): return 'videomae-hf'
+    if _any(keys, r'(^|\.)encoder\.layer\.\d+\.attention\.attention\.|(^|\.)embeddings\.patch_embeddings\.projection\.'):
+        return 'videomae-hf'
     if _any(keys, r'(^|\.)patch_embed\.proj\.weight$|(^|\.)blocks\.\d+\.attn\.qkv\.weight$'): return 'unilearn'
     raise CheckpointError("Unknown checkpoint layout; first keys: " + ', '.join(keys[:10]) +
                           "\nKnown layouts:\n" + '\n'.join(f"  {k}: {v}" for k, v in LAYOUTS.items()))
@@ -267,7 +272,8 @@ def _fuse_qkv(parts:dict, where:str, converted:dict) -> dict:
         if len(found) > 1: raise CheckpointError(f"{where}: both {found[0]} and {found[1]} are present")
         if found: out[ours] = parts.pop(found[0])
     if 'key.bias' in parts:
-        parts.pop('key.bias'); converted[f'{where}.key.bias'] = 'dropped: a key bias adds a per-query constant to the logits, which softmax removes'
+        parts.pop('key.bias')
+        converted[f'{where}.key.bias'] = 'dropped: a key bias adds a per-query constant to the logits, which softmax removes'
     for n, v in parts.items(): out[f'attention.attention.{n}'] = v  # unknown: kept, so it is reported as unused
     return out
 
@@ -360,7 +366,8 @@ def _adapt_shapes(src:dict, tgt:dict, converted:dict, ignored) -> dict:
             converted[k] = 'split into q_bias/v_bias; the key part is dropped (softmax cancels it)'
     for k in [k for k in tgt if k.endswith(('.attn.q_bias', '.attn.v_bias')) and k not in out]:
         if k[:-len('q_bias')] + 'qkv.weight' in out:
-            out[k] = torch.zeros_like(tgt[k]); converted[k] = 'the checkpoint has no q/v bias: set to zero (same function)'
+            out[k] = torch.zeros_like(tgt[k])
+            converted[k] = 'the checkpoint has no q/v bias: set to zero (same function)'
     used = set()
     for k in tgt:  # ViT-MoE: a block whose FFN became FFN experts starts every expert from the pre-trained FFN
         m = re.fullmatch(r'((?:encoder\.)?blocks\.\d+\.)moe_layer\.experts\.\d+\.(fc[12]\.(?:weight|bias))', k)
@@ -376,7 +383,7 @@ _BACKBONE = re.compile(r'^(encoder\.)?(patch_embed\.|blocks\.\d+\.(norm1|attn|no
 _DECODER_CORE = re.compile(r'^decoder\.blocks\.\d+\.(norm1|attn|norm2|mlp)\.')
 _PRETRAIN_ONLY = re.compile(r'^(decoder\.|encoder_to_decoder\.|mask_token$|norm\.|head\.(weight|bias)$)')
 
-def _mae_rooted(keys) -> bool: return any(k.startswith('encoder.patch_embed.') or k.startswith('encoder.blocks.') for k in keys)
+def _mae_rooted(keys) -> bool: return any(k.startswith(('encoder.patch_embed.', 'encoder.blocks.')) for k in keys)
 
 def _to_unilearn_names(sd:dict, layout:str) -> tuple:
     converted = {}
@@ -386,7 +393,8 @@ def _to_unilearn_names(sd:dict, layout:str) -> tuple:
                               "It is a different architecture from unilearn's ViT, so its weights cannot be loaded "
                               "into it.")
     if layout == 'videomae-hf': sd, converted = videomae_to_unilearn(sd)
-    if any(k.startswith('backbone.') for k in sd): sd = {k[len('backbone.'):] if k.startswith('backbone.') else k: v for k, v in sd.items()}
+    if any(k.startswith('backbone.') for k in sd):
+        sd = {k[len('backbone.'):] if k.startswith('backbone.') else k: v for k, v in sd.items()}
     return sd, converted
 
 # %% ../nbs/08_interop.ipynb #64d7fb56
@@ -417,7 +425,8 @@ def load_pretrained(model:nn.Module, path_or_state_dict, ignore=(), trust:bool=F
     sd, expected_unused = _align_roots(sd, tgt)
     ignored = lambda k: any(fnmatch.fnmatchcase(k, p) for p in ignore)
     sd = _adapt_shapes(sd, tgt, converted, ignored)
-    report = LoadReport(layout=layout, source=source, converted=converted, _universe=dict(new=list(tgt), unused=named + list(sd), mismatched=list(tgt)))
+    report = LoadReport(layout=layout, source=source, converted=converted,
+                        _universe=dict(new=list(tgt), unused=named + list(sd), mismatched=list(tgt)))
     for k, v in sd.items():
         if k not in tgt or ignored(k): report.unused.append(k)
         elif v.shape != tgt[k].shape: report.mismatched.append((k, tuple(v.shape), tuple(tgt[k].shape)))
@@ -444,7 +453,7 @@ def load_pretrained(model:nn.Module, path_or_state_dict, ignore=(), trust:bool=F
                               "(a different depth, or a partial file?)", report)
     if not report.loaded: raise CheckpointError(f"{source}: no weight of the checkpoint fits the model", report)
     res = model.load_state_dict({k: sd[k] for k in report.loaded}, strict=False)
-    assert not res.unexpected_keys and set(res.missing_keys) == set(report.new), "internal: key bookkeeping disagrees with torch"
+    assert not res.unexpected_keys and set(res.missing_keys) == set(report.new), "internal: key bookkeeping disagrees"
     if verbose: print(report)
     return report
 
@@ -539,7 +548,8 @@ def _signature(model) -> dict: return {k: tuple(v.shape) for k, v in model.state
 
 def _check_rebuilds(config:dict, model:nn.Module):
     want = _signature(model)
-    key = json.dumps(dict(builder=config['builder'], kwargs=config['kwargs'], model=sorted(want.items())), sort_keys=True)
+    key = json.dumps(dict(builder=config['builder'], kwargs=config['kwargs'], model=sorted(want.items())),
+                     sort_keys=True)
     if key in _VERIFIED: return
     got = _signature(build_model(config))
     if want != got:
@@ -630,7 +640,7 @@ def _load_videomae_dir(path:Path, trust:bool) -> nn.Module:
 
 # %% ../nbs/08_interop.ipynb #2c2a6510
 def load_checkpoint(path, device='cpu', trust:bool=False) -> nn.Module:
-    "The model saved by `save_checkpoint` (rebuilt, loaded strictly, eval mode), or a `transformers` VideoMAE directory."
+    "The model saved by `save_checkpoint` (rebuilt, loaded strictly, eval mode), or a `transformers` VideoMAE folder."
     path = Path(path)
     if path.is_dir() and (path/'config.json').exists(): return _load_videomae_dir(path, trust).to(device)
     cfg = checkpoint_config(path)
@@ -638,7 +648,8 @@ def load_checkpoint(path, device='cpu', trust:bool=False) -> nn.Module:
     sd = read_checkpoint(path)
     want = model.state_dict()
     missing, unexpected = [k for k in want if k not in sd], [k for k in sd if k not in want]
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(want[k].shape)}" for k in want if k in sd and sd[k].shape != want[k].shape]
+    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(want[k].shape)}"
+             for k in want if k in sd and sd[k].shape != want[k].shape]
     if missing or unexpected or wrong:
         raise CheckpointError(f"{path}: the weights do not fit the model its config builds ({cfg['builder']}): "
                               f"missing {_summarise(missing)}; unexpected {_summarise(unexpected)}; shapes {wrong[:5]}")
@@ -658,7 +669,7 @@ _PUBLISHED_PRETRAIN = [re.compile(p) for p in (
     r'^decoder\.head' + _LEAF, r'^encoder_to_decoder\.weight$', r'^mask_token$')]
 
 def export_published(model:nn.Module, path=None) -> dict:
-    "`{'model': state_dict}` in the published layout (fine-tuning, or pre-training for an MAE); `torch.save`d to `path`."
+    "`{'model': state_dict}` in the published layout (fine-tuning, or an MAE's pre-training); `torch.save`d to `path`."
     model = unwrap_model(model)
     if any(getattr(m, 'adapter_residual', False) for m in model.modules()):
         raise CheckpointError("this model uses adapter_residual=True (the paper's expert form); the published code has "
@@ -711,7 +722,8 @@ def load_backbone(model:nn.Module, state_dict, strict:bool=True, upcycle:bool=Tr
         origin = {k[len('encoder.'):]: k for k in sd if k.startswith('encoder.')}
     else: src, origin = sd, {k: k for k in sd}
     target = model.state_dict()
-    rep, load = LoadReport(source=source, _universe=dict(new=list(target), unused=list(sd), mismatched=list(target))), {}
+    rep = LoadReport(source=source, _universe=dict(new=list(target), unused=list(sd), mismatched=list(target)))
+    load = {}
     for k, t in target.items():
         v, src_key = src.get(k), k
         if v is None and upcycle:                  # ViT-MoE expert from its block's pre-trained FFN
