@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from fastcore.basics import patch
 
 from .media import (DataError, IMAGE_EXTS, VIDEO_EXTS, natural_key, list_frames, to_rgb8, load_image,
                             FrameFolder,
@@ -380,30 +381,34 @@ class _Base(Dataset):
             raise DataError(f"{it.where()}: {kind} {it.rel!r} not found under {where}")
         return p
 
-    def epoch_report(self) -> list[dict]:
-        "Items skipped while loading since the last call (all workers), and clear the log."
-        return self.skip_log.pop()
-
-    def with_mode(self, mode:str, transform=None, **changes):
-        "A copy reading the same items in another `mode` (e.g. a validation subset of a training set read as 'test')."
-        import copy
-        if mode not in ('train', 'test',
-                        'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
-        new = copy.copy(self)
-        new.mode = mode
-        for k, v in changes.items():
-            if not hasattr(new, k): raise AttributeError(f"{type(self).__name__} has no setting {k!r}")
-            setattr(new, k, v)
-        if isinstance(new, ClipDataset): new.num_clips = changes.get('num_clips', 2) if mode == 'test' else 1
-        new.transform = transform or new._default_transform()
-        return new
-
     def class_counts(self) -> dict[str, int]:
         "Annotated items (videos, not test views) per class name, in class order."
         return class_counts([it.label for it in self.items], self.classes)
 
     def __repr__(self):
-        return f"{type(self).__name__}({len(self)} items, {len(self.classes)} classes, mode={getattr(self, 'mode', None)!r})"
+        return (f"{type(self).__name__}({len(self)} items, {len(self.classes)} classes, "
+                f"mode={getattr(self, 'mode', None)!r})")
+
+# %% ../nbs/04d_data.ipynb #70c3fc2c
+@patch
+def epoch_report(self:_Base) -> list[dict]:
+    "Items skipped while loading since the last call (all workers), and clear the log."
+    return self.skip_log.pop()
+
+@patch
+def with_mode(self:_Base, mode:str, transform=None, **changes):
+    "A copy reading the same items in another `mode` (e.g. a validation subset of a training set read as 'test')."
+    import copy
+    if mode not in ('train', 'test', 'pretrain'):
+        raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
+    new = copy.copy(self)
+    new.mode = mode
+    for k, v in changes.items():
+        if not hasattr(new, k): raise AttributeError(f"{type(self).__name__} has no setting {k!r}")
+        setattr(new, k, v)
+    if isinstance(new, ClipDataset): new.num_clips = changes.get('num_clips', 2) if mode == 'test' else 1
+    new.transform = transform or new._default_transform()
+    return new
 
 # %% ../nbs/04d_data.ipynb #608e9a4b
 class ClipDataset(_Base):
