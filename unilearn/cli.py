@@ -12,7 +12,7 @@ from fastcore.script import anno_parser, Param
 
 # %% auto #0
 __all__ = ['DEMO_PRESETS', 'ABLATIONS', 'VIDEO_DATASETS', 'RECIPE_META', 'RECIPE_COMMANDS', 'PRECISIONS', 'DATA_FLAGS',
-           'COMMANDS', 'SUMMARIES', 'demo_config', 'Stages', 'RemapLabels', 'demo_data', 'pretrain_stage',
+           'COMMANDS', 'SUMMARIES', 'demo_config', 'Stages', 'RemapLabels', 'ClipFrames', 'demo_data', 'pretrain_stage',
            'finetune_stage', 'evaluate_stage', 'loss_figure', 'write_report', 'run_demo', 'demo', 'markdown_table',
            'ablation_table', 'run_ablations', 'ablate', 'UsageError', 'video_task', 'parse_folds', 'video_dataset',
            'run_folder', 'recipe_dir', 'check_recipe_section', 'load_recipe', 'list_recipes', 'resolve_args',
@@ -88,6 +88,15 @@ class RemapLabels:
         x, y = self.ds[i][:2]
         return x, self.map[int(y)]
 
+class ClipFrames:
+    "The frames of clips as single images: MAE image pre-training on video data (Table 2, VoxCeleb2 + VoxCeleb2)."
+    def __init__(self, clips, frames:int): self.clips, self.frames = clips, frames
+    def __len__(self): return len(self.clips) * self.frames
+    def __getitem__(self, i):
+        x = self.clips[i // self.frames]
+        x = x[0] if isinstance(x, (tuple, list)) else x
+        return x[:, i % self.frames]          # (3,T,H,W) -> (3,H,W)
+
 def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
     "Datasets of the demo from a benchmark written by `unilearn.synth.write_benchmark` at `root`, sharing one `MediaCache` unless `cache=False`."
     from unilearn.data import (DFEW, AffectNet, VoxCeleb2, video_train_transform, image_train_transform, image_eval_transform,
@@ -115,6 +124,7 @@ def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
     d['test_images'] = AffectNet(p['affectnet'], split='test', mode='test', transform=image_eval_transform(S, S), cache=mc)
     d['pretrain_images'] = AffectNet(p['affectnet'], split='train', mode='pretrain', img_size=S,
                                      transform=image_pretrain_transform(S, scale=(.5, 1.)), cache=mc)
+    d['pretrain_video_frames'] = ClipFrames(VoxCeleb2(p['voxceleb2'], transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip), T)
     d['pretrain_videos'] = ConcatDataset([
         VoxCeleb2(p['voxceleb2'], transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip),
         DFEW(p['dfew'], fold=fold, split='train', mode='pretrain', transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip)])
@@ -122,7 +132,7 @@ def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
 
 # %% ../nbs/09_cli.ipynb #2c6ec1a3
 def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=0, quiet:bool=False, epochs:int|None=None):
-    "MAE pre-training of a small ViT on the `modalities` of `data`; returns `(mae, dict(losses, epochs))`."
+    "MAE pre-training of a small ViT on the `modalities` of `data` (image, video, or video_frames: clips' frames as images)."
     import torch
     from torch.utils.data import DataLoader
     from unilearn.mae import create_mae, pretrain_learner
@@ -135,7 +145,8 @@ def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=
     if not modalities or epochs == 0: return mae, dict(losses={}, epochs=0)
     g = torch.Generator().manual_seed(seed)
     dl = lambda ds, bs: DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, generator=g)
-    image_dl = dl(data['pretrain_images'], cfg['pre_bs']) if 'image' in modalities else None
+    images = data['pretrain_video_frames'] if 'video_frames' in modalities else data['pretrain_images']  # images or clips' frames
+    image_dl = dl(images, cfg['pre_bs']) if {'image', 'video_frames'} & set(modalities) else None
     video_dl = dl(data['pretrain_videos'], max(2, cfg['pre_bs'] // 2)) if 'video' in modalities else None
     learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, video_share=1.0 if video_dl is not None else None,
                              lr=cfg['pre_lr'], warmup=.1, seed=seed, quiet=quiet, precision=cfg.get('autocast') or 'fp32')
@@ -308,12 +319,16 @@ def demo(preset:str='default',     # demo preset: 'default' (7.2 to 8 minutes me
 # %% ../nbs/09_cli.ipynb #2b2315e4
 ABLATIONS = {
     '2': ('Table 2: pre-training data', [('none', dict(pre=())), ('image only', dict(pre=('image',))),
-                                         ('video only', dict(pre=('video',))), ('dual (UniLearn)', dict())]),
-    '3': ('Table 3: model', [('ViT', dict(kind='vit')), ('ViT-MTL', dict(kind='vit_mtl')), ('UniLearn (ViT + MoAE)', dict()),
+                                         ('video only', dict(pre=('video',))), ('dual (UniLearn)', dict()),
+                                         ('dual, VoxCeleb2 frames + VoxCeleb2', dict(pre=('video_frames', 'video')))]),
+    '3': ('Table 3: model', [('ViT (clips only)', dict(kind='vit', tasks=('video',))), ('ViT-MTL', dict(kind='vit_mtl')), ('UniLearn (ViT + MoAE)', dict()),
                              ('ViT-MoE', dict(kind='vit_moe'))]),
     '4': ('Table 4: fine-tuning data', [('static', dict(tasks=('image',))), ('dynamic', dict(tasks=('video',))), ('joint', dict())]),
     '5': ('Table 5: MoAE position', [('early', dict(moae='early')), ('middle', dict(moae='middle')), ('later', dict()),
                                      ('alternate', dict(moae='alternate'))]),
+    '5c': ('Table 5 (left): components', [('baseline: video-only MAE, ViT', dict(pre=('video',), kind='vit', tasks=('video',))),
+                                          ('D.P.', dict(kind='vit', tasks=('video',))), ('D.P. + MoAE', dict(tasks=('video',))),
+                                          ('D.P. + MoAE + J.F. (UniLearn)', dict())]),
     'fig3': ('Figure 3: experts and SFER share', [('2 experts', dict(num_experts=2)), ('4 experts', dict(num_experts=4)),
                                                   ('8 experts', dict(num_experts=8)), ('SFER share 0.25', dict(sfer_ratio=.25)),
                                                   ('SFER share 0.5', dict(sfer_ratio=.5)), ('SFER share 1.0', dict(sfer_ratio=1.))]),
@@ -394,7 +409,7 @@ def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3')
     return tabs
 
 # %% ../nbs/09_cli.ipynb #35e0a19a
-def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-training), 3 (model), 4 (fine-tuning data), 5 (MoAE position), fig3 (experts, SFER share)
+def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-training), 3 (model), 4 (fine-tuning data), 5 (MoAE position), 5c (components), fig3 (experts, SFER share)
            seeds:str='0,1,2',          # comma-separated training seeds (the benchmark itself is fixed)
            preset:str='default',       # demo preset whose benchmark, model and budget each row uses
            out:str='ablate_out',       # folder for ablate.md and ablate.json
@@ -419,11 +434,12 @@ def video_task(dfew=None, ferv39k=None, mafw=None) -> tuple:
     "`(flag, root)` of the one video dataset given, `(None, None)` if none; two at once is an error naming both flags."
     given = [(k, v) for k, v in (('dfew', dfew), ('ferv39k', ferv39k), ('mafw', mafw)) if v]
     if len(given) > 1:
-        raise UsageError(f"{' and '.join('--' + k for k, _ in given)}: give one video dataset per run (a run trains one video head)")
+        flags = ' and '.join('--' + k for k, _ in given)
+        raise UsageError(f"{flags}: give one video dataset per run (a run trains one video head)")
     return given[0] if given else (None, None)
 
 def parse_folds(fold, dataset:str|None) -> list:
-    "Folds of `--fold` for `dataset`: `[N]`, or `[1, ..., 5]` for 'all'; `[None]` where there are no folds (FERV39K, images only)."
+    "Folds of `--fold` for `dataset`: `[N]`, `[1, ..., 5]` for 'all'; `[None]` without folds (FERV39K, images)."
     n = VIDEO_DATASETS[dataset][1] if dataset else 0
     if fold is None or str(fold).strip() == '': return [1] if n else [None]
     s = str(fold).strip().lower()
@@ -436,7 +452,7 @@ def parse_folds(fold, dataset:str|None) -> list:
     return [int(s)]
 
 def video_dataset(dataset:str, root, fold:int|None, split:str, annotation=None, **kwargs):
-    "The `unilearn.data` reader of `dataset` ('dfew', 'ferv39k', 'mafw') for `split` of `fold`; `annotation`: folder of its split files."
+    "The `unilearn.data` reader of `dataset` (dfew, ferv39k, mafw) for `split` of `fold` (`annotation`: split files)."
     from unilearn import data
     name, n, stride = VIDEO_DATASETS[dataset]
     kwargs['stride'] = kwargs.get('stride') or stride
@@ -448,7 +464,7 @@ def run_folder(out, fold:int|None) -> Path:
     return Path(out) / f'fold_{fold}' if fold else Path(out)
 
 # %% ../nbs/09_cli.ipynb #025d8446
-RECIPE_META = ('title', 'paper', 'published', 'inputs', 'notes')   # top-level keys; every other one is a command's section
+RECIPE_META = ('title', 'paper', 'published', 'inputs', 'notes')   # top-level keys; the others are commands' sections
 RECIPE_COMMANDS = ('pretrain', 'finetune', 'evaluate')
 
 def recipe_dir() -> Path:
@@ -473,7 +489,8 @@ def check_recipe_section(fn, section:dict, where:str):
         if k not in params or k == 'recipe':
             raise UsageError(f"{where}: unknown key {k!r}; the keys are the options of `unilearn {fn.__name__} --help`")
         want = typing.get_args(hints.get(k))[0] if typing.get_args(hints.get(k)) else hints.get(k, str)
-        if not _type_ok(v, want): raise UsageError(f"{where}: key {k!r} must be {want.__name__}, not {type(v).__name__} {v!r}")
+        if not _type_ok(v, want):
+            raise UsageError(f"{where}: key {k!r} must be {want.__name__}, not {type(v).__name__} {v!r}")
 
 # %% ../nbs/09_cli.ipynb #1b648c20
 def load_recipe(name_or_path) -> dict:
@@ -481,12 +498,14 @@ def load_recipe(name_or_path) -> dict:
     p = Path(name_or_path)
     if p.suffix != '.toml' and not p.is_file():
         p = recipe_dir() / f'{name_or_path}.toml'
-        if not p.is_file(): raise UsageError(f"--recipe {name_or_path}: no such recipe; `unilearn recipes` lists them, or give a .toml file")
+        if not p.is_file():
+            raise UsageError(f"--recipe {name_or_path}: no such recipe; see `unilearn recipes` (or give a .toml)")
     elif not p.is_file(): raise UsageError(f"--recipe {name_or_path}: no such file")
     r = _read_toml(p)
     for k, v in r.items():
         if k in RECIPE_META: continue
-        if k not in RECIPE_COMMANDS: raise UsageError(f"recipe {p}: unknown key {k!r}; top-level keys are {RECIPE_META + RECIPE_COMMANDS}")
+        if k not in RECIPE_COMMANDS:
+            raise UsageError(f"recipe {p}: unknown key {k!r}; top-level keys are {RECIPE_META + RECIPE_COMMANDS}")
         if not isinstance(v, dict): raise UsageError(f"recipe {p}: key {k!r} must be a table ([{k}]) of options")
         check_recipe_section(globals()[k], v, f"recipe {p} [{k}]")
     return dict(r, name=p.stem, path=str(p))
@@ -498,20 +517,24 @@ def list_recipes() -> dict:
 _GIVEN = None   # names of the options typed on the command line (set by `main`); None for calls from Python
 
 def resolve_args(fn, values:dict) -> dict:
-    "The options of command `fn` with its `--recipe` applied: options given explicitly win over the recipe, which wins over defaults."
+    "The options of command `fn` with its `--recipe` applied: options typed win over it, it over the defaults."
     params = inspect.signature(fn).parameters
-    values = {k: str(values[k]) if isinstance(values[k], Path) else values[k] for k in params}   # JSON-ready: recorded with the run
+    # JSON-ready: recorded with the run
+    values = {k: str(values[k]) if isinstance(values[k], Path) else values[k] for k in params}
     if not values.get('recipe'): return values
     r = load_recipe(values['recipe'])
     cmd = fn.__name__
-    if cmd not in r: raise UsageError(f"--recipe {values['recipe']}: it has no [{cmd}] section (it has {[k for k in r if k in RECIPE_COMMANDS]})")
+    if cmd not in r:
+        has = [k for k in r if k in RECIPE_COMMANDS]
+        raise UsageError(f"--recipe {values['recipe']}: it has no [{cmd}] section (it has {has})")
     given = _GIVEN if _GIVEN is not None else {k for k, p in params.items() if values[k] != p.default}
     values.update({k: v for k, v in r[cmd].items() if k not in given})
     need = r.get('inputs', {}).get(cmd)
     if need is not None:
         data = [k for k in DATA_FLAGS.get(cmd, ()) if values.get(k)]
         if sorted(data) != sorted(need):
-            raise UsageError(f"--recipe {r['name']}: this experiment runs `unilearn {cmd}` on {' '.join('--' + k + ' PATH' for k in need)}; "
+            want = ' '.join('--' + k + ' PATH' for k in need)
+            raise UsageError(f"--recipe {r['name']}: this experiment runs `unilearn {cmd}` on {want}; "
                              f"got {' '.join('--' + k for k in data) or 'none'}")
     values['recipe'] = r['path']
     return values
@@ -527,7 +550,8 @@ def run_device(device:str|None) -> str:
     if device is None: return 'cuda' if torch.cuda.is_available() else 'cpu'
     try: d = torch.device(device)
     except RuntimeError: raise UsageError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps)") from None
-    if d.type == 'cuda' and not torch.cuda.is_available(): raise UsageError(f"--device {device}: no CUDA device here; use --device cpu")
+    if d.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device here; use --device cpu")
     return str(d)
 
 def check_precision(precision:str, device:str) -> str|None:
@@ -540,7 +564,7 @@ def check_precision(precision:str, device:str) -> str|None:
 _ARG_FLAGS = ('compile', 'grad_checkpointing', 'precision', 'resume', 'save_every', 'max_bad_steps', 'checkpoint_dir')
 
 class flag_errors:
-    "Errors of the Learner factories about one of their arguments become one-line `UsageError`s naming its command-line flag."
+    "Errors of the Learner factories about one of their arguments become one-line `UsageError`s naming the flag."
     def __enter__(self): return self
     def __exit__(self, typ, e, tb):
         if typ is None or not issubclass(typ, (ValueError, RuntimeError)) or isinstance(e, UsageError): return False
@@ -559,14 +583,16 @@ def epoch_lines(learn, interactive:bool|None=None):
     from functools import partial
     from fastai.callback.progress import ProgressCallback
     from unilearn.train import is_main_process
-    if not is_main_process(): learn.remove_cb(ProgressCallback); learn.logger = lambda log: None   # rank 0 speaks for the run
+    if not is_main_process():   # rank 0 speaks for the run
+        learn.remove_cb(ProgressCallback); learn.logger = lambda log: None
     elif not (sys.stdout.isatty() if interactive is None else interactive):
         learn.remove_cb(ProgressCallback)
         learn.logger = partial(_epoch_line, learn)
     return learn
 
 # %% ../nbs/09_cli.ipynb #8c5e1374
-DATA_FLAGS = {'pretrain': ('images', 'videos', 'dfew', 'ferv39k', 'mafw'), 'finetune': ('dfew', 'ferv39k', 'mafw', 'affectnet'),
+DATA_FLAGS = {'pretrain': ('images', 'videos', 'dfew', 'ferv39k', 'mafw'),
+              'finetune': ('dfew', 'ferv39k', 'mafw', 'affectnet'),
               'evaluate': ('dfew', 'ferv39k', 'mafw', 'affectnet')}
 
 def _size(size:str, embed_dim:int|None, depth:int|None, heads:int|None):
@@ -576,10 +602,10 @@ def _size(size:str, embed_dim:int|None, depth:int|None, heads:int|None):
 def parse_moae(moae:str):
     "`--moae`: a placement (later, early, middle, alternate) or a comma list of block indices."
     s = (moae or '').strip()
-    if not s: raise UsageError("--moae is empty: give later, early, middle, alternate, or block indices such as 6,7,8,9,10,11")
+    if not s: raise UsageError("--moae is empty: give later, early, middle, alternate, or block indices such as 6,7,8")
     if s[0].isdigit() or ',' in s:
         try: return [int(b) for b in s.split(',')]
-        except ValueError: raise UsageError(f"--moae {moae}: block indices are integers separated by commas, e.g. 6,7,8,9,10,11") from None
+        except ValueError: raise UsageError(f"--moae {moae}: block indices are integers, e.g. 6,7,8") from None
     if s not in ('later', 'early', 'middle', 'alternate'):
         raise UsageError(f"--moae {moae}: choose later, early, middle, alternate, or block indices such as 6,7,8")
     return s
@@ -590,7 +616,7 @@ def _at_least(a, **mins):
         if v is not None and v < m: raise UsageError(f"--{k} {v}: must be at least {m}")
 
 def in_process_group(learn, world:int, fit):
-    "Run `fit()` on every rank of a torchrun / accelerate launch through fastai's `distrib_ctx` (DDP), or plainly in one process."
+    "Run `fit()` on every rank of a torchrun / accelerate launch in fastai's `distrib_ctx` (DDP), else plainly."
     if world <= 1: return fit()
     from unilearn.train import ddp_kwargs
     with learn.distrib_ctx(**ddp_kwargs()): return fit()
@@ -601,12 +627,13 @@ def leave_process_group():
     if dist.is_available() and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
 
 def _fresh_run(rd:Path, ckdir, resume:bool):
-    "A run never writes over another: a folder with a finished run or with checkpoints needs --resume (or another --out)."
+    "A run never writes over another: a folder with a finished run or checkpoints needs --resume (or another --out)."
     from unilearn.train import latest_checkpoint
     done = [f.name for f in (rd / 'best.safetensors', rd / 'mae.safetensors') if f.exists()]
-    if done and not resume: raise UsageError(f"{rd} holds a finished run ({done[0]}); choose another --out, or --resume to skip it")
+    if done and not resume:
+        raise UsageError(f"{rd} holds a finished run ({done[0]}); choose another --out, or --resume to skip it")
     if ckdir is not None and not resume and Path(ckdir).is_dir() and latest_checkpoint(ckdir):
-        raise UsageError(f"{ckdir} holds checkpoints of an earlier run; continue it with --resume or choose another --checkpoint_dir")
+        raise UsageError(f"{ckdir} holds checkpoints of an earlier run; continue it with --resume or use another")
     return bool(done)
 
 def _write_config(rd:Path, cfg:dict) -> Path:
@@ -615,15 +642,15 @@ def _write_config(rd:Path, cfg:dict) -> Path:
     return rd / 'config.json'
 
 # %% ../nbs/09_cli.ipynb #fc9788d7
-def pretrain(images:str=None,          # AffectNet root (images listed in train_affectnet7.txt); omit for video-only pre-training
+def pretrain(images:str=None,          # AffectNet root (images of train_affectnet7.txt)
              videos:str=None,          # VoxCeleb2 root (every video below it); omit for image-only pre-training
              dfew:str=None,            # also pre-train on DFEW's training clips of --fold (no labels used)
              ferv39k:str=None,         # also pre-train on FERV39K's training clips
              mafw:str=None,            # also pre-train on MAFW's training clips of --fold
              annotation:str=None,      # folder of that video dataset's split files, when not under its root
-             fold:str=None,            # DFEW/MAFW fold whose training split is used (default 1): its test clips stay unseen
+             fold:str=None,            # DFEW/MAFW fold whose training split is used (default 1)
              allow_overlap:bool=False, # accept training items that are also test items (an error otherwise)
-             recipe:str=None,          # recipe name (`unilearn recipes`) or TOML file; options given here override its values
+             recipe:str=None,          # recipe name (`unilearn recipes`) or TOML file; options typed here win
              out:str='runs/pretrain',  # output folder: mae.safetensors and config.json
              size:str='base',          # ViT size: tiny, small or base
              embed_dim:int=None,       # custom width (overrides size)
@@ -637,7 +664,7 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
              video_mask:float=0.95,    # video mask ratio
              masking:str='random',     # 'random' (published) or 'tube'
              epochs:int=100,           # epochs (one pass of the images, video_share of the video batches, per epoch)
-             video_share:float=0.25,   # share of one pass of video batches per epoch (published: 0.25, each clip as 4 copies)
+             video_share:float=0.25,   # share of a pass of video batches per epoch (published: 0.25, 4 copies a clip)
              copies:int=4,             # augmented copies per clip (repeated augmentation)
              image_bs:int=64,          # image batch size (per process)
              video_bs:int=16,          # video batch size before copies (per process)
@@ -653,7 +680,7 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
              max_bad_steps:int=None,   # non-finite steps skipped before the run stops (default: the Learner's)
              workers:int=4,            # data-loading worker processes
              seed:int=0):              # random seed
-    "Dual-modal MAE pre-training on face images and face videos; writes OUT/mae.safetensors with its resolved configuration."
+    "Dual-modal MAE pre-training on face images and videos; writes OUT/mae.safetensors with its resolved configuration."
     import torch
     from torch.utils.data import DataLoader, ConcatDataset
     from unilearn.data import AffectNet, VoxCeleb2
@@ -664,10 +691,11 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
     vflag, vroot = video_task(a['dfew'], a['ferv39k'], a['mafw'])
     folds = parse_folds(a['fold'], vflag)
     if len(folds) > 1: raise UsageError("--fold all: pre-training uses one fold's training clips; give --fold N")
-    if not (a['images'] or a['videos'] or vflag): raise UsageError("give --images, --videos (and/or --dfew, --ferv39k, --mafw) PATH")
+    if not (a['images'] or a['videos'] or vflag): raise UsageError("give --images, --videos or --dfew/--ferv39k/--mafw")
     _at_least(a, epochs=1, image_bs=1, video_bs=1, copies=1, save_every=1)
-    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir (where the run's checkpoints are)")
-    if a['resume'] and not latest_checkpoint(a['checkpoint_dir']): raise UsageError(f"--resume: no epoch_*.pth checkpoint in {a['checkpoint_dir']}")
+    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir")
+    if a['resume'] and not latest_checkpoint(a['checkpoint_dir']):
+        raise UsageError(f"--resume: no epoch_*.pth checkpoint in {a['checkpoint_dir']}")
     if a['masking'] not in ('random', 'tube'): raise UsageError(f"--masking {a['masking']}: choose random or tube")
     dev = a['device'] = run_device(a['device'])
     prec = check_precision(a['precision'], dev)
@@ -676,27 +704,34 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
     rank, world = init_distributed()
     seed_everything(a['seed'])
     S, T = a['img_size'], a['frames']
-    mae = create_mae(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), img_size=S, all_frames=T, patch_size=a['patch'],
-                     image_mask_ratio=a['image_mask'], video_mask_ratio=a['video_mask'], masking=a['masking'])
+    mae = create_mae(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), img_size=S, all_frames=T,
+                     patch_size=a['patch'], image_mask_ratio=a['image_mask'], video_mask_ratio=a['video_mask'],
+                     masking=a['masking'])
     mae.to(dev)
     g = torch.Generator().manual_seed(a['seed'])
-    image_dl = DataLoader(AffectNet(a['images'], split='train', mode='pretrain', img_size=S, allow_overlap=a['allow_overlap']), batch_size=a['image_bs'], shuffle=True,
-                          drop_last=True, num_workers=a['workers'], generator=g) if a['images'] else None
+    image_dl = None
+    if a['images']:
+        images = AffectNet(a['images'], split='train', mode='pretrain', img_size=S, allow_overlap=a['allow_overlap'])
+        image_dl = DataLoader(images, batch_size=a['image_bs'], shuffle=True, drop_last=True, num_workers=a['workers'],
+                              generator=g)
     vids = [VoxCeleb2(a['videos'], num_frames=T, stride=a['stride'], img_size=S)] if a['videos'] else []
     if vflag: vids.append(video_dataset(vflag, vroot, folds[0], 'train', a['annotation'], mode='pretrain', num_frames=T,
                                         stride=a['stride'], img_size=S, allow_overlap=a['allow_overlap']))
     video_dl = None
     if vids:
         v, c = vids[0] if len(vids) == 1 else ConcatDataset(vids), a['copies']
-        video_dl = DataLoader(RepeatedAugmentation(v, c) if c > 1 else v, batch_size=a['video_bs'], shuffle=True, drop_last=True,
-                              num_workers=a['workers'], generator=g, collate_fn=collate_copies if c > 1 else None)
+        video_dl = DataLoader(RepeatedAugmentation(v, c) if c > 1 else v, batch_size=a['video_bs'], shuffle=True,
+                              drop_last=True, num_workers=a['workers'], generator=g,
+                              collate_fn=collate_copies if c > 1 else None)
     total = (a['image_bs'] if image_dl is not None else a['video_bs'] * a['copies']) * world
     lr = a['lr'] or a['base_lr'] * total / 512
     cfg = dict(command='pretrain', **a, lr_used=lr, total_batch=total, world_size=world)
     with flag_errors():
-        learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, video_share=a['video_share'] if image_dl is not None else 1.0,
-                                 lr=lr, seed=a['seed'], precision=a['precision'],
-                                 checkpoint_dir=a['checkpoint_dir'], resume='last' if a['resume'] else None, save_every=a['save_every'],
+        learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, lr=lr, seed=a['seed'],
+                                 precision=a['precision'],
+                                 video_share=a['video_share'] if image_dl is not None else 1.0,
+                                 checkpoint_dir=a['checkpoint_dir'], resume='last' if a['resume'] else None,
+                                 save_every=a['save_every'],
                                  grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
                                  config=dict(cli={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST}),
                                  **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
@@ -705,21 +740,23 @@ def pretrain(images:str=None,          # AffectNet root (images listed in train_
     if rank == 0: _write_config(rd, cfg)
     in_process_group(learn, world, lambda: learn.fit(a['epochs']))
     if rank == 0:
-        print(f"wrote {save_checkpoint(mae, rd / 'mae.safetensors', input=dict(img_size=S, frames=T), epochs=a['epochs'], run_config=cfg)}")
+        path = save_checkpoint(mae, rd / 'mae.safetensors', input=dict(img_size=S, frames=T), epochs=a['epochs'],
+                               run_config=cfg)
+        print(f"wrote {path}")
     leave_process_group()
     return mae
 
 # %% ../nbs/09_cli.ipynb #b0cd58ab
-def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/ and the split files): the video task, 7 classes, 5 folds
-             ferv39k:str=None,         # FERV39K root (2_ClipsforFaceCrop/, train.csv, test.csv): the video task, 7 classes, one split
+def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/, split files): the video task, 5 folds
+             ferv39k:str=None,         # FERV39K root (2_ClipsforFaceCrop/, train/test.csv): one split
              mafw:str=None,            # MAFW root (frames_crop_align_224/, set_N/): the video task, 11 classes, 5 folds
              affectnet:str=None,       # AffectNet root (train/test lists): the image task
-             annotation:str=None,      # folder of the video dataset's split files, when not under its root (e.g. MAFW's anno/single/no_caption)
-             fold:str=None,            # DFEW/MAFW fold 1-5, or 'all': five runs under OUT/fold_N (default 1); none for FERV39K
-             recipe:str=None,          # recipe name (`unilearn recipes`) or TOML file; options given here override its values
-             mae:str=None,             # MAE checkpoint to start from (`unilearn pretrain` output file or folder, or a published one)
-             out:str='runs/finetune',  # output folder: best.safetensors, last.safetensors, predictions*.csv, history.csv, config.json
-             kind:str='unilearn',      # unilearn, vit_mtl, vit_moe or vit (one head; with --affectnet its images use the video classes)
+             annotation:str=None,      # folder of the video dataset's split files, if not under its root
+             fold:str=None,            # DFEW/MAFW fold 1-5, or 'all': five runs in OUT/fold_N (default 1)
+             recipe:str=None,          # recipe name (`unilearn recipes`) or TOML file; options typed here win
+             mae:str=None,             # MAE checkpoint to start from (`unilearn pretrain` output or published)
+             out:str='runs/finetune',  # output folder: best/last.safetensors, predictions, history, config
+             kind:str='unilearn',      # unilearn, vit_mtl, vit_moe or vit (one head for both tasks)
              moae:str='later',         # MoAE blocks: later, early, middle, alternate or a comma list of block indices
              experts:int=8,            # experts per MoAE layer
              top_k:int=2,              # experts per token
@@ -729,7 +766,7 @@ def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/ and the split 
              heads:int=None,           # custom attention heads (with embed_dim)
              img_size:int=160,         # frame side in pixels
              frames:int=16,            # frames per clip
-             stride:int=None,          # frame stride (default: the dataset's published one, 4 for DFEW and MAFW, 1 for FERV39K)
+             stride:int=None,          # frame stride (default: published, 4 for DFEW and MAFW, 1 for FERV39K)
              patch:int=16,             # patch side
              epochs:int=100,           # epochs (all video batches + sfer_ratio of an image pass each)
              warmup:int=5,             # warmup epochs
@@ -744,29 +781,31 @@ def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/ and the split 
              cutmix:float=1.0,         # CutMix alpha (0: off)
              smoothing:float=0.1,      # label smoothing
              drop_path:float=0.0,      # stochastic depth rate
-             monitor:str=None,         # validation metric choosing the best epoch (default video_uar, image_uar without video)
+             monitor:str=None,         # metric of the best epoch (default video_uar, else image_uar)
              valid_pct:float=0.1,      # share of each training set held out for choosing the best epoch
              allow_overlap:bool=False, # accept training items that are also test items (an error otherwise)
              views:int=2,              # temporal views per test clip (averaged softmax)
              precision:str='bf16',     # fp32, bf16 or fp16 (fp16: CUDA only, with a gradient scaler)
              device:str=None,          # cpu, cuda, cuda:1 ... (default: CUDA if there is one)
              checkpoint_dir:str=None,  # folder for resumable checkpoints (DIR/fold_N per fold); none kept if not given
-             resume:bool=False,        # continue from the newest checkpoint in checkpoint_dir (finished folds are skipped)
+             resume:bool=False,        # continue from the newest checkpoint in checkpoint_dir (finished folds skipped)
              save_every:int=1,         # epochs between resumable checkpoints
              compile:bool=False,       # torch.compile the model
              grad_checkpointing:bool=False,  # recompute activations in the backward pass (less memory, slower)
              max_bad_steps:int=None,   # non-finite steps skipped before the run stops (default: the Learner's)
              workers:int=4,            # data-loading worker processes
              seed:int=0):              # random seed
-    "Joint fine-tuning: one video dataset (DFEW, FERV39K or MAFW) and/or AffectNet-7; per fold the best and last checkpoints and test predictions."
+    "Joint fine-tuning on DFEW, FERV39K or MAFW and/or AffectNet-7: per fold best/last checkpoints, test predictions."
     a = resolve_args(finetune, locals())
     vflag, _ = video_task(a['dfew'], a['ferv39k'], a['mafw'])
     folds = parse_folds(a['fold'], vflag)
-    if not vflag and not a['affectnet']: raise UsageError("give a video dataset (--dfew, --ferv39k or --mafw PATH), --affectnet PATH, or both")
-    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir (where the run's checkpoints are)")
+    if not vflag and not a['affectnet']:
+        raise UsageError("give a video dataset (--dfew, --ferv39k or --mafw PATH), --affectnet PATH, or both")
+    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir")
     a['moae_blocks'] = parse_moae(a['moae']) if a['kind'] in ('unilearn', 'vit_moe') else None
     _at_least(a, epochs=1, warmup=0, views=1, video_bs=1, image_bs=1, save_every=1, experts=1, top_k=1)
-    if a['kind'] not in ('unilearn', 'vit_mtl', 'vit_moe', 'vit'): raise UsageError(f"--kind {a['kind']}: choose unilearn, vit_mtl, vit_moe or vit")
+    if a['kind'] not in ('unilearn', 'vit_mtl', 'vit_moe', 'vit'):
+        raise UsageError(f"--kind {a['kind']}: choose unilearn, vit_mtl, vit_moe or vit")
     a['device'] = run_device(a['device'])
     check_precision(a['precision'], a['device'])
     results = {f: _finetune_fold(a, vflag, f) for f in folds}
@@ -783,10 +822,11 @@ def _mae_file(mae):
     return mae
 
 def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
-    "One fine-tuning run (one fold): data, model, Learner, fit, then best/last checkpoints and test predictions in its folder."
+    "One fine-tuning run (one fold): data, model, Learner, fit; best/last checkpoints and test predictions."
     from torch.utils.data import Subset
     from unilearn.data import AffectNet, AFFECTNET7_CLASSES
-    from unilearn.joint import stratified_split, create_model, joint_dataloaders, finetune_learner, fit_joint, best_model, evaluate_joint
+    from unilearn.joint import (stratified_split, create_model, joint_dataloaders, finetune_learner, fit_joint,
+                                best_model, evaluate_joint)
     from unilearn.interop import save_checkpoint
     from unilearn.metrics import save_predictions, scores
     from unilearn.train import seed_everything, latest_checkpoint, init_distributed
@@ -805,39 +845,47 @@ def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
         ov = dict(allow_overlap=a['allow_overlap'])
         train = video_dataset(vflag, vroot, f, 'train', a['annotation'], **kw, **ov)
         tv, va = stratified_split(train, a['valid_pct'], a['seed'])
-        va_v = Subset(video_dataset(vflag, vroot, f, 'train', a['annotation'], mode='test', num_clips=1, **kw, **ov), va.indices)
+        va_v = video_dataset(vflag, vroot, f, 'train', a['annotation'], mode='test', num_clips=1, **kw, **ov)
+        va_v = Subset(va_v, va.indices)
         tests['video'] = video_dataset(vflag, vroot, f, 'test', a['annotation'], num_clips=a['views'], **kw)
         classes['video'], stride = list(train.classes), train.stride
     if a['affectnet']:
         ov = dict(allow_overlap=a['allow_overlap'])
         ti, va = stratified_split(AffectNet(a['affectnet'], split='train', img_size=S, **ov), a['valid_pct'], a['seed'])
         va_i = Subset(AffectNet(a['affectnet'], split='train', mode='test', img_size=S, **ov), va.indices)
-        tests['image'], classes['image'] = AffectNet(a['affectnet'], split='test', mode='test', img_size=S), list(AFFECTNET7_CLASSES)
+        tests['image'] = AffectNet(a['affectnet'], split='test', mode='test', img_size=S)
+        classes['image'] = list(AFFECTNET7_CLASSES)
     if a['kind'] == 'vit' and vflag and ti is not None:   # one head: images take the video dataset's class order
         ti, va_i, tests['image'] = (RemapLabels(d, classes['video']) for d in (ti, va_i, tests['image']))
         classes['image'] = classes['video']
     ncls = {t: len(c) for t, c in classes.items()}
-    extra = dict(num_experts=a['experts'], top_k=a['top_k'], moae=a['moae_blocks']) if a['moae_blocks'] is not None else {}
-    model = create_model(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), kind=a['kind'], img_size=S, all_frames=T,
+    moe = a['moae_blocks'] is not None
+    extra = dict(num_experts=a['experts'], top_k=a['top_k'], moae=a['moae_blocks']) if moe else {}
+    model = create_model(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), kind=a['kind'], img_size=S,
+                         all_frames=T,
                          num_classes=next(iter(ncls.values())) if a['kind'] == 'vit' else ncls, patch_size=a['patch'],
-                         mae_checkpoint=_mae_file(a['mae']), drop_path_rate=a['drop_path'], verbose=rank == 0, **extra).to(a['device'])
-    dls = joint_dataloaders(ti, tv, va_i, va_v, image_bs=a['image_bs'], video_bs=a['video_bs'], sfer_ratio=a['sfer_ratio'], seed=a['seed'],
-                            num_workers=a['workers'], device=a['device'])   # under torchrun, `distrib_ctx` gives each rank its share
+                         mae_checkpoint=_mae_file(a['mae']), drop_path_rate=a['drop_path'], verbose=rank == 0, **extra)
+    model.to(a['device'])
+    # under torchrun, `distrib_ctx` gives each rank its share of these loaders
+    dls = joint_dataloaders(ti, tv, va_i, va_v, image_bs=a['image_bs'], video_bs=a['video_bs'],
+                            sfer_ratio=a['sfer_ratio'], seed=a['seed'], num_workers=a['workers'], device=a['device'])
     monitor = a['monitor'] or ('video_uar' if vflag else 'image_uar')
     cfg = dict(command='finetune', **{k: v for k, v in a.items() if k != 'moae_blocks'}, fold_run=f, classes=classes,
                stride_used=stride if vflag else None, world_size=world)
     with flag_errors():
-        learn = finetune_learner(model, dls, lr=a['lr'], min_lr=a['min_lr'], layer_decay=a['layer_decay'], weight_decay=a['weight_decay'],
-                                 mixup_alpha=a['mixup'], cutmix_alpha=a['cutmix'], label_smoothing=a['smoothing'], monitor=monitor,
-                                 precision=a['precision'], checkpoint_dir=ck, resume='last' if a['resume'] else None,
-                                 save_every=a['save_every'], grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
+        learn = finetune_learner(model, dls, lr=a['lr'], min_lr=a['min_lr'], layer_decay=a['layer_decay'],
+                                 weight_decay=a['weight_decay'], mixup_alpha=a['mixup'], cutmix_alpha=a['cutmix'],
+                                 label_smoothing=a['smoothing'], monitor=monitor, precision=a['precision'],
+                                 checkpoint_dir=ck, resume='last' if a['resume'] else None, save_every=a['save_every'],
+                                 grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
                                  config=dict(cli={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST}),
                                  **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
     epoch_lines(learn)
     if rank == 0: _write_config(rd, cfg)
     hist = in_process_group(learn, world, lambda: fit_joint(learn, epochs=a['epochs'], warmup_epochs=a['warmup']))
     if rank: return {}
-    info = dict(input=dict(img_size=S, frames=T), fold=f, dataset=vflag, classes=classes, run_config=cfg, monitor=monitor)
+    info = dict(input=dict(img_size=S, frames=T), fold=f, dataset=vflag, classes=classes, run_config=cfg,
+                monitor=monitor)
     if vflag: info['stride'] = stride
     best, last, res = best_model(learn), getattr(learn.model, 'module', learn.model), {}
     for name, m, ep in (('best', best, learn.best['epoch']), ('last', last, a['epochs'] - 1)):
@@ -845,8 +893,10 @@ def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
         preds = evaluate_joint(m.eval(), tests, fold=f, bs=max(a['video_bs'], 1), device=a['device'])
         save_predictions(rd / ('predictions.csv' if name == 'best' else 'predictions_last.csv'), preds)
         res[name] = {t: scores(preds, t) for t in tests}
-        print(f"{'fold ' + str(f) if f else 'run'}: {name} epoch {ep} -> {rd / (name + '.safetensors')}; test " + '; '.join(
-            f"{t} UAR {100 * s['uar']:.2f} WAR {100 * s['war']:.2f} (n={s['n']})" for t, s in res[name].items()), flush=True)
+        test = '; '.join(f"{t} UAR {100 * s['uar']:.2f} WAR {100 * s['war']:.2f} (n={s['n']})"
+                         for t, s in res[name].items())
+        where = f'fold {f}' if f else 'run'
+        print(f"{where}: {name} epoch {ep} -> {rd / name}.safetensors; test {test}", flush=True)
     hist.to_csv(rd / 'history.csv', index=False)
     return res
 
@@ -857,20 +907,21 @@ def _classifier(path) -> Path:
     path = Path(path)
     if not path.is_file(): raise UsageError(f"{path}: no such checkpoint file")
     if 'mae' in checkpoint_config(path).get('builder', '').lower():
-        raise UsageError(f"{path} is an MAE pre-training checkpoint (no classification head); fine-tune it first: unilearn finetune --mae {path} ...")
+        raise UsageError(f"{path} is an MAE pre-training checkpoint (no classification head); "
+                         f"fine-tune it first: unilearn finetune --mae {path} ...")
     return path
 
-def evaluate(model:str,                # checkpoint of `unilearn finetune` (best.safetensors), or its output folder (one checkpoint per fold)
+def evaluate(model:str,                # `unilearn finetune` checkpoint, or its output folder (one per fold)
              dfew:str=None,            # DFEW root: the video head on test_set_<fold>
              ferv39k:str=None,         # FERV39K root: the video head on test.csv
              mafw:str=None,            # MAFW root: the video head on set_<fold>/test
              affectnet:str=None,       # AffectNet root: the image head on test_affectnet7_2w.txt
              annotation:str=None,      # folder of the video dataset's split files, when not under its root
-             fold:str=None,            # DFEW/MAFW fold 1-5 or 'all' (MODEL must then be a folder with fold_N/); default: the checkpoint's
+             fold:str=None,            # DFEW/MAFW fold 1-5, or 'all' (MODEL a folder); default: the checkpoint's
              which:str='best',         # with a folder MODEL: its 'best' or 'last' checkpoints
              stride:int=None,          # frame stride (default: the checkpoint's)
              views:int=2,              # temporal views per clip (averaged softmax)
-             out:str=None,             # predictions CSV (with a .json sidecar of class names); a folder with --fold all (pooled there)
+             out:str=None,             # predictions CSV (+ .json of class names); a folder with --fold all
              device:str=None,          # cpu, cuda ... (default: CUDA if there is one)
              bs:int=16):               # batch size
     "Multi-view evaluation of fine-tuned checkpoints: UAR/WAR and per-class recall of each head, per fold."
@@ -880,7 +931,7 @@ def evaluate(model:str,                # checkpoint of `unilearn finetune` (best
     from unilearn.metrics import scores, save_predictions
     a = dict(locals())
     vflag, vroot = video_task(dfew, ferv39k, mafw)
-    if not vflag and not affectnet: raise UsageError("give --dfew, --ferv39k, --mafw (one of them) and/or --affectnet PATH")
+    if not vflag and not affectnet: raise UsageError("give --dfew, --ferv39k or --mafw and/or --affectnet PATH")
     _at_least(a, views=1, bs=1)
     if which not in ('best', 'last'): raise UsageError(f"--which {which}: choose best or last")
     m = Path(model)
@@ -888,8 +939,9 @@ def evaluate(model:str,                # checkpoint of `unilearn finetune` (best
         folds = parse_folds(fold, vflag)
         files = {f: run_folder(m, f) / f'{which}.safetensors' for f in folds}
     else:
-        if str(fold).lower() == 'all': raise UsageError(f"--fold all needs MODEL to be a `unilearn finetune` output folder (one checkpoint per fold), not {m}")
-        f = parse_folds(fold, vflag)[0] if fold is not None else checkpoint_config(_classifier(m)).get('info', {}).get('fold')
+        if str(fold).lower() == 'all':
+            raise UsageError(f"--fold all needs MODEL to be a `unilearn finetune` output folder (fold_N/), not {m}")
+        f = parse_folds(fold, vflag)[0] if fold is not None else checkpoint_config(_classifier(m))['info'].get('fold')
         if vflag and VIDEO_DATASETS[vflag][1] and not f: f = 1
         files = {f: m}
     dev, frames_out = run_device(device), []
@@ -899,14 +951,15 @@ def evaluate(model:str,                # checkpoint of `unilearn finetune` (best
         net = load_checkpoint(path, device=dev)
         S, T = geo.get('img_size', 160), geo.get('frames', 16)
         sets = {}
-        if vflag: sets['video'] = video_dataset(vflag, vroot, f, 'test', annotation, mode='test', num_clips=views, num_frames=T,
-                                                stride=stride or info.get('stride'), img_size=S)
+        if vflag: sets['video'] = video_dataset(vflag, vroot, f, 'test', annotation, mode='test', num_clips=views,
+                                                num_frames=T, stride=stride or info.get('stride'), img_size=S)
         if affectnet: sets['image'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
         preds = evaluate_joint(net, sets, fold=f, bs=bs, device=dev)
         for t in sets:
             sc = scores(preds, t)
-            print(f"{'fold ' + str(f) + ' ' if f else ''}{t}: UAR {100 * sc['uar']:.2f}  WAR {100 * sc['war']:.2f}  (n={sc['n']})  " +
-                  ' '.join(f"{c} {100 * r:.1f}" for c, r in sc['recall'].items()))
+            rec = ' '.join(f"{c} {100 * r:.1f}" for c, r in sc['recall'].items())
+            head = f"{'fold ' + str(f) + ' ' if f else ''}{t}"
+            print(f"{head}: UAR {100 * sc['uar']:.2f}  WAR {100 * sc['war']:.2f}  (n={sc['n']})  {rec}")
         if out and len(files) > 1: save_predictions(run_folder(out, f) / 'predictions.csv', preds)
         elif out: print(f"wrote {save_predictions(out, preds)}")
         frames_out.append(preds)
@@ -915,22 +968,23 @@ def evaluate(model:str,                # checkpoint of `unilearn finetune` (best
 
 # %% ../nbs/09_cli.ipynb #604d2600
 def pool_predictions(out, which:str='best') -> tuple:
-    "The test predictions of a run folder: `OUT/fold_N/predictions.csv` of every fold (or `OUT/predictions.csv`), concatenated."
+    "The test predictions of a run folder, `OUT/fold_N/predictions.csv` of every fold (or `OUT/predictions.csv`)."
     from unilearn.metrics import load_predictions, concat_predictions
     name = 'predictions.csv' if which == 'best' else f'predictions_{which}.csv'
     out = Path(out)
-    files = sorted(out.glob(f'fold_*/{name}'), key=lambda p: int(p.parent.name[5:]) if p.parent.name[5:].isdigit() else 0)
+    num = lambda p: int(p.parent.name[5:]) if p.parent.name[5:].isdigit() else 0
+    files = sorted(out.glob(f'fold_*/{name}'), key=num)
     files = files or ([out / name] if (out / name).is_file() else [])
-    if not files: raise UsageError(f"{out}: no {name} here or in fold_N/ sub-folders; run `unilearn finetune --out {out}` first")
+    if not files: raise UsageError(f"{out}: no {name} here or in fold_N/; run `unilearn finetune --out {out}` first")
     df = concat_predictions([load_predictions(f) for f in files])
     dup = df.duplicated(['task', 'id'])
     if dup.any():
         r = df[dup].iloc[0]
-        raise UsageError(f"{out}: {r.task} item {r.id!r} is in the test predictions of more than one fold; pooling needs disjoint test folds")
+        raise UsageError(f"{out}: {r.task} item {r.id!r} is in the test set of two folds; pooling needs disjoint folds")
     return df, files
 
 def pool_results(df, resamples:int=1000, seed:int=0) -> dict:
-    "Per task: UAR/WAR (%) of each fold, their mean and std, and of all folds' predictions pooled, with per-class recall and 95% bootstrap intervals."
+    "Per task: UAR/WAR (%) of each fold, their mean and std, and pooled (per-class recall, 95% intervals)."
     from unilearn.metrics import fold_report, scores, score_intervals
     rep, res = fold_report(df), {}
     for t in df.task.unique():
@@ -938,7 +992,8 @@ def pool_results(df, resamples:int=1000, seed:int=0) -> dict:
         per = {str(x.fold): dict(n=int(x.n), uar=float(x.uar), war=float(x.war)) for x in r.itertuples()}
         ci = score_intervals(df, t, n_resamples=resamples, seed=seed)
         pooled = dict(n=s['n'], uar=100 * s['uar'], war=100 * s['war'], uar_ci=[100 * v for v in ci['uar']],
-                      war_ci=[100 * v for v in ci['war']], recall={c: None if v != v else 100 * v for c, v in s['recall'].items()})   # NaN: class absent
+                      war_ci=[100 * v for v in ci['war']],
+                      recall={c: None if v != v else 100 * v for c, v in s['recall'].items()})   # None: class absent
         res[t] = dict(folds={k: v for k, v in per.items() if k not in ('pooled', 'mean', 'std')}, pooled=pooled,
                       fold_mean=per.get('mean'), fold_std=per.get('std'))
     return res
@@ -947,18 +1002,20 @@ def pool(out:str,                      # output folder of `unilearn finetune` (f
          which:str='best',             # pool the test predictions of the 'best' or the 'last' checkpoints
          resamples:int=1000,           # bootstrap resamples of the 95% intervals
          seed:int=0):                  # seed of the bootstrap
-    "Pool the folds' test predictions as the paper reports (all folds' predictions together, UAR/WAR once); writes OUT/results.json."
+    "Pool the folds' test predictions as the paper reports (all folds together, UAR/WAR once); writes OUT/results.json."
     if which not in ('best', 'last'): raise UsageError(f"--which {which}: choose best or last")
     df, files = pool_predictions(out, which)
     res = pool_results(df, resamples, seed)
     for t, r in res.items():
         for k, v in r['folds'].items(): print(f"{t} fold {k}: UAR {v['uar']:.2f} WAR {v['war']:.2f} (n={v['n']})")
-        if r['fold_mean']: print(f"{t} mean of {len(r['folds'])} folds: UAR {r['fold_mean']['uar']:.2f} ± {r['fold_std']['uar']:.2f} "
-                                 f"WAR {r['fold_mean']['war']:.2f} ± {r['fold_std']['war']:.2f}")
+        m, sd = r['fold_mean'], r['fold_std']
+        if m: print(f"{t} mean of {len(r['folds'])} folds: UAR {m['uar']:.2f} ± {sd['uar']:.2f} "
+                    f"WAR {m['war']:.2f} ± {sd['war']:.2f}")
         p = r['pooled']
         print(f"{t} pooled: UAR {p['uar']:.2f} [{p['uar_ci'][0]:.2f}, {p['uar_ci'][1]:.2f}]  WAR {p['war']:.2f} "
               f"[{p['war_ci'][0]:.2f}, {p['war_ci'][1]:.2f}]  (n={p['n']}, 95% bootstrap intervals)")
-        print(f"{t} recall (pooled): " + '  '.join(f"{c} {'-' if v is None else f'{v:.1f}'}" for c, v in p['recall'].items()))
+        rec = '  '.join(f"{c} {'-' if v is None else f'{v:.1f}'}" for c, v in p['recall'].items())
+        print(f"{t} recall (pooled): {rec}")
     path = Path(out) / 'results.json'
     path.write_text(json.dumps(dict(which=which, files=[str(f) for f in files], percent=True, tasks=res), indent=1))
     print(f"wrote {path}")
@@ -972,12 +1029,12 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
             affectnet:str=None,        # AffectNet root: the image head's test images
             annotation:str=None,       # folder of the video dataset's split files, when not under its root
             fold:str=None,             # DFEW/MAFW fold (default: the checkpoint's)
-            out:str=None,              # folder for analysis.html and the numbers (default: analysis/ beside the checkpoint)
+            out:str=None,              # folder for analysis.html and its numbers (default: analysis/ beside MODEL)
             embedding:str='umap',      # 2-D map of the features: umap, pca or none
             views:int=1,               # temporal views per test clip
             device:str=None,           # cpu, cuda ... (default: CUDA if there is one)
             bs:int=16):                # batch size
-    "The paper's Figure 4 from a checkpoint: expert gates per MoAE layer and task, class-centre similarity, feature map; numbers saved beside."
+    "The paper's Figure 4 from a checkpoint: expert gates per layer and task, class-centre similarity, feature map."
     from unilearn.data import AffectNet
     from unilearn.interop import load_checkpoint, checkpoint_config
     from unilearn.joint import measure_gates, gate_table
@@ -985,7 +1042,7 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
     from unilearn import panels
     a = dict(locals())
     vflag, vroot = video_task(dfew, ferv39k, mafw)
-    if not vflag and not affectnet: raise UsageError("give --dfew, --ferv39k, --mafw (one of them) and/or --affectnet PATH")
+    if not vflag and not affectnet: raise UsageError("give --dfew, --ferv39k or --mafw and/or --affectnet PATH")
     if embedding not in ('umap', 'pca', 'none'): raise UsageError(f"--embedding {embedding}: choose umap, pca or none")
     _at_least(a, views=1, bs=1)
     info = checkpoint_config(_classifier(model)).get('info', {})
@@ -994,8 +1051,8 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
     net = load_checkpoint(model, device=dev)
     S, T = geo.get('img_size', 160), geo.get('frames', 16)
     data = {}
-    if vflag: data['test_videos'] = video_dataset(vflag, vroot, f, 'test', annotation, mode='test', num_clips=views, num_frames=T,
-                                                  stride=info.get('stride'), img_size=S)
+    if vflag: data['test_videos'] = video_dataset(vflag, vroot, f, 'test', annotation, mode='test', num_clips=views,
+                                                  num_frames=T, stride=info.get('stride'), img_size=S)
     if affectnet: data['test_images'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
     sets = {t: data[f'test_{t}s'] for t in ('video', 'image') if f'test_{t}s' in data}
     out = Path(out) if out else Path(model).parent / 'analysis'
@@ -1015,22 +1072,26 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
     if embedding != 'none':
         emb = panels.embed_2d(feats['features'], embedding)
         import pandas as pd
-        pd.DataFrame(dict(id=feats['ids'], task=feats['task'], label=feats['labels'], x=emb[:, 0], y=emb[:, 1])).to_csv(out / 'embedding.csv', index=False)
+        xy = pd.DataFrame(dict(id=feats['ids'], task=feats['task'], label=feats['labels'], x=emb[:, 0], y=emb[:, 1]))
+        xy.to_csv(out / 'embedding.csv', index=False)
         items[f'{embedding.upper()} of the test features'] = panels.umap_figure(feats, embedding=emb)
-    (out / 'analysis.json').write_text(json.dumps(dict(model=str(model), fold=f, tasks=list(sets), n={t: len(d) for t, d in sets.items()},
-                                                       files=dict(numbers, similarity='class_similarity.csv', features='features.npz'),
+    files = dict(numbers, similarity='class_similarity.csv', features='features.npz')
+    (out / 'analysis.json').write_text(json.dumps(dict(model=str(model), fold=f, tasks=list(sets), files=files,
+                                                       n={t: len(d) for t, d in sets.items()},
                                                        similarity=json.loads(sim.to_json())), indent=1))
-    print(f"wrote {panels.report_html(items, out / 'analysis.html', title=f'unilearn analysis of {model}')} (numbers beside it)")
+    page = panels.report_html(items, out / 'analysis.html', title=f'unilearn analysis of {model}')
+    print(f"wrote {page} (numbers beside it)")
     return out
 
 # %% ../nbs/09_cli.ipynb #024b9865
-def recipes(name:Param('a recipe to print, with the commands that run it (none: list them all)', str, opt=False, nargs='?')=None):
+def recipes(name:Param('a recipe to print with its commands (none: list them)', str, opt=False, nargs='?')=None):
     "List the recipes shipped with unilearn (one per experiment of the paper), or print one."
     if name is None:
         rs = list_recipes()
         w = max(map(len, rs), default=0)
         for n, t in rs.items(): print(f"{n:{w}s}  {t}")
-        print(f"\n{len(rs)} recipes in {recipe_dir()}; `unilearn recipes NAME` prints one, `unilearn CMD --recipe NAME ...` runs it")
+        print(f"\n{len(rs)} recipes in {recipe_dir()}; `unilearn recipes NAME` prints one, "
+              "`unilearn CMD --recipe NAME ...` runs it")
         return rs
     r = load_recipe(name)
     print(Path(r['path']).read_text(encoding='utf-8').rstrip())
@@ -1059,12 +1120,14 @@ def command(name:str):
     if name not in COMMANDS: raise UsageError(f"unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
     mod, fn = COMMANDS[name].split(':')
     try: f = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e: raise UsageError(f"command {name!r} ({COMMANDS[name]}) is not available: {e}") from None
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"command {name!r} ({COMMANDS[name]}) is not available: {e}") from None
     return getattr(f, '__wrapped__', f)
 
 def _help() -> str:
     return ("usage: unilearn {" + ",".join(COMMANDS) + "} [options]\n\n" +
-            '\n'.join(f"  {k:10s} {SUMMARIES.get(k, '')}" for k in COMMANDS) + "\n\n`unilearn CMD --help` lists the options of CMD.")
+            '\n'.join(f"  {k:10s} {SUMMARIES.get(k, '')}" for k in COMMANDS) +
+            "\n\n`unilearn CMD --help` lists the options of CMD.")
 
 # %% ../nbs/09_cli.ipynb #f01e2012
 def _given(parser, argv) -> set:
