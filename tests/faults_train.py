@@ -263,6 +263,12 @@ def deprecated_names(tmp):
     assert sum(issubclass(x.category, DeprecationWarning) for x in w) == 3
     ck = learn.cbs.filter(lambda c: type(c).__name__ == 'CheckpointCallback')[0]
     assert ck.every == 2 and not learn.cbs.filter(lambda c: type(c).__name__ == 'AutocastCallback')
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        pre = tiny_mae_learner(tmp, precision=None, **{'dtype': 'bf16', 'checkpoint_every': 5})
+    assert sum(issubclass(x.category, DeprecationWarning) for x in w) == 2
+    assert pre.cbs.filter(lambda c: type(c).__name__ == 'CheckpointCallback')[0].every == 5
+    assert pre.cbs.filter(lambda c: type(c).__name__ == 'AutocastCallback')[0].dtype == torch.bfloat16
 
 
 def tiny_mae_learner(tmp, seed=0, **kw):
@@ -272,8 +278,10 @@ def tiny_mae_learner(tmp, seed=0, **kw):
     mae = create_mae(dict(embed_dim=16, depth=1, num_heads=2), img_size=16, all_frames=2, patch_size=8, decoder_dim=16,
                      decoder_depth=1, image_mask_ratio=0.5, video_mask_ratio=0.5)
     clips = DataLoader(TensorDataset(torch.randn(8, 3, 2, 16, 16)), batch_size=4, shuffle=True)
-    return pretrain_learner(mae, video_dl=clips, lr=1e-3, precision='fp32', checkpoint_dir=tmp / 'pre', save_every=1,
-                            seed=seed, quiet=True, **kw)
+    kw = {'precision': 'fp32', 'save_every': 1, **kw}
+    if kw['precision'] is None: del kw['precision']
+    if 'checkpoint_every' in kw: del kw['save_every']
+    return pretrain_learner(mae, video_dl=clips, lr=1e-3, checkpoint_dir=tmp / 'pre', seed=seed, quiet=True, **kw)
 
 
 def pretrain_nan_and_resume_check(tmp):

@@ -219,7 +219,7 @@ def param_groups_layer_decay(model:nn.Module, weight_decay:float=0.05, layer_dec
 from .train import all_gather_objects, get_world_size, _gathering
 
 class TaskMetric(Metric):
-    "UAR or WAR (%) of one task's validation batches, for fastai's recorder (name `<task>_<uar|war>`); pooled over DDP ranks."
+    "UAR or WAR (%) of one task's validation batches (recorder name `<task>_<uar|war>`), pooled over DDP ranks."
     def __init__(self, task:str, kind:str='uar'):
         if kind not in ('uar', 'war'): raise ValueError(f"kind must be 'uar' or 'war', got {kind!r}")
         self.task, self.kind = task, kind
@@ -232,7 +232,8 @@ class TaskMetric(Metric):
         "Pool every rank's predictions, once per validation (every rank calls it: `GatherRanks`, or `value`)."
         if not self.split or self.pooled: return
         parts = all_gather_objects((self.preds, self.targs))
-        self.preds, self.targs, self.pooled = [p for ps, _ in parts for p in ps], [t for _, ts in parts for t in ts], True
+        self.preds, self.targs = [p for ps, _ in parts for p in ps], [t for _, ts in parts for t in ts]
+        self.pooled = True
     @property
     def value(self):
         self.gather_ranks()
@@ -303,7 +304,7 @@ def check_classes(model, datasets:dict):
 # %% ../nbs/03_joint_finetune.ipynb #b47ffdab
 def finetune_learner(model, dls:DataLoaders,
     lr:float|None=None, base_lr:float=1e-5, # lr, or `base_lr` per 8 clips of global video batch
-    min_lr:float|None=None, base_min_lr:float=1e-6, # end of the cosine, or its value per 256 clips of global video batch
+    min_lr:float|None=None, base_min_lr:float=1e-6, # end of the cosine, or its value per 256 clips of global batch
     warmup_lr:float|None=None, base_warmup_lr:float=1e-6, # start of the warmup, or its value per 256 clips
     weight_decay:float=0.05, layer_decay:float=0.75, betas=(0.9, 0.999), eps:float=1e-8,
     mixup_alpha:float=0.8, cutmix_alpha:float=1.0, label_smoothing:float=0.1,
@@ -325,8 +326,8 @@ def finetune_learner(model, dls:DataLoaders,
     train = dls.train
     check_classes(model, train.dataset)
     check_classes(model, dls.valid.dataset)
-    world = train.world_size if getattr(train, 'world_size', 1) > 1 else get_world_size()  # `distrib_ctx` splits loaders later
-    total = getattr(train, 'batch_sizes', {}).get('video', 8) * world  # published total batch: clips per step, all ranks
+    world = train.world_size if getattr(train, 'world_size', 1) > 1 else get_world_size()  # distrib_ctx splits later
+    total = getattr(train, 'batch_sizes', {}).get('video', 8) * world  # published total batch: clips/step, all ranks
     lr = base_lr * total / 8 if lr is None else lr
     min_lr = base_min_lr * total / 256 if min_lr is None else min_lr  # published: per 256 clips, not per 8
     warmup_lr = base_warmup_lr * total / 256 if warmup_lr is None else warmup_lr

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 
@@ -118,6 +119,12 @@ def visible_index(mask:torch.Tensor) -> torch.Tensor:
     if n_visible[0] == 0: raise ValueError("the mask hides every token; leave at least one visible")
     return (~mask).nonzero()[:, 1].view(mask.shape[0], -1)
 
+def _run_blocks(blocks, x, grad_checkpointing:bool=False):
+    "Run `blocks` in turn; with `grad_checkpointing` (when training) each block's activations are recomputed in backward."
+    ckpt = grad_checkpointing and torch.is_grad_enabled()
+    for blk in blocks: x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
+    return x
+
 def _encode_index(vit:VisionTransformer, clip:torch.Tensor, index:torch.Tensor) -> torch.Tensor:
     proj = vit.patch_embed.proj
     patches = patchify(clip, vit.tubelet_size, vit.patch_size).flatten(2)
@@ -125,8 +132,7 @@ def _encode_index(vit:VisionTransformer, clip:torch.Tensor, index:torch.Tensor) 
     weight = proj.weight.permute(0, 2, 3, 4, 1).flatten(1)  # conv kernel (D,C,t,y,x) in patchify's (t,y,x,C) order
     x = F.linear(visible, weight, proj.bias)
     x = vit.pos_drop(x + vit.positions(patches.shape[1])[0][index].to(x.dtype))
-    for blk in vit.blocks: x = blk(x)
-    return x
+    return _run_blocks(vit.blocks, x, getattr(vit, 'grad_checkpointing', False))
 
 def encode_visible(vit:VisionTransformer, x:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
     "Token features `(B, n_visible, D)` of `vit`'s blocks run on the visible tokens of `x` only (`mask` True = hidden)."
@@ -160,8 +166,7 @@ class MAEDecoder(nn.Module):
         self.head = nn.Linear(embed_dim, out_dim)
 
     def forward(self, x):
-        for blk in self.blocks: x = blk(x)
-        return self.head(self.norm(x))
+        return self.head(self.norm(_run_blocks(self.blocks, x, getattr(self, 'grad_checkpointing', False))))
 
 # %% ../nbs/02b_mae.ipynb #6270a7f4
 class MAEOutput(tuple):
@@ -261,6 +266,14 @@ class MaskedAutoencoder(nn.Module):
 def create_mae(size:str|dict='base', img_size:int=160, all_frames:int=16, **kwargs) -> MaskedAutoencoder:
     "A `MaskedAutoencoder` of a named ViT size (decoder 4 blocks at half the encoder width by default: 384/6 heads for base)."
     return MaskedAutoencoder(size, img_size=img_size, all_frames=all_frames, **kwargs)
+
+# %% ../nbs/02b_mae.ipynb #647bd5dd
+from fastcore.basics import patch
+
+@patch
+def set_grad_checkpointing(self:MaskedAutoencoder, enable:bool=True):
+    "Recompute the encoder's and decoder's block activations in backward instead of storing them (less memory)."
+    self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
 
 # %% ../nbs/02b_mae.ipynb #2e3c1a06
 @torch.no_grad()
