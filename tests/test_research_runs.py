@@ -1,5 +1,6 @@
 """Research runs from the command line on small media trees in each dataset's real layout, built from the real split files
-(`../shared/reference/splits`, skipped with a message when absent): MAFW fold 1 (an 11-way video head), FERV39K (one split),
+(`../shared/reference/splits`, skipped with a message when absent; MAFW through `unilearn.synth.split_media_tree`):
+MAFW fold 1 (an 11-way video head), FERV39K (one split),
 DFEW with `--fold all` followed by `unilearn pool`, checked against scikit-learn on the concatenated predictions."""
 import json, subprocess, sys
 from pathlib import Path
@@ -55,14 +56,6 @@ def dfew_tree(root:Path, ann:Path, per_class:int=1):
     for i, y in keep.items(): _frames(root / 'clip_jpg_256' / i, y)
     return keep
 
-def mafw_tree(root:Path, train_per_class:int=4, test_per_class:int=2):
-    "MAFW: frames_crop_align_224/<id>/*.png and set_1/{train,test}.csv restricted to a few clips of each of the 11 classes."
-    for s, n in (('train', train_per_class), ('test', test_per_class)):
-        h, rows = _rows(SPLITS / 'MAFW' / 'set_1' / f'{s}.csv')
-        rows = _pick(rows, lambda r: r.split(',')[1], n)
-        _write_split(root / 'set_1' / f'{s}.csv', h, rows)
-        for r in rows: _frames(root / 'frames_crop_align_224' / r.split(',')[0], int(r.split(',')[1]), ext='.png')
-
 def ferv39k_tree(root:Path, train_per_class:int=4, test_per_class:int=2):
     "FERV39K: 2_ClipsforFaceCrop/<Scene>/<Emotion>/<id>/*.jpg and {train,test}.csv (+ label_index.txt) restricted to a few clips a class."
     root.mkdir(parents=True, exist_ok=True)
@@ -81,7 +74,8 @@ def unilearn(*args, timeout=600):
 def test_mafw_fold1_has_an_11_way_head(splits_dir, tmp_path):
     from unilearn.interop import checkpoint_config, load_checkpoint
     from unilearn.metrics import load_predictions
-    mafw_tree(tmp_path / 'MAFW')
+    from unilearn.synth import split_media_tree
+    split_media_tree('MAFW', splits_dir, tmp_path / 'MAFW', limit=120)   # the authors' layout: anno/single/no_caption/set_N
     out = unilearn('finetune', '--mafw', tmp_path / 'MAFW', '--fold', '1', '--out', tmp_path / 'run', '--stride', '1', *TINY)
     run = tmp_path / 'run' / 'fold_1'
     net = load_checkpoint(run / 'best.safetensors')
@@ -90,7 +84,7 @@ def test_mafw_fold1_has_an_11_way_head(splits_dir, tmp_path):
     assert info['classes']['video'][:3] == ['anger', 'anxiety', 'contempt'] and info['fold'] == 1 and info['dataset'] == 'mafw'
     assert info['run_config']['mafw'] == str(tmp_path / 'MAFW')          # the resolved configuration travels with the weights
     df = load_predictions(run / 'predictions.csv')
-    assert len(df) == 22 and df.attrs['classes']['video'] == info['classes']['video']
+    assert len(df) == 120 and df.attrs['classes']['video'] == info['classes']['video']
     assert 'epoch 1/1' in out                                               # no terminal: one line per epoch
     unilearn('analyze', run / 'best.safetensors', '--mafw', tmp_path / 'MAFW', '--embedding', 'pca')  # Figure 4 from it
     gates = pd.read_csv(run / 'analysis' / 'gates.csv')
