@@ -126,18 +126,30 @@ class _AVStream:
     def close(self):
         if self._it is not None: self._c.close()
 
+# %% ../nbs/12_predict.ipynb #0015c12a
+class _Quiet:
+    "Silence what C libraries (FFmpeg, decord) print on stderr while a file is opened: failures are reported in one line."
+    def __enter__(self):
+        import os
+        sys.stderr.flush(); self.fd = os.dup(2); null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 2); os.close(null)
+    def __exit__(self, *exc):
+        import os
+        os.dup2(self.fd, 2); os.close(self.fd)
+
 def open_stream(path, fps:float|None=None):
     "A clip to read in windows: `num_frames`, `fps` and `read(indices)`; decord for video files, PyAV when decord fails."
     from unilearn.data import open_clip, VideoFile, DataError
     path = Path(path)
     if path.is_dir(): c = open_clip(path); c.fps = fps; return c
     if not path.is_file(): raise InputError(f"{path}: no such file or folder")
-    try: c = VideoFile(path, backend='decord')
-    except DataError: return _AVStream(path)
+    try:
+        with _Quiet(): c = VideoFile(path, backend='decord')
+    except DataError:
+        with _Quiet(): return _AVStream(path)
     c.fps = float(c._vr.get_avg_fps() or 0) or fps
     return c
 
-# %% ../nbs/12_predict.ipynb #0017c12a
+# %% ../nbs/12_predict.ipynb #0018c12a
 _DEFAULT_CLASSES = {'video': {7: 'DFEW_CLASSES', 11: 'MAFW_CLASSES'}, 'image': {7: 'AFFECTNET7_CLASSES', 8: 'AFFECTNET8_CLASSES'}}
 
 def class_names(model, classes=None) -> dict:
@@ -156,7 +168,7 @@ def class_names(model, classes=None) -> dict:
         names[h] = list(c)
     return names
 
-# %% ../nbs/12_predict.ipynb #001ac12a
+# %% ../nbs/12_predict.ipynb #001bc12a
 class Predictor:
     "Expression of the face in videos and images: one face track, windows of the model's clip length, class-named tables."
     def __init__(self, model,                   # a unilearn model (`unilearn.interop.load_checkpoint`)
@@ -210,7 +222,7 @@ class Predictor:
         d = self._label(kind, p)
         return dict(path=str(path), kind=kind, head=self.head(kind), label=d.pop('label'), **extra, **d)
 
-# %% ../nbs/12_predict.ipynb #001ec12a
+# %% ../nbs/12_predict.ipynb #001fc12a
 def _box(f) -> str: return f"{f.cx - f.size / 2:.0f},{f.cy - f.size / 2:.0f},{f.size:.0f}"
 
 @patch
@@ -237,7 +249,7 @@ def predict_image(self:Predictor, path, all_faces:bool=False) -> dict:
     return dict(kind='image', summary=pd.DataFrame(rows), timeline=None, frames=None, thumbnails={}, probs=P[0],
                 label=rows[0]['label'], faces=faces, crops=crops)
 
-# %% ../nbs/12_predict.ipynb #0021c12a
+# %% ../nbs/12_predict.ipynb #0022c12a
 def _fill(crops:list) -> list:
     "Frames without the face take the crop of the nearest frame with it (inside one window)."
     have = [k for k, c in enumerate(crops) if c is not None]
@@ -255,7 +267,7 @@ def _plan(self:Predictor, path, n:int) -> tuple[list, int]:
 @patch
 def _detect(self:Predictor, frame, i:int, track:FaceTrack) -> tuple:
     "(crop or None, frames-table row) of frame `i`."
-    if not self.crop: return frame, dict(face=True, faces=None)
+    if not self.crop: return self._fit(frame), dict(face=True, faces=None)
     t0 = time.perf_counter()
     faces = self.cropper.detect_all(frame)
     f = track(faces, frame.shape, i)
@@ -263,6 +275,16 @@ def _detect(self:Predictor, frame, i:int, track:FaceTrack) -> tuple:
     self.timings['faces'] += time.perf_counter() - t0
     return crop, dict(face=f is not None, faces=len(faces), **(dict(cx=f.cx, cy=f.cy, size=f.size, angle=f.angle, score=f.score)
                                                              if f is not None else {}))
+
+@patch
+def _fit(self:Predictor, frame):
+    "A frame that is a face crop already, its short side resized to the model's (area averaging) and centre-cropped."
+    import cv2
+    h, w = frame.shape[:2]
+    k = self.size / min(h, w)
+    f = cv2.resize(frame, (max(self.size, round(w * k)), max(self.size, round(h * k))), interpolation=cv2.INTER_AREA)
+    y, x = (f.shape[0] - self.size) // 2, (f.shape[1] - self.size) // 2
+    return np.ascontiguousarray(f[y:y + self.size, x:x + self.size])
 
 @patch
 def _windows(self:Predictor, batch:list, rows:list):
@@ -277,7 +299,7 @@ def _windows(self:Predictor, batch:list, rows:list):
         for (r, _), p in zip(go, self._probs(x, 'video')): r.update(self._label('video', p))
     rows += [r for r, _ in batch]
 
-# %% ../nbs/12_predict.ipynb #0022c12a
+# %% ../nbs/12_predict.ipynb #0023c12a
 @patch
 def predict_video(self:Predictor, path, progress:bool=False, thumbnails:int=24) -> dict:
     "Prediction for a video or frame folder, decoded in chunks: summary row, timeline of windows, face flags of the frames read."
@@ -292,8 +314,8 @@ def predict_video(self:Predictor, path, progress:bool=False, thumbnails:int=24) 
     crops, frows, rows, thumbs, pending, w = {}, [], [], {}, [], 0
     from tqdm.auto import tqdm
     bar = tqdm(total=len(need), desc=Path(path).name[:30], unit='frame', disable=not progress, file=sys.stderr, leave=False)
-    for c0 in range(0, len(need), 32):
-        idx, t0 = need[c0:c0 + 32], time.perf_counter()
+    for c0 in range(0, len(need), 16):
+        idx, t0 = need[c0:c0 + 16], time.perf_counter()
         try: frames = src.read(idx)
         except DataError as e: raise InputError(str(e)) from None
         self.timings['decoding'] += time.perf_counter() - t0
@@ -326,7 +348,7 @@ def predict_video(self:Predictor, path, progress:bool=False, thumbnails:int=24) 
     return dict(kind='video', summary=pd.DataFrame([row]), timeline=tl, frames=fr, thumbnails=thumbs, probs=p,
                 label=row['label'], fps=fps)
 
-# %% ../nbs/12_predict.ipynb #0023c12a
+# %% ../nbs/12_predict.ipynb #0024c12a
 @patch
 def __call__(self:Predictor, path, all_faces:bool=False, progress:bool=False) -> dict:
     "Prediction for one input: a folder is one clip (a frame folder), a file an image or a video by its extension."
@@ -342,7 +364,7 @@ def predict_file(model, path, **kwargs) -> dict:
     return Predictor(model, **{k: v for k, v in kwargs.items() if k not in ('all_faces', 'progress')})(
         path, kwargs.get('all_faces', False), kwargs.get('progress', False))
 
-# %% ../nbs/12_predict.ipynb #002bc12a
+# %% ../nbs/12_predict.ipynb #002cc12a
 def _png64(a:np.ndarray) -> str:
     import base64, io
     from PIL import Image
@@ -366,7 +388,7 @@ def timeline_figure(result:dict, title:str=''):
                       yaxis_range=[0, 1], margin=dict(t=140), height=460)
     return fig
 
-# %% ../nbs/12_predict.ipynb #002ec12a
+# %% ../nbs/12_predict.ipynb #002fc12a
 def run_folder(out) -> Path:
     "`out`, or `out-2`, `out-3`... when `out` already holds a run: a run never overwrites another."
     out = Path(out)
@@ -392,7 +414,7 @@ def _name(path:Path, used:set) -> str:
     used.add(n)
     return n
 
-# %% ../nbs/12_predict.ipynb #002fc12a
+# %% ../nbs/12_predict.ipynb #0030c12a
 def _say(msg:str): print(msg, file=sys.stderr)
 
 def _one_line(path, e:Exception) -> str:
@@ -406,7 +428,7 @@ def _checkpoint(model) -> Path:
     sys.exit("unilearn predict: give --model CKPT (`unilearn demo` writes demo_out/model.safetensors, "
              "`unilearn finetune` the file given as its --out)")
 
-# %% ../nbs/12_predict.ipynb #0030c12a
+# %% ../nbs/12_predict.ipynb #0031c12a
 @call_parse
 def predict(path:Param("videos, images, or folders of them (a folder's images as images, its videos as videos)", str, nargs='+'),
             model:str=None,          # checkpoint: `unilearn demo` writes demo_out/model.safetensors (the default when present), `unilearn finetune` its --out
@@ -426,7 +448,8 @@ def predict(path:Param("videos, images, or folders of them (a folder's images as
             quiet:bool=False,        # no progress bars
             debug:bool=False):       # full tracebacks of failures
     "Expression of the face in videos and images: summary.csv, per-video timelines (CSV + HTML) with class names."
-    import traceback
+    import traceback, warnings
+    if not debug: warnings.filterwarnings('ignore', message='.*torch.jit.script', category=FutureWarning)   # fastai's import
     ckpt = _checkpoint(model)
     inputs = list_inputs(path, frames)
     if timeline and (len(inputs) != 1 or inputs[0][1] != 'video'):
@@ -466,7 +489,7 @@ def predict(path:Param("videos, images, or folders of them (a folder's images as
     if failed: sys.exit(1)
     return dict(out=out, summary=summary, results=results)
 
-# %% ../nbs/12_predict.ipynb #0033c12a
+# %% ../nbs/12_predict.ipynb #0034c12a
 def bench_model(model_size:str='demo'):
     "The demo's model (`unilearn demo`'s default preset) or ViT-B (16x160x160 clips at stride 4), with random weights."
     from unilearn.joint import create_model
