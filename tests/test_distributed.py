@@ -1,7 +1,7 @@
-"""Joint fine-tuning under DDP (`torchrun --nproc_per_node 2`, gloo on CPU, fastai's `learn.distrib_ctx()` with Accelerate)
-equals one process with the same global batch: same best epoch, same validation metrics and predictions, same weights,
-and one set of checkpoints written by rank 0."""
-import json, os, subprocess, sys
+"""Joint fine-tuning under DDP (`torchrun --nproc_per_node 2`, gloo on CPU, fastai's `learn.distrib_ctx()` with
+Accelerate) equals one process with the same global batch: same best epoch, same validation metrics and predictions,
+same weights, and one set of checkpoints written by rank 0."""
+import os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -34,8 +34,8 @@ def finetune(out:Path):
     model = create_model(TINY, num_classes={'image': 3, 'video': 3}, kind='vit_mtl', verbose=False, **GEOM)
     clips, images = (3, GEOM['all_frames'], 16, 16), (3, 16, 16)
     # plain loaders with the per-rank batch: `distrib_ctx` splits them by rank; 34 validation clips leave uneven shares
-    dls = joint_dataloaders(Toy(64, images, seed=1), Toy(64, clips, seed=2), Toy(20, images, seed=3), Toy(34, clips, seed=4),
-                            image_bs=IMAGE_BS // world, video_bs=VIDEO_BS // world, seed=0)
+    dls = joint_dataloaders(Toy(64, images, seed=1), Toy(64, clips, seed=2), Toy(20, images, seed=3),
+                            Toy(34, clips, seed=4), image_bs=IMAGE_BS // world, video_bs=VIDEO_BS // world, seed=0)
     learn = finetune_learner(model, dls, base_lr=BASE_LR, mixup_alpha=0., cutmix_alpha=0., precision='fp32',
                              checkpoint_dir=out / 'ckpt')
     quiet(learn)
@@ -61,7 +61,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     one, two = tmp_path / 'one', tmp_path / 'two'
     one.mkdir(); two.mkdir()
     finetune(one)  # one process, here
-    _run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', __file__, two], tmp_path)
+    _run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', __file__, two],
+         tmp_path)
     a = torch.load(one / 'rank0.pt', weights_only=False)
     r0, r1 = (torch.load(two / f'rank{r}.pt', weights_only=False) for r in (0, 1))
     assert (a['world'], r0['world']) == (1, 2)

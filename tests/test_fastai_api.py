@@ -1,5 +1,5 @@
-"""The standard fastai API on both Learners: the fine-tuning Learner of `finetune_learner` and the pre-training Learner of
-`pretrain_learner`, fed by `MixedModalityLoader` inside fastai `DataLoaders`."""
+"""The standard fastai API on both Learners: the fine-tuning Learner of `finetune_learner` and the pre-training
+Learner of `pretrain_learner`, fed by `MixedModalityLoader` inside fastai `DataLoaders`."""
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -47,11 +47,12 @@ def joint():
 @pytest.fixture(scope='module')
 def mae():
     seed_everything(0)
-    model = create_mae(dict(embed_dim=32, depth=1, num_heads=2), img_size=16, all_frames=2, patch_size=8, decoder_dim=16,
-                       decoder_depth=1, decoder_heads=2)
+    model = create_mae(dict(embed_dim=32, depth=1, num_heads=2), img_size=16, all_frames=2, patch_size=8,
+                       decoder_dim=16, decoder_depth=1, decoder_heads=2)
     dl = lambda x, shuffle=True: DataLoader(TensorDataset(x), batch_size=8, shuffle=shuffle)
     learn = pretrain_learner(model, image_dl=dl(toy_shapes(32, None, 16)), video_dl=dl(toy_shapes(16, 2, 16, seed=1)),
-                             video_share=1.0, precision='fp32', valid_video_dl=dl(toy_shapes(8, 2, 16, seed=2), False), quiet=True)
+                             video_share=1.0, precision='fp32', valid_video_dl=dl(toy_shapes(8, 2, 16, seed=2), False),
+                             quiet=True)
     learn.fit(1)
     return learn
 

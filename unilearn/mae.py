@@ -389,9 +389,10 @@ def collate_copies(items:list) -> torch.Tensor:
 
 # %% ../nbs/02b_mae.ipynb #bd32e36b
 class _NoValidation(Callback):
-    "Skip the validation phase (MAE pre-training usually has none)."
+    "Skip the validation phase of training (MAE pre-training usually has none); `get_preds(dl=...)` still runs."
     order = -50
-    def before_validate(self): raise CancelValidException()
+    def before_validate(self):
+        if self.learn.dl is self.dls.valid: raise CancelValidException()
 
 # %% ../nbs/02b_mae.ipynb #198f6ec1
 from .train import train_callbacks, train_device, prepare_model, learner_manifest, renamed_args
