@@ -26,12 +26,12 @@ class Toy(Dataset):
 
 
 def test_lr_follows_the_published_rule():
-    "lr = 1e-5 x (video batch x world size) / 8, min lr 1e-6 scaled alike, unless given."
+    "lr = 1e-5 x (video batch x world size) / 8; min lr 1e-6 x total batch / 256 as in the published code; unless given."
     images, clips = Toy(40, (3, 16, 16)), Toy(40, (3, 2, 16, 16), seed=1)
     model = create_model(TINY, num_classes={'image': 3, 'video': 3}, num_experts=2, **GEOM)
     dls = joint_dataloaders(images, clips, images, clips, image_bs=4, video_bs=16)
     learn = finetune_learner(model, dls, precision='fp32')
-    assert learn.lr == pytest.approx(2e-5) and learn.min_lr == pytest.approx(2e-6)
+    assert learn.lr == pytest.approx(2e-5) and learn.min_lr == pytest.approx(1e-6 * 16 / 256)
     dls2 = joint_dataloaders(images, clips, images, clips, image_bs=4, video_bs=4, world_size=2, rank=1)
     learn2 = finetune_learner(model, dls2, precision='fp32')
     assert learn2.lr == pytest.approx(1e-5)
