@@ -333,11 +333,11 @@ def finetune_learner(model, dls:DataLoaders,
     warmup_lr = base_warmup_lr * total / 256 if warmup_lr is None else warmup_lr
     device = train_device(dls, model)
     prepare_model(model, grad_checkpointing, compile, device)
-    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, dict(
+    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, {**(config or {}), **dict(  # the resolved values win
         kind='finetune', lr=lr, min_lr=min_lr, warmup_lr=warmup_lr,
         weight_decay=weight_decay, layer_decay=layer_decay, betas=betas, eps=eps,
         mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing, precision=precision,
-        aux_coef=aux_coef, monitor=monitor, **(config or {})))
+        aux_coef=aux_coef, monitor=monitor)})
     heads, tasks = head_classes(model), list(train.modalities)
     mix = {t: heads.get(t, heads.get('any')) for t in tasks}
     metrics = [TaskMetric(t, k) for t in dls.valid.modalities for k in ('uar', 'war')]

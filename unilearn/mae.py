@@ -428,9 +428,9 @@ def pretrain_learner(model:MaskedAutoencoder, image_dl=None, video_dl=None,
     dls = DataLoaders(train, valid)
     device = train_device(dls, model)
     prepare_model(model, grad_checkpointing, compile, device)
-    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, dict(
+    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, {**(config or {}), **dict(  # the resolved values win
         kind='pretrain', lr=lr, lr_min=lr_min, warmup=warmup, weight_decay=weight_decay, betas=betas, precision=precision,
-        clip_grad=clip_grad, **(config or {})))
+        clip_grad=clip_grad)})
     callbacks = [ModalityLossLogger(), ParamScheduler({'lr': warmup_cosine(lr, warmup=warmup, lr_min=lr_min)})]
     if clip_grad: callbacks.append(GradientClip(clip_grad))
     callbacks += train_callbacks(precision, device, max_bad_steps, checkpoint_dir, resume, save_every, manifest)
