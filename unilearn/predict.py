@@ -18,7 +18,8 @@ __all__ = ['face_video', 'InputError', 'list_inputs', 'window_starts', 'FaceTrac
 
 # %% ../nbs/12_predict.ipynb #0006c12a
 def face_video(path, n:int=60, size=(360, 640), present=None, second:bool=False, face:int=128, fps:int=25, seed:int=0) -> Path:
-    "Write a video of a synthetic face (`unilearn.synth`) drifting across a plain frame; `present` (n bools) hides it; `second` adds a still face."
+    """Write a video of a synthetic face (`unilearn.synth`) drifting across a plain frame; `present` (n bools) hides
+    it; `second` adds a still face."""
     from unilearn.synth import sample_identities, sample_scenes, render
     from unilearn.data import write_video, write_frames
     rng = np.random.default_rng(seed)
@@ -44,7 +45,8 @@ def _exts():
     return IMAGE_EXTS, VIDEO_EXTS
 
 def list_inputs(paths, frames:bool=False) -> list[tuple[Path, str]]:
-    "`(path, kind)` for each input: files as images or videos, a folder's images and videos, or (`frames`) a folder as one clip."
+    """`(path, kind)` for each input: files as images or videos, a folder's images and videos, or (`frames`) a folder
+    as one clip."""
     IMG, VID = _exts()
     out = []
     for p in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
@@ -59,7 +61,8 @@ def list_inputs(paths, frames:bool=False) -> list[tuple[Path, str]]:
 
 # %% ../nbs/12_predict.ipynb #000ec12a
 def window_starts(n:int, win:int, hop:int) -> list[int]:
-    "First frames of windows spanning `win` frames, every `hop` frames over `n` frames; the last window ends on the last frame."
+    """First frames of windows spanning `win` frames, every `hop` frames over `n` frames; the last window ends on the
+    last frame."""
     if hop < 1: raise ValueError(f"--hop must be at least 1 frame, got {hop}")
     if n <= win: return [0]
     starts = list(range(0, n - win + 1, hop))
@@ -68,7 +71,8 @@ def window_starts(n:int, win:int, hop:int) -> list[int]:
 
 # %% ../nbs/12_predict.ipynb #0011c12a
 class FaceTrack:
-    "Follows one face: the face near the last one; another face only after `patience` frames, or when the frame before had none."
+    """Follows one face: the face near the last one; another face only after `patience` frames, or when the frame
+    before had none."""
     def __init__(self, how:str='largest', patience:int=25):
         if how not in ('largest', 'central'): raise ValueError(f"--track must be 'largest' or 'central', not {how!r}")
         self.how, self.patience, self.last, self.last_i, self.empty = how, patience, None, None, True
@@ -128,7 +132,8 @@ class _AVStream:
 
 # %% ../nbs/12_predict.ipynb #0015c12a
 class _Quiet:
-    "Silence what C libraries (FFmpeg, decord) print on stderr while a file is opened: failures are reported in one line."
+    """Silence what C libraries (FFmpeg, decord) print on stderr while a file is opened: failures are reported in one
+    line."""
     def __enter__(self):
         import os
         sys.stderr.flush(); self.fd = os.dup(2); null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 2); os.close(null)
@@ -137,7 +142,8 @@ class _Quiet:
         os.dup2(self.fd, 2); os.close(self.fd)
 
 def open_stream(path, fps:float|None=None):
-    "A clip to read in windows: `num_frames`, `fps` and `read(indices)`; decord for video files, PyAV when decord fails."
+    """A clip to read in windows: `num_frames`, `fps` and `read(indices)`; decord for video files, PyAV when decord
+    fails."""
     from unilearn.data import open_clip, VideoFile, DataError
     path = Path(path)
     if path.is_dir(): c = open_clip(path); c.fps = fps; return c
@@ -170,7 +176,8 @@ def class_names(model, classes=None) -> dict:
 
 # %% ../nbs/12_predict.ipynb #001bc12a
 class Predictor:
-    "Expression of the face in videos and images: one face track, windows of the model's clip length, class-named tables."
+    """Expression of the face in videos and images: one face track, windows of the model's clip length, class-named
+    tables."""
     def __init__(self, model,                   # a unilearn model (`unilearn.interop.load_checkpoint`)
                  classes=None,                  # class names per head (default: the checkpoint's)
                  detector:str='auto',           # face detector: 'auto', 'mtcnn' or 'haar'
@@ -288,7 +295,8 @@ def _fit(self:Predictor, frame):
 
 @patch
 def _windows(self:Predictor, batch:list, rows:list):
-    "Run the model on the labelled windows of `batch` (`(window row, crops)`), filling the rows' labels and probabilities."
+    """Run the model on the labelled windows of `batch` (`(window row, crops)`), filling the rows' labels and
+    probabilities."""
     import torch
     from unilearn.data import video_eval_transform
     tf = video_eval_transform(self.size)
@@ -302,7 +310,8 @@ def _windows(self:Predictor, batch:list, rows:list):
 # %% ../nbs/12_predict.ipynb #0023c12a
 @patch
 def predict_video(self:Predictor, path, progress:bool=False, thumbnails:int=24) -> dict:
-    "Prediction for a video or frame folder, decoded in chunks: summary row, timeline of windows, face flags of the frames read."
+    """Prediction for a video or frame folder, decoded in chunks: summary row, timeline of windows, face flags of the
+    frames read."""
     from unilearn.data import DataError
     try: src = open_stream(path, self.fps)
     except DataError as e: raise InputError(str(e)) from None
@@ -360,7 +369,8 @@ def __call__(self:Predictor, path, all_faces:bool=False, progress:bool=False) ->
     raise InputError(f"{path}: not an image ({', '.join(IMG)}) nor a video ({', '.join(VID)})")
 
 def predict_file(model, path, **kwargs) -> dict:
-    "Prediction for one video, frame folder or image (`kwargs`: `Predictor`'s): `dict(kind, label, probs, summary, timeline, frames)`."
+    """Prediction for one video, frame folder or image (`kwargs`: `Predictor`'s): `dict(kind, label, probs, summary,
+    timeline, frames)`."""
     return Predictor(model, **{k: v for k, v in kwargs.items() if k not in ('all_faces', 'progress')})(
         path, kwargs.get('all_faces', False), kwargs.get('progress', False))
 
@@ -372,7 +382,8 @@ def _png64(a:np.ndarray) -> str:
     return 'data:image/png;base64,' + base64.b64encode(b.getvalue()).decode()
 
 def timeline_figure(result:dict, title:str=''):
-    "Plotly figure of a video's prediction: class probabilities over time, windows without the face shaded, face thumbnails."
+    """Plotly figure of a video's prediction: class probabilities over time, windows without the face shaded, face
+    thumbnails."""
     import plotly.graph_objects as go
     tl = result['timeline']
     names = [c for c in tl.columns if c not in ('start_s', 'end_s', 'start_frame', 'end_frame', 'face_fraction', 'label')]
@@ -506,7 +517,8 @@ def bench_model(model_size:str='demo'):
 
 def bench_predict(threads:int=2, device:str='cpu', model_size:str='demo', frames:int=250, detector:str='auto',
                   folder=None) -> dict:
-    "Frames/s of `Predictor` end to end on a generated 640x360 video (one face), and seconds spent decoding, on faces, in the model."
+    """Frames/s of `Predictor` end to end on a generated 640x360 video (one face), and seconds spent decoding, on
+    faces, in the model."""
     import tempfile, torch
     if device != 'cpu': raise ValueError("bench_predict measures the CPU path (device='cpu')")
     torch.set_num_threads(threads)
