@@ -21,7 +21,8 @@ from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay as timm_layer_decay_groups
 
-from .moae import MODELS, load_backbone, gate_stats, reset_gate_stats, track_gates
+from .moae import MODELS, gate_stats, reset_gate_stats, track_gates
+from .interop import load_backbone
 from .train import (MixedModalityLoader, AutocastCallback, AuxLossCallback, ModalityLossLogger, CheckpointCallback,
                             adamw, warmup_cosine)
 from .metrics import evaluate, concat_predictions, dataset_classes, per_class_recall
@@ -130,7 +131,7 @@ def create_model(size:str|dict='base', num_classes:dict|int|None=None, moae='lat
     elif kind == 'vit_mtl': model = MODELS['vit_mtl'](size, num_classes=num_classes, **geometry, **kwargs)
     elif kind == 'unilearn':
         model = MODELS['unilearn'](size, num_classes=num_classes, moae=moae, num_experts=num_experts, top_k=top_k, **geometry, **kwargs)
-    else: model = MODELS['vit_moe'](size, num_classes=num_classes, moe=moae, num_experts=num_experts, top_k=top_k, **geometry, **kwargs)
+    else: model = MODELS['vit_moe'](size, num_classes=num_classes, moae=moae, num_experts=num_experts, top_k=top_k, **geometry, **kwargs)
     model.kind, model.load_report = kind, None
     if mae_checkpoint is not None:
         model.load_report = load_backbone(model, mae_checkpoint, strict=strict)

@@ -520,14 +520,3 @@ def create_timm_model(kind:str, size:str, pretrained:bool=False, pretrained_cfg=
                                  **{**vit_size(size), **TIMM_KIND_ARGS[kind], **kwargs})
     model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=model.num_classes, num_frames=model.num_frames)
     return model
-
-# %% ../nbs/01_moae.ipynb #d1dd7b1c
-_IN_INTEROP = ('CheckpointError', 'sniff_checkpoint', 'read_checkpoint', 'state_dict_of', 'strip_wrappers',
-               'unwrap_model', 'LoadReport', 'load_backbone')
-
-def __getattr__(name):
-    "`unilearn.moae.load_backbone` and the other checkpoint names: looked up in `unilearn.interop` on first use."
-    if name in _IN_INTEROP:
-        import importlib
-        return getattr(importlib.import_module('unilearn.interop'), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
