@@ -97,6 +97,7 @@ class ClipFrames:
         x = x[0] if isinstance(x, (tuple, list)) else x
         return x[:, i % self.frames]          # (3,T,H,W) -> (3,H,W)
 
+# %% ../nbs/09_cli.ipynb #179d43e5
 def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
     "Datasets of the demo from a benchmark written by `unilearn.synth.write_benchmark` at `root`, sharing one `MediaCache` unless `cache=False`."
     from unilearn.data import (DFEW, AffectNet, VoxCeleb2, video_train_transform, image_train_transform, image_eval_transform,
@@ -243,6 +244,7 @@ def _features(model, data, tasks):
                 features=np.concatenate([r['features'] for _, r in parts]),
                 **{f'classes_{t}': np.array(data[f'test_{t}s'].classes) for t, _ in parts})
 
+# %% ../nbs/09_cli.ipynb #eb45a887
 def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=0, label_noise:float=.05, threads:int|None=None,
              quiet:bool=False, log=print, **overrides) -> dict:
     "Benchmark (generated if missing) -> MAE pre-training -> joint fine-tuning with MoAE -> multi-view evaluation -> report."
@@ -343,6 +345,7 @@ def _run_key(cfg:dict, row:dict) -> tuple:
     if r['tasks'] == ('video',) or r['tasks'] == ('image',): r['sfer_ratio'] = None
     return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in r.items()))
 
+# %% ../nbs/09_cli.ipynb #6b60e0de
 def _cell(vals) -> str:
     import numpy as np
     vals = [v for v in vals if v is not None]
@@ -368,6 +371,7 @@ def ablation_table(title:str, rows:list, results:dict, cfg:dict, seeds) -> pd.Da
         out.append(line)
     return pd.DataFrame(out)
 
+# %% ../nbs/09_cli.ipynb #789bf018
 def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3'), seeds=(0, 1, 2), out='ablate_out', data_dir=None,
                   label_noise:float=.05, quiet:bool=True, log=print, **overrides) -> dict:
     "Run the rows of `tables` for every seed; print each table when complete; return `{table: DataFrame}`."
@@ -516,6 +520,7 @@ def list_recipes() -> dict:
 
 _GIVEN = None   # names of the options typed on the command line (set by `main`); None for calls from Python
 
+# %% ../nbs/09_cli.ipynb #443885c7
 def resolve_args(fn, values:dict) -> dict:
     "The options of command `fn` with its `--recipe` applied: options typed win over it, it over the defaults."
     params = inspect.signature(fn).parameters
@@ -563,6 +568,7 @@ def check_precision(precision:str, device:str) -> str|None:
 
 _ARG_FLAGS = ('compile', 'grad_checkpointing', 'precision', 'resume', 'save_every', 'max_bad_steps', 'checkpoint_dir')
 
+# %% ../nbs/09_cli.ipynb #3ec105d5
 class flag_errors:
     "Errors of the Learner factories about one of their arguments become one-line `UsageError`s naming the flag."
     def __enter__(self): return self
@@ -621,6 +627,7 @@ def in_process_group(learn, world:int, fit):
     from unilearn.train import ddp_kwargs
     with learn.distrib_ctx(**ddp_kwargs()): return fit()
 
+# %% ../nbs/09_cli.ipynb #44fd0e5a
 def leave_process_group():
     "After a distributed run: wait for every rank, then close the process group (nothing to do in one process)."
     import torch.distributed as dist
@@ -821,6 +828,7 @@ def _mae_file(mae):
     if mae and Path(mae).is_dir(): return Path(mae) / 'mae.safetensors'
     return mae
 
+# %% ../nbs/09_cli.ipynb #ee2998be
 def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
     "One fine-tuning run (one fold): data, model, Learner, fit; best/last checkpoints and test predictions."
     from torch.utils.data import Subset
@@ -911,6 +919,7 @@ def _classifier(path) -> Path:
                          f"fine-tune it first: unilearn finetune --mae {path} ...")
     return path
 
+# %% ../nbs/09_cli.ipynb #98c8a9a0
 def evaluate(model:str,                # `unilearn finetune` checkpoint, or its output folder (one per fold)
              dfew:str=None,            # DFEW root: the video head on test_set_<fold>
              ferv39k:str=None,         # FERV39K root: the video head on test.csv
@@ -983,6 +992,7 @@ def pool_predictions(out, which:str='best') -> tuple:
         raise UsageError(f"{out}: {r.task} item {r.id!r} is in the test set of two folds; pooling needs disjoint folds")
     return df, files
 
+# %% ../nbs/09_cli.ipynb #c2d72096
 def pool_results(df, resamples:int=1000, seed:int=0) -> dict:
     "Per task: UAR/WAR (%) of each fold, their mean and std, and pooled (per-class recall, 95% intervals)."
     from unilearn.metrics import fold_report, scores, score_intervals
@@ -998,6 +1008,7 @@ def pool_results(df, resamples:int=1000, seed:int=0) -> dict:
                       fold_mean=per.get('mean'), fold_std=per.get('std'))
     return res
 
+# %% ../nbs/09_cli.ipynb #a5663191
 def pool(out:str,                      # output folder of `unilearn finetune` (fold_N/ sub-folders, or one split)
          which:str='best',             # pool the test predictions of the 'best' or the 'last' checkpoints
          resamples:int=1000,           # bootstrap resamples of the 95% intervals

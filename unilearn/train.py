@@ -88,6 +88,7 @@ def _classes_of(ds):
     c = getattr(ds, 'classes', None)
     return list(c) if c is not None else None
 
+# %% ../nbs/02a_train.ipynb #8103543b
 class MixedModalityLoader:
     "Single-modality batches `(x, task, y)` from several loaders, in an order fixed by `(seed, epoch)`; `len()`: steps."
     n_inp = 2  # fastai's Learner splits `(x, task, y)` into xb=(x, task), yb=(y,)
@@ -651,6 +652,7 @@ def warmup_cosine(lr_max:float, # peak learning rate, reached at the end of the 
 def _task_of(xb):
     return xb[1] if len(xb) > 1 and isinstance(xb[1], str) else None
 
+# %% ../nbs/02a_train.ipynb #bc34bf75
 class _EpochMeans(Callback):
     "Base: sums a per-batch value per key during training, appends epoch means, optionally as recorder columns."
     order = Recorder.order + 1  # after the recorder sets up its columns, before the progress bar prints them
@@ -686,6 +688,7 @@ class _EpochMeans(Callback):
         if self.show and rec is not None and self._cols and not getattr(rec, 'cancel_train', False):
             rec.log += [means.get(c, float('nan')) for c in self._cols]
 
+# %% ../nbs/02a_train.ipynb #5033bb5f
 class ModalityLossLogger(_EpochMeans):
     "Mean training loss per modality per epoch, in `learn.modality_losses` and as `<task>_loss` recorder columns."
     def __init__(self, show:bool=True): self.show = show
