@@ -7,7 +7,7 @@ __all__ = ['TIMM_KINDS', 'TIMM_SIZES', 'timm_name', 'timm_cfg', 'register_timm_m
 
 # %% ../nbs/00a_init.ipynb #fc65ee4d
 # nbdev_export keeps this in step with settings.ini (put_version_in_init)
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import sys
 from importlib.abc import MetaPathFinder
