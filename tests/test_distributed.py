@@ -6,22 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+
+from conftest import Toy
 
 TINY, GEOM = dict(embed_dim=32, depth=2, num_heads=2), dict(img_size=16, all_frames=2, patch_size=8)
 VIDEO_BS, IMAGE_BS, EPOCHS = 8, 8, 4  # global batches: per rank these divided by the number of processes
 BASE_LR = 1e-3  # per 8 clips of global batch (the published 1e-5 barely moves a model in 4 epochs)
 
 
-class Toy(Dataset):
-    "Random tensors whose label is written in their mean, so a model can learn something."
-    def __init__(self, n, shape, classes=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.labels = [i % classes for i in range(n)]
-        self.classes = [f'c{i}' for i in range(classes)]
-        self.x = [torch.randn(*shape, generator=g) + 0.3 * l for l in self.labels]
-    def __len__(self): return len(self.labels)
-    def __getitem__(self, i): return self.x[i], self.labels[i]
 
 
 def finetune(out:Path):

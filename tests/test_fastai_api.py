@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 from sklearn.metrics import balanced_accuracy_score, accuracy_score
 import fastai.callback.hook  # Learner.summary
 from fastai.callback.schedule import *  # fit_one_cycle, lr_find
@@ -15,20 +15,12 @@ from fastai.learner import load_learner
 from unilearn.joint import create_model, joint_dataloaders, finetune_learner, fit_joint
 from unilearn.mae import create_mae, pretrain_learner, toy_shapes
 from unilearn.train import MixedModalityLoader, seed_everything, quiet, task_names
+from conftest import Toy
 
 torch.set_num_threads(1)
 TINY, GEOM = dict(embed_dim=32, depth=2, num_heads=2), dict(img_size=16, all_frames=2, patch_size=8)
 
 
-class Toy(Dataset):
-    "Random tensors whose label is written in their mean; named classes."
-    def __init__(self, n, shape, classes=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.labels = [i % classes for i in range(n)]
-        self.classes = [f'c{i}' for i in range(classes)]
-        self.x = [torch.randn(*shape, generator=g) + 0.5 * l for l in self.labels]
-    def __len__(self): return len(self.labels)
-    def __getitem__(self, i): return self.x[i], self.labels[i]
 
 
 @pytest.fixture(scope='module')
@@ -36,8 +28,8 @@ def joint():
     seed_everything(0)
     model = create_model(TINY, num_classes={'image': 3, 'video': 3}, num_experts=2, verbose=False, **GEOM)
     clip = (3, GEOM['all_frames'], 16, 16)
-    dls = joint_dataloaders(Toy(32, (3, 16, 16), seed=1), Toy(32, clip, seed=2), Toy(12, (3, 16, 16), seed=3),
-                            Toy(14, clip, seed=4), image_bs=8, video_bs=8)
+    dls = joint_dataloaders(Toy(32, (3, 16, 16), seed=1, shift=0.5), Toy(32, clip, seed=2, shift=0.5), Toy(12, (3, 16, 16), seed=3, shift=0.5),
+                            Toy(14, clip, seed=4, shift=0.5), image_bs=8, video_bs=8)
     learn = finetune_learner(model, dls, base_lr=1e-3, precision='fp32')
     quiet(learn)
     fit_joint(learn, epochs=2, warmup_epochs=1)

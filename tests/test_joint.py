@@ -3,26 +3,17 @@ class-balanced image stream, and the single-head ViT baseline trained on video a
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+
 
 from unilearn.joint import (create_model, joint_dataloader, joint_dataloaders, finetune_learner, fit_joint,
                             evaluate_joint, stratified_split, best_model)
 from unilearn.train import seed_everything, quiet
+from conftest import Toy
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 GEOM = dict(img_size=16, all_frames=2, patch_size=8)
 
 
-class Toy(Dataset):
-    "Random tensors whose label is written in their mean, so a model can learn something."
-    def __init__(self, n, shape, classes=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.labels = [i % classes for i in range(n)]
-        self.classes = [f'c{i}' for i in range(classes)]
-        self.ids = [f'{seed}-{i}' for i in range(n)]
-        self.x = [torch.randn(*shape, generator=g) * 0.1 + l for l in self.labels]
-    def __len__(self): return len(self.labels)
-    def __getitem__(self, i): return self.x[i], self.labels[i]
 
 
 def test_lr_follows_the_published_rule():
