@@ -17,8 +17,8 @@ __all__ = ['DEMO_PRESETS', 'ABLATIONS', 'VIDEO_DATASETS', 'RECIPE_META', 'RECIPE
            'ablation_table', 'run_ablations', 'ablate', 'UsageError', 'video_task', 'parse_folds', 'video_dataset',
            'run_folder', 'recipe_dir', 'check_recipe_section', 'load_recipe', 'list_recipes', 'resolve_args',
            'run_device', 'check_precision', 'flag_errors', 'epoch_lines', 'parse_moae', 'in_process_group',
-           'leave_process_group', 'pretrain', 'finetune', 'evaluate', 'pool_predictions', 'pool_results', 'pool',
-           'analyze', 'recipes', 'command', 'main']
+           'leave_process_group', 'pretrain', 'finetune', 'checkpoint_test_sets', 'evaluate', 'pool_predictions',
+           'pool_results', 'pool', 'analyze', 'recipes', 'command', 'main']
 
 # %% ../nbs/09_cli.ipynb #26b47797
 DEMO_PRESETS = {
@@ -919,6 +919,18 @@ def _classifier(path) -> Path:
                          f"fine-tune it first: unilearn finetune --mae {path} ...")
     return path
 
+# %% ../nbs/09_cli.ipynb #07a5df4a
+def checkpoint_test_sets(info:dict, vflag, vroot, affectnet, fold, annotation=None, views:int=1, stride=None) -> dict:
+    "Test datasets of both heads at a checkpoint's geometry (`info` of its config): {'video': ..., 'image': ...}."
+    from unilearn.data import AffectNet
+    geo = info.get('input', {})
+    S, T = geo.get('img_size', 160), geo.get('frames', 16)
+    sets = {}
+    if vflag: sets['video'] = video_dataset(vflag, vroot, fold, 'test', annotation, mode='test', num_clips=views,
+                                            num_frames=T, stride=stride or info.get('stride'), img_size=S)
+    if affectnet: sets['image'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
+    return sets
+
 # %% ../nbs/09_cli.ipynb #98c8a9a0
 def evaluate(model:str,                # `unilearn finetune` checkpoint, or its output folder (one per fold)
              dfew:str=None,            # DFEW root: the video head on test_set_<fold>
@@ -934,7 +946,6 @@ def evaluate(model:str,                # `unilearn finetune` checkpoint, or its 
              device:str=None,          # cpu, cuda ... (default: CUDA if there is one)
              bs:int=16):               # batch size
     "Multi-view evaluation of fine-tuned checkpoints: UAR/WAR and per-class recall of each head, per fold."
-    from unilearn.data import AffectNet
     from unilearn.interop import load_checkpoint, checkpoint_config
     from unilearn.joint import evaluate_joint
     from unilearn.metrics import scores, save_predictions
@@ -956,13 +967,8 @@ def evaluate(model:str,                # `unilearn finetune` checkpoint, or its 
     dev, frames_out = run_device(device), []
     for f, path in files.items():
         info = checkpoint_config(_classifier(path)).get('info', {})
-        geo = info.get('input', {})
         net = load_checkpoint(path, device=dev)
-        S, T = geo.get('img_size', 160), geo.get('frames', 16)
-        sets = {}
-        if vflag: sets['video'] = video_dataset(vflag, vroot, f, 'test', annotation, mode='test', num_clips=views,
-                                                num_frames=T, stride=stride or info.get('stride'), img_size=S)
-        if affectnet: sets['image'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
+        sets = checkpoint_test_sets(info, vflag, vroot, affectnet, f, annotation, views, stride)
         preds = evaluate_joint(net, sets, fold=f, bs=bs, device=dev)
         for t in sets:
             sc = scores(preds, t)
@@ -1046,7 +1052,6 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
             device:str=None,           # cpu, cuda ... (default: CUDA if there is one)
             bs:int=16):                # batch size
     "The paper's Figure 4 from a checkpoint: expert gates per layer and task, class-centre similarity, feature map."
-    from unilearn.data import AffectNet
     from unilearn.interop import load_checkpoint, checkpoint_config
     from unilearn.joint import measure_gates, gate_table
     from unilearn.metrics import save_features
@@ -1058,14 +1063,10 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
     _at_least(a, views=1, bs=1)
     info = checkpoint_config(_classifier(model)).get('info', {})
     f = parse_folds(fold, vflag)[0] if fold is not None else (info.get('fold') or parse_folds(None, vflag)[0])
-    dev, geo = run_device(device), info.get('input', {})
+    dev = run_device(device)
     net = load_checkpoint(model, device=dev)
-    S, T = geo.get('img_size', 160), geo.get('frames', 16)
-    data = {}
-    if vflag: data['test_videos'] = video_dataset(vflag, vroot, f, 'test', annotation, mode='test', num_clips=views,
-                                                  num_frames=T, stride=info.get('stride'), img_size=S)
-    if affectnet: data['test_images'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
-    sets = {t: data[f'test_{t}s'] for t in ('video', 'image') if f'test_{t}s' in data}
+    sets = checkpoint_test_sets(info, vflag, vroot, affectnet, f, annotation, views)
+    data = {f'test_{t}s': ds for t, ds in sets.items()}
     out = Path(out) if out else Path(model).parent / 'analysis'
     out.mkdir(parents=True, exist_ok=True)
     items, numbers = {}, {}
