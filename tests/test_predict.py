@@ -55,7 +55,8 @@ def test_module_import_is_light():
 def test_help_says_where_checkpoints_come_from():
     r = run('--help')
     assert r.returncode == 0 and 'demo_out/model.safetensors' in r.stdout and 'finetune' in r.stdout
-    for opt in ('--model', '--out', '--frames', '--hop', '--track', '--all_faces', '--json', '--debug'): assert opt in r.stdout
+    for opt in ('--model', '--out', '--frames', '--hop', '--track', '--all_faces', '--json', '--debug', '--detect_every'):
+        assert opt in r.stdout
 
 
 def test_face_enters_late_leaves_and_returns(base):
@@ -80,6 +81,24 @@ def test_track_stays_on_one_of_two_faces(base):
         xs = fr.cx.dropna()
         assert fr.face.mean() > .8 and xs.max() - xs.min() < 80, (how, xs.tolist())
         if side: assert xs.max() < 160                                             # the left face is the more central one
+
+
+def test_face_flags_with_tracking_match_the_footage(base, tmp_path):
+    """Read frame by frame, the face flags with tracking (a whole-frame search every `detect_every` frames, the held
+    face checked at its last box in between) equal the footage's truth, with no lag where the face enters: a frame
+    without a held face is searched whole. The footage is `seed=1`'s face, which MTCNN finds in every frame."""
+    from unilearn.predict import Predictor, face_video
+    _, ckpt, _ = base
+    truth = {'late': np.r_[np.zeros(10), np.ones(20), np.zeros(10), np.ones(20)].astype(bool),      # enters, leaves, returns
+             'blinks': np.r_[np.zeros(5), np.ones(30), np.zeros(3), np.ones(2), np.zeros(1), np.ones(19)].astype(bool)}
+    for name, present in truth.items():
+        v = face_video(tmp_path / f'{name}.mp4', n=len(present), present=present, seed=1, **SIZE)
+        fr = Predictor.from_checkpoint(ckpt, stride=1)(v)['frames']
+        assert fr.frame.tolist() == list(range(len(present)))
+        assert fr.face.tolist() == present.tolist(), (name, fr.face.astype(int).tolist())
+        assert set(fr.search) == {'frame', 'track'} and (fr.search == 'track').sum() > len(present) / 3, fr.search.tolist()
+        every = Predictor.from_checkpoint(ckpt, stride=1, detect_every=1)(v)['frames']   # whole frame, every frame
+        assert set(every.search) == {'frame'} and not (every.face & ~present).any()
 
 
 def test_vertical_and_three_frame_videos(base):
@@ -144,7 +163,8 @@ def test_failures_are_one_line_and_the_rest_still_runs(base):
 def test_window_options_that_make_no_sense_are_refused(base):
     d, ckpt, v = base
     for args, msg in ((['--hop', '0'], '--hop must be at least 1'), (['--hop', '-5'], '--hop must be at least 1'),
-                      (['--track', 'biggest'], "'largest' or 'central'")):
+                      (['--track', 'biggest'], "'largest' or 'central'"),
+                      (['--detect_every', '0'], '--detect_every must be at least 1')):
         r = run(v['late'], '--model', ckpt, '--out', d / 'refused', *args)
         assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run(v['short'], '--model', ckpt, '--out', d / 'refused', '--stride', '4')

@@ -519,12 +519,12 @@ def bench_gpu(size:str|dict='base', batch:int=16, frames:int=16, img_size:int=16
 
 # %% ../nbs/10_bench.ipynb #25c4a880
 @register_bench('predict')
-def run_predict_bench(threads:int=2, device:str='cpu') -> dict:
-    "Frames/s of `unilearn predict` end to end on `threads` CPU threads: `unilearn.predict.bench_predict`."
+def run_predict_bench(threads:int=2, device:str='cpu', size:str|None=None) -> dict:
+    "Frames/s of `unilearn predict` end to end (`unilearn.predict.bench_predict`), demo model or ViT-B (`size='base'`)."
     try: from unilearn.predict import bench_predict
     except ImportError as e:
         raise RuntimeError(f"--only predict needs unilearn.predict.bench_predict, missing here ({e})") from e
-    return bench_predict(threads=threads, device=device)
+    return bench_predict(threads=threads, device=device, **({'model_size': size} if size else {}))
 
 # %% ../nbs/10_bench.ipynb #d8b256ec
 def machine_info(device:str='cpu') -> dict:
@@ -567,7 +567,7 @@ def run_benches(only:str|None=None, **kwargs) -> dict:
 # %% ../nbs/10_bench.ipynb #3b70e9ec
 @call_parse
 def main(only:str=None,    # comma-separated benchmark names (default: CPU ones; the GPU check with --device cuda)
-         size:str=None,    # ViT size: tiny, small or base (default: each benchmark's own, base)
+         size:str=None,    # ViT size: tiny, small or base (default: each benchmark's own, base; predict: demo model)
          batch:int=None,   # batch size (default: each benchmark's own)
          reps:int=None,    # timed repetitions per measurement (median reported)
          device:str='cpu', # 'cpu' or 'cuda'

@@ -36,6 +36,7 @@ DEMO_PRESETS = {
 # the same model and recipe on twice the data: the doubled benchmark fills the time budget with fewer, larger epochs
 DEMO_PRESETS['default'] = dict(DEMO_PRESETS['small'], data='default', pre_epochs=20, ft_epochs=15)
 
+# %% ../nbs/09_cli.ipynb #c1904110
 def demo_config(preset:str|dict='default', **overrides) -> dict:
     "Settings of a demo preset with `overrides` (None values ignored)."
     if isinstance(preset, dict): cfg = dict(preset)
@@ -46,6 +47,10 @@ def demo_config(preset:str|dict='default', **overrides) -> dict:
         if k not in cfg: raise ValueError(f"Unknown demo setting {k!r}; settings are {sorted(cfg)}")
         cfg[k] = v
     return cfg
+
+def _bench_dir(cfg:dict, seed:int) -> Path:
+    "The default folder of a preset's benchmark: `data/synth-<preset>-seed<seed>`."
+    return Path('data') / f"synth-{cfg['data'] if isinstance(cfg['data'], str) else 'custom'}-seed{seed}"
 
 # %% ../nbs/09_cli.ipynb #e1556dfe
 def _cpu() -> float:
@@ -58,16 +63,22 @@ class Stages:
     def __call__(self, name:str):
         st = self
         class _S:
-            def __enter__(s): s.t = (time.perf_counter(), _cpu()); st.log(f"[{st.elapsed():6.0f}s] {name} ..."); return s
+            def __enter__(s):
+                s.t = (time.perf_counter(), _cpu())
+                st.log(f"[{st.elapsed():6.0f}s] {name} ...")
+                return s
             def __exit__(s, *exc):
                 st.wall[name], st.cpu[name] = time.perf_counter() - s.t[0], _cpu() - s.t[1]
-                if exc[0] is None: st.log(f"[{st.elapsed():6.0f}s] {name} done in {st.wall[name]:.0f}s (CPU {st.cpu[name]:.0f}s)")
+                if exc[0] is None:
+                    st.log(f"[{st.elapsed():6.0f}s] {name} done in {st.wall[name]:.0f}s (CPU {st.cpu[name]:.0f}s)")
         return _S()
     def elapsed(self) -> float: return time.perf_counter() - self.t0[0]
     def summary(self) -> dict:
         import torch
-        return dict(wall={k: round(v, 1) for k, v in self.wall.items()}, cpu={k: round(v, 1) for k, v in self.cpu.items()},
-                    total_wall=round(self.elapsed(), 1), total_cpu=round(_cpu() - self.t0[1], 1), threads=torch.get_num_threads())
+        return dict(wall={k: round(v, 1) for k, v in self.wall.items()},
+                    cpu={k: round(v, 1) for k, v in self.cpu.items()},
+                    total_wall=round(self.elapsed(), 1), total_cpu=round(_cpu() - self.t0[1], 1),
+                    threads=torch.get_num_threads())
 
 # %% ../nbs/09_cli.ipynb #83454b78
 class RemapLabels:
@@ -97,43 +108,58 @@ class ClipFrames:
         x = x[0] if isinstance(x, (tuple, list)) else x
         return x[:, i % self.frames]          # (3,T,H,W) -> (3,H,W)
 
-# %% ../nbs/09_cli.ipynb #179d43e5
-def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
-    "Datasets of the demo from a benchmark written by `unilearn.synth.write_benchmark` at `root`, sharing one `MediaCache` unless `cache=False`."
-    from unilearn.data import (DFEW, AffectNet, VoxCeleb2, video_train_transform, image_train_transform, image_eval_transform,
-                               video_pretrain_transform, image_pretrain_transform, media_cache)
+# %% ../nbs/09_cli.ipynb #a64a7b6e
+def _finetune_sets(p:dict, cfg:dict, fold:int, seed:int, mc) -> dict:
+    "Training, validation and test sets of the demo's fine-tuning, from the benchmark paths `p`."
+    from unilearn.data import DFEW, AffectNet, video_train_transform, image_train_transform, image_eval_transform
     from unilearn.joint import stratified_split
-    from unilearn.synth import benchmark_paths
-    from torch.utils.data import ConcatDataset, Subset
-    p, S, T, s = benchmark_paths(root), cfg['img_size'], cfg['frames'], cfg['stride']
-    # every reader decodes from one in-memory copy: reading the data was 6.4 s of a 10.5 s pre-training epoch (about 250 MB at the `small` preset)
-    mc = media_cache(cache)
-    clip = dict(num_frames=T, stride=s, img_size=S, cache=mc)
-    d = {}
-    ra = cfg.get('rand_augment')
+    from torch.utils.data import Subset
+    S, ra = cfg['img_size'], cfg.get('rand_augment')
+    clip = dict(num_frames=cfg['frames'], stride=cfg['stride'], img_size=S, cache=mc)
     vt = video_train_transform(S, rand_augment=ra, scale=(.6, 1.), erase_prob=0.)
     it = image_train_transform(S, resize=int(S * 1.15), rand_augment=ra, erase_prob=0.)
-    train_v = DFEW(p['dfew'], fold=fold, split='train', transform=vt, **clip)
-    train_i = AffectNet(p['affectnet'], split='train', img_size=S, transform=it, cache=mc)
-    d['train_videos'], d['valid_videos'] = stratified_split(train_v, .1, seed)
-    d['train_images'], d['valid_images'] = stratified_split(train_i, .1, seed)
+    train_v, valid_v = stratified_split(DFEW(p['dfew'], fold=fold, split='train', transform=vt, **clip), .1, seed)
+    images = AffectNet(p['affectnet'], split='train', img_size=S, transform=it, cache=mc)
+    train_i, valid_i = stratified_split(images, .1, seed)
+    evals = lambda: dict(mode='test', transform=image_eval_transform(S, S), cache=mc)
     # validation through the eval transforms: same items, deterministic views
-    d['valid_videos'] = Subset(DFEW(p['dfew'], fold=fold, split='train', mode='test', num_clips=1, **clip), d['valid_videos'].indices)
-    d['valid_images'] = Subset(AffectNet(p['affectnet'], split='train', mode='test', transform=image_eval_transform(S, S), cache=mc),
-                               d['valid_images'].indices)
-    d['test_videos'] = DFEW(p['dfew'], fold=fold, split='test', mode='test', num_clips=2, **clip)
-    d['test_images'] = AffectNet(p['affectnet'], split='test', mode='test', transform=image_eval_transform(S, S), cache=mc)
-    d['pretrain_images'] = AffectNet(p['affectnet'], split='train', mode='pretrain', img_size=S,
-                                     transform=image_pretrain_transform(S, scale=(.5, 1.)), cache=mc)
-    d['pretrain_video_frames'] = ClipFrames(VoxCeleb2(p['voxceleb2'], transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip), T)
-    d['pretrain_videos'] = ConcatDataset([
-        VoxCeleb2(p['voxceleb2'], transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip),
-        DFEW(p['dfew'], fold=fold, split='train', mode='pretrain', transform=video_pretrain_transform(S, scale=(.5, 1.)), **clip)])
-    return d
+    return dict(
+        train_videos=train_v,
+        valid_videos=Subset(DFEW(p['dfew'], fold=fold, split='train', mode='test', num_clips=1, **clip),
+                            valid_v.indices),
+        train_images=train_i, valid_images=Subset(AffectNet(p['affectnet'], split='train', **evals()), valid_i.indices),
+        test_videos=DFEW(p['dfew'], fold=fold, split='test', mode='test', num_clips=2, **clip),
+        test_images=AffectNet(p['affectnet'], split='test', **evals()))
+
+# %% ../nbs/09_cli.ipynb #179d43e5
+def _pretrain_sets(p:dict, cfg:dict, fold:int, mc) -> dict:
+    "Images, clips' frames and clips of the demo's MAE pre-training, from the benchmark paths `p`."
+    from unilearn.data import DFEW, AffectNet, VoxCeleb2, video_pretrain_transform, image_pretrain_transform
+    from torch.utils.data import ConcatDataset
+    S, T = cfg['img_size'], cfg['frames']
+    clip = dict(num_frames=T, stride=cfg['stride'], img_size=S, cache=mc)
+    vt = lambda: video_pretrain_transform(S, scale=(.5, 1.))
+    return dict(
+        pretrain_images=AffectNet(p['affectnet'], split='train', mode='pretrain', img_size=S,
+                                  transform=image_pretrain_transform(S, scale=(.5, 1.)), cache=mc),
+        pretrain_video_frames=ClipFrames(VoxCeleb2(p['voxceleb2'], transform=vt(), **clip), T),
+        pretrain_videos=ConcatDataset([
+            VoxCeleb2(p['voxceleb2'], transform=vt(), **clip),
+            DFEW(p['dfew'], fold=fold, split='train', mode='pretrain', transform=vt(), **clip)]))
+
+def demo_data(root, cfg:dict, fold:int=1, seed:int=0, cache=True) -> dict:
+    "Datasets of the demo from the benchmark at `root` (`unilearn.synth.write_benchmark`), one `MediaCache` for all."
+    from unilearn.data import media_cache
+    from unilearn.synth import benchmark_paths
+    p = benchmark_paths(root)
+    # one in-memory copy for every reader: reading was 6.4 s of a 10.5 s pre-training epoch (about 250 MB at `small`)
+    mc = media_cache(cache)
+    return {**_finetune_sets(p, cfg, fold, seed, mc), **_pretrain_sets(p, cfg, fold, mc)}
 
 # %% ../nbs/09_cli.ipynb #2c6ec1a3
-def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=0, quiet:bool=False, epochs:int|None=None):
-    "MAE pre-training of a small ViT on the `modalities` of `data` (image, video, or video_frames: clips' frames as images)."
+def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=0, quiet:bool=False,
+                   epochs:int|None=None):
+    "MAE pre-training of a small ViT on the `modalities` of `data` (image, video, or video_frames: clips' frames)."
     import torch
     from torch.utils.data import DataLoader
     from unilearn.mae import create_mae, pretrain_learner
@@ -146,49 +172,57 @@ def pretrain_stage(data:dict, cfg:dict, modalities=('image', 'video'), seed:int=
     if not modalities or epochs == 0: return mae, dict(losses={}, epochs=0)
     g = torch.Generator().manual_seed(seed)
     dl = lambda ds, bs: DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, generator=g)
-    images = data['pretrain_video_frames'] if 'video_frames' in modalities else data['pretrain_images']  # images or clips' frames
+    images = data['pretrain_video_frames'] if 'video_frames' in modalities else data['pretrain_images']
     image_dl = dl(images, cfg['pre_bs']) if {'image', 'video_frames'} & set(modalities) else None
     video_dl = dl(data['pretrain_videos'], max(2, cfg['pre_bs'] // 2)) if 'video' in modalities else None
-    learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, video_share=1.0 if video_dl is not None else None,
-                             lr=cfg['pre_lr'], warmup=.1, seed=seed, quiet=quiet, precision=cfg.get('autocast') or 'fp32')
+    learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, lr=cfg['pre_lr'], warmup=.1, seed=seed,
+                             video_share=1.0 if video_dl is not None else None, quiet=quiet,
+                             precision=cfg.get('autocast') or 'fp32')
     learn.fit(epochs)
     return mae, dict(losses={k: [float(v) for v in vs] for k, vs in learn.modality_losses.items()}, epochs=epochs)
 
+# %% ../nbs/09_cli.ipynb #691b0cd4
+def _demo_model(cfg:dict, mae, kind:str, moae, num_experts:int|None):
+    "A `kind` model at the preset's size, initialised from the encoder of `mae` when given."
+    from unilearn.joint import create_model
+    ne = num_experts or cfg['num_experts']
+    extra = dict(num_experts=ne, top_k=min(cfg['top_k'], ne)) if kind in ('unilearn', 'vit_moe') else {}
+    return create_model(cfg['vit'], num_classes=7 if kind == 'vit' else dict(image=7, video=7), moae=moae, kind=kind,
+                        img_size=cfg['img_size'], all_frames=cfg['frames'], patch_size=cfg['patch'],
+                        mae_checkpoint=mae.state_dict() if mae is not None else None, verbose=False,
+                        drop_path_rate=cfg.get('drop_path', 0.), **extra)
+
 # %% ../nbs/09_cli.ipynb #f7916531
 def finetune_stage(data:dict, cfg:dict, mae=None, kind:str='unilearn', moae='later', num_experts:int|None=None,
-                   sfer_ratio:float|None=None, tasks=('image', 'video'), seed:int=0, quiet:bool=False, epochs:int|None=None):
-    "Joint fine-tuning of a `kind` model (initialised from `mae` when given); returns `(best model, history DataFrame, learner)`."
-    from unilearn.joint import create_model, joint_dataloaders, finetune_learner, fit_joint, best_model
+                   sfer_ratio:float|None=None, tasks=('image', 'video'), seed:int=0, quiet:bool=False,
+                   epochs:int|None=None):
+    "Joint fine-tuning of a `kind` model (from `mae` when given): `(best model, history DataFrame, learner, data)`."
+    from unilearn.joint import joint_dataloaders, finetune_learner, fit_joint, best_model
     from unilearn.train import seed_everything, quiet as quiet_learner
     from unilearn.data import DFEW_CLASSES
     seed_everything(seed)
-    ne = num_experts or cfg['num_experts']
-    extra = dict(num_experts=ne, top_k=min(cfg['top_k'], ne)) if kind in ('unilearn', 'vit_moe') else {}
-    model = create_model(cfg['vit'], num_classes=7 if kind == 'vit' else dict(image=7, video=7), moae=moae, kind=kind,
-                         img_size=cfg['img_size'], all_frames=cfg['frames'], patch_size=cfg['patch'],
-                         mae_checkpoint=mae.state_dict() if mae is not None else None, verbose=False,
-                         drop_path_rate=cfg.get('drop_path', 0.), **extra)
+    model = _demo_model(cfg, mae, kind, moae, num_experts)
     d = dict(data)
     if kind == 'vit':   # one head for both tasks: images in DFEW's class order
         for k in ('train_images', 'valid_images', 'test_images'): d[k] = RemapLabels(d[k], DFEW_CLASSES)
-    use_i, use_v = 'image' in tasks, 'video' in tasks
-    dls = joint_dataloaders(d['train_images'] if use_i else None, d['train_videos'] if use_v else None,
-                            d['valid_images'] if use_i else None, d['valid_videos'] if use_v else None,
-                            image_bs=cfg['image_bs'], video_bs=cfg['video_bs'],
+    use = lambda t, k: d[k] if t in tasks else None
+    dls = joint_dataloaders(use('image', 'train_images'), use('video', 'train_videos'), use('image', 'valid_images'),
+                            use('video', 'valid_videos'), image_bs=cfg['image_bs'], video_bs=cfg['video_bs'],
                             sfer_ratio=cfg['sfer_ratio'] if sfer_ratio is None else sfer_ratio, seed=seed)
     learn = finetune_learner(model, dls, lr=cfg['ft_lr'], min_lr=cfg['ft_lr'] / 100, layer_decay=cfg['layer_decay'],
                              mixup_alpha=cfg.get('mixup', 0.), cutmix_alpha=cfg.get('cutmix', 0.), label_smoothing=.1,
                              precision=cfg.get('autocast') or 'fp32',
-                             monitor='video_uar' if use_v else 'image_uar')
+                             monitor='video_uar' if 'video' in tasks else 'image_uar')
     if quiet: quiet_learner(learn)
     hist = fit_joint(learn, epochs=cfg['ft_epochs'] if epochs is None else epochs, warmup_epochs=cfg['warmup'])
-    if cfg.get('select', 'best') not in ('best', 'last'): raise ValueError(f"select must be 'best' or 'last', got {cfg['select']!r}")
+    if cfg.get('select', 'best') not in ('best', 'last'):
+        raise ValueError(f"select must be 'best' or 'last', got {cfg['select']!r}")
     model = best_model(learn) if cfg.get('select', 'best') == 'best' else learn.model
     return model.eval(), hist, learn, d
 
 # %% ../nbs/09_cli.ipynb #5fdbf78b
 def evaluate_stage(model, data:dict, tasks=('image', 'video'), fold:int=1) -> tuple[pd.DataFrame, dict]:
-    "Predictions (2 temporal views per clip, averaged) of each head on its test set, and their scores with 95% bootstrap intervals."
+    "Predictions (2 temporal views per clip, averaged) of each head on its test set; scores with 95% intervals."
     from unilearn.joint import evaluate_joint
     from unilearn.metrics import scores, score_intervals
     sets = {t: data[f'test_{t}s'] for t in ('video', 'image') if t in tasks}
@@ -212,26 +246,33 @@ def loss_figure(pre_losses:dict, hist:pd.DataFrame):
     for c in [c for c in hist.columns if c.endswith('loss')]:
         fig.add_scatter(x=hist.epoch, y=hist[c], name=c, row=1, col=2)
     for c in [c for c in hist.columns if c.endswith('_uar')]:
-        fig.add_scatter(x=hist.epoch, y=hist[c], name=f'valid {c} (%)', line=dict(dash='dot'), row=1, col=2, secondary_y=True)
+        fig.add_scatter(x=hist.epoch, y=hist[c], name=f'valid {c} (%)', line=dict(dash='dot'), row=1, col=2,
+                        secondary_y=True)
     fig.update_xaxes(title_text='epoch')
     fig.update_layout(height=380, margin=dict(l=50, r=20, t=50, b=40), title='training curves')
     return fig
 
+# %% ../nbs/09_cli.ipynb #af1277e6
+def _summary_html(metrics:dict) -> str:
+    "The report's first paragraph and score table."
+    v, i, t = metrics.get('video', {}), metrics.get('image', {}), metrics.get('timings', {})
+    rows = ''.join(f"<tr><td>{h}</td><td>{_pct(m, 'uar')}</td><td>{_pct(m, 'war')}</td><td>{m['n']}</td></tr>"
+                   for h, m in (('video (DFEW role, fold 1, 2 views)', v), ('image (AffectNet role)', i)) if m)
+    head = "<tr><th>head</th><th>UAR % [95% bootstrap interval]</th><th>WAR % [interval]</th><th>n</th></tr>"
+    return (f"<p>benchmark preset <b>{metrics.get('preset')}</b>, seed {metrics.get('seed')}, "
+            f"label noise {metrics.get('label_noise')}; chance UAR {100 / 7:.1f}%. "
+            f"Wall time {t.get('total_wall', float('nan')):.0f}s, CPU time {t.get('total_cpu', float('nan')):.0f}s.</p>"
+            f"<table border=1 cellpadding=4>{head}{rows}</table>"
+            "<p>The intervals cover the sampling of the test items only, not the variation between training runs.</p>")
+
 def write_report(out, figures:list, metrics:dict, title:str='UniLearn demo') -> Path:
-    "`report.html` (summary table, figures, metrics; written by `unilearn.panels.report_html`) and `metrics.json` in `out`."
+    "`report.html` (summary table, figures, metrics; by `unilearn.panels.report_html`) and `metrics.json` in `out`."
     from html import escape
     from unilearn.panels import report_html
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     (out / 'metrics.json').write_text(json.dumps(metrics, indent=1))
-    v, i = metrics.get('video', {}), metrics.get('image', {})
-    rows = ''.join(f"<tr><td>{h}</td><td>{_pct(m, 'uar')}</td><td>{_pct(m, 'war')}</td><td>{m['n']}</td></tr>"
-                   for h, m in (('video (DFEW role, fold 1, 2 views)', v), ('image (AffectNet role)', i)) if m)
-    t = metrics.get('timings', {})
-    summary = (f"<p>benchmark preset <b>{metrics.get('preset')}</b>, seed {metrics.get('seed')}, label noise {metrics.get('label_noise')}; "
-               f"chance UAR {100 / 7:.1f}%. Wall time {t.get('total_wall', float('nan')):.0f}s, CPU time {t.get('total_cpu', float('nan')):.0f}s.</p>"
-               f"<table border=1 cellpadding=4><tr><th>head</th><th>UAR % [95% bootstrap interval]</th><th>WAR % [interval]</th><th>n</th></tr>{rows}</table>"
-               "<p>The intervals cover the sampling of the test items only, not the variation between training runs.</p>")
-    items = {'': summary, **dict(figures), 'metrics.json': f"<pre>{escape(json.dumps(metrics, indent=1))}</pre>"}
+    items = {'': _summary_html(metrics), **dict(figures),
+             'metrics.json': f"<pre>{escape(json.dumps(metrics, indent=1))}</pre>"}
     return report_html(items, out / 'report.html', title)
 
 # %% ../nbs/09_cli.ipynb #9b9107f5
@@ -239,62 +280,86 @@ def _features(model, data, tasks):
     import numpy as np
     from unilearn.metrics import predict
     parts = [(t, predict(model, data[f'test_{t}s'], t, bs=32, features=True)) for t in ('video', 'image') if t in tasks]
-    return dict(ids=np.concatenate([r['ids'] for _, r in parts]), labels=np.concatenate([r['labels'] for _, r in parts]),
-                task=np.concatenate([[t] * len(r['ids']) for t, r in parts]), fold=np.full(sum(len(r['ids']) for _, r in parts), 1),
-                features=np.concatenate([r['features'] for _, r in parts]),
+    cat = lambda k: np.concatenate([r[k] for _, r in parts])
+    return dict(ids=cat('ids'), labels=cat('labels'), task=np.concatenate([[t] * len(r['ids']) for t, r in parts]),
+                fold=np.full(sum(len(r['ids']) for _, r in parts), 1), features=cat('features'),
                 **{f'classes_{t}': np.array(data[f'test_{t}s'].classes) for t, _ in parts})
 
-# %% ../nbs/09_cli.ipynb #eb45a887
-def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=0, label_noise:float=.05, threads:int|None=None,
-             quiet:bool=False, log=print, **overrides) -> dict:
-    "Benchmark (generated if missing) -> MAE pre-training -> joint fine-tuning with MoAE -> multi-view evaluation -> report."
-    from unilearn.synth import ensure_benchmark
+def _data_line(data:dict) -> str:
+    n = {k: len(v) for k, v in data.items() if k.startswith(('train', 'valid', 'test'))}
+    return (f"  train: {n['train_videos']} clips + {n['train_images']} images; valid {n['valid_videos']} + "
+            f"{n['valid_images']}; test {n['test_videos'] // 2} clips + {n['test_images']} images")
+
+# %% ../nbs/09_cli.ipynb #b8a8c923
+def _demo_evaluate(model, data:dict, cfg:dict, out:Path, log=print) -> tuple:
+    "Scores of both heads on their test sets; writes the predictions and the model, ready for `unilearn predict`."
+    from unilearn.metrics import save_predictions
+    from unilearn.interop import save_checkpoint
+    from unilearn.data import DFEW_CLASSES, AFFECTNET7_CLASSES
+    preds, sc = evaluate_stage(model, data)
+    save_predictions(out / 'predictions.csv', preds)
+    save_checkpoint(model, out / 'model.safetensors', input=dict(img_size=cfg['img_size'], frames=cfg['frames']),
+                    stride=cfg['stride'], classes=dict(video=list(DFEW_CLASSES), image=list(AFFECTNET7_CLASSES)))
+    for t, s in sc.items():
+        log(f"  {t} head: UAR {_pct(s, 'uar')}%  WAR {_pct(s, 'war')}%  (n={s['n']}, 95% bootstrap intervals; "
+            f"chance UAR {100 / 7:.1f}%)")
+    return preds, sc
+
+# %% ../nbs/09_cli.ipynb #f532159b
+def _demo_figures(model, mae, data:dict, preds, pre:dict, hist, cfg:dict, out:Path, seed:int) -> list:
+    "The report's figures (and `features.npz` in `out`): curves, reconstructions, gates, recall, confusion, UMAP."
+    import torch
+    from unilearn import panels
     from unilearn.mae import reconstruct
     from unilearn.joint import measure_gates
+    from unilearn.metrics import save_features
+    rec = reconstruct(mae, torch.stack([data['test_videos'][2 * k][0] for k in range(4)]), seed=seed)
+    gates = measure_gates(model, {'video': data['test_videos'], 'image': data['test_images']})
+    feats = _features(model, data, ('video', 'image'))
+    save_features(out / 'features.npz', feats['ids'], feats['labels'], feats['features'], list(feats['task']), 1)
+    figs = [('training curves', loss_figure(pre['losses'], hist)),
+            ('MAE reconstructions (test clips, first frame; slider over frames)', panels.reconstruction_figure(rec)),
+            ('expert gates per MoAE layer and task', panels.gate_figure(gates))]
+    for t in ('video', 'image'): figs.append((f'per-class recall, {t} head', panels.recall_figure(preds, t)))
+    for t in ('video', 'image'): figs.append((f'confusion, {t} head', panels.confusion_figure(preds, t)))
+    if cfg['umap']: figs.append(('UMAP of pooled clip and image features', panels.umap_figure(feats)))
+    return figs
+
+# %% ../nbs/09_cli.ipynb #b7aa75a6
+def _demo_metrics(model, sc:dict, learn, hist, pre:dict, cfg:dict, root:Path) -> dict:
+    "What `metrics.json` records of a demo run besides its preset: scores, epochs, history, parameters, settings."
     from unilearn.moae import param_counts
-    from unilearn.metrics import save_predictions, save_features
-    from unilearn import panels
+    meta = json.loads((root / 'synth.json').read_text())
+    return dict(video=sc['video'], image=sc['image'],
+                evaluated_epoch=learn.best['epoch'] if cfg['select'] == 'best' else len(hist) - 1,
+                best_epoch=learn.best['epoch'], epochs=dict(pretrain=pre['epochs'], finetune=len(hist)),
+                history=json.loads(hist.to_json(orient='records')), pretrain_losses=pre['losses'],
+                params=param_counts(model, 'video'), config=cfg, benchmark=dict(root=str(root), counts=meta['counts']))
+
+# %% ../nbs/09_cli.ipynb #eb45a887
+def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=0, label_noise:float=.05,
+             threads:int|None=None, quiet:bool=False, log=print, **overrides) -> dict:
+    """Benchmark (generated if missing) -> MAE pre-training -> joint fine-tuning -> multi-view evaluation -> report.
+
+    Example: `run_demo('tiny', out='demo_out')` writes report.html, metrics.json and model.safetensors."""
+    from unilearn.synth import ensure_benchmark
     import torch
     if threads: torch.set_num_threads(threads)
     cfg = demo_config(preset, **overrides)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(data_dir) if data_dir else Path('data') / f"synth-{cfg['data'] if isinstance(cfg['data'], str) else 'custom'}-seed{seed}"
+    data_dir = Path(data_dir) if data_dir else _bench_dir(cfg, seed)
     st = Stages(log)
     with st('benchmark'): root = ensure_benchmark(data_dir, cfg['data'], seed=seed, label_noise=label_noise, log=log)
     data = demo_data(root, cfg, seed=seed)
-    log(f"  train: {len(data['train_videos'])} clips + {len(data['train_images'])} images; valid {len(data['valid_videos'])} + "
-        f"{len(data['valid_images'])}; test {len(data['test_videos']) // 2} clips + {len(data['test_images'])} images")
+    log(_data_line(data))
     with st('MAE pre-training (images + clips)'): mae, pre = pretrain_stage(data, cfg, seed=seed, quiet=quiet)
-    with st('joint fine-tuning with MoAE'): model, hist, learn, _ = finetune_stage(data, cfg, mae, seed=seed, quiet=quiet)
-    with st('multi-view evaluation'):
-        preds, sc = evaluate_stage(model, data)
-        save_predictions(out / 'predictions.csv', preds)
-        from unilearn.interop import save_checkpoint
-        from unilearn.data import DFEW_CLASSES, AFFECTNET7_CLASSES
-        save_checkpoint(model, out / 'model.safetensors', input=dict(img_size=cfg['img_size'], frames=cfg['frames']),
-                        stride=cfg['stride'], classes=dict(video=list(DFEW_CLASSES), image=list(AFFECTNET7_CLASSES)))
-        for t, s in sc.items(): log(f"  {t} head: UAR {_pct(s, 'uar')}%  WAR {_pct(s, 'war')}%  (n={s['n']}, 95% bootstrap intervals; chance UAR {100 / 7:.1f}%)")
+    with st('joint fine-tuning with MoAE'):
+        model, hist, learn, _ = finetune_stage(data, cfg, mae, seed=seed, quiet=quiet)
+    with st('multi-view evaluation'): preds, sc = _demo_evaluate(model, data, cfg, out, log)
     with st('report'):
-        x = torch.stack([data['test_videos'][2 * k][0] for k in range(4)])
-        rec = reconstruct(mae, x, seed=seed)
-        gates = measure_gates(model, {'video': data['test_videos'], 'image': data['test_images']})
-        feats = _features(model, data, ('video', 'image'))
-        save_features(out / 'features.npz', feats['ids'], feats['labels'], feats['features'], list(feats['task']), 1)
-        figs = [('training curves', loss_figure(pre['losses'], hist)),
-                ('MAE reconstructions (test clips, first frame; slider over frames)', panels.reconstruction_figure(rec)),
-                ('expert gates per MoAE layer and task', panels.gate_figure(gates)),
-                ('per-class recall, video head', panels.recall_figure(preds, 'video')),
-                ('per-class recall, image head', panels.recall_figure(preds, 'image')),
-                ('confusion, video head', panels.confusion_figure(preds, 'video')),
-                ('confusion, image head', panels.confusion_figure(preds, 'image'))]
-        if cfg['umap']: figs.append(('UMAP of pooled clip and image features', panels.umap_figure(feats)))
-        meta = json.loads((root / 'synth.json').read_text())
+        figs = _demo_figures(model, mae, data, preds, pre, hist, cfg, out, seed)
         metrics = dict(preset=preset if isinstance(preset, str) else 'custom', seed=seed, label_noise=label_noise,
-                       chance_uar=1 / 7, video=sc['video'], image=sc['image'],
-                       evaluated_epoch=learn.best['epoch'] if cfg['select'] == 'best' else len(hist) - 1,
-                       best_epoch=learn.best['epoch'], epochs=dict(pretrain=pre['epochs'], finetune=len(hist)),
-                       history=json.loads(hist.to_json(orient='records')), pretrain_losses=pre['losses'],
-                       params=param_counts(model, 'video'), config=cfg, benchmark=dict(root=str(root), counts=meta['counts']))
+                       chance_uar=1 / 7, **_demo_metrics(model, sc, learn, hist, pre, cfg, root))
     metrics['timings'] = st.summary()
     path = write_report(out, figs, metrics)
     log(f"report: {path}  metrics: {out / 'metrics.json'}  (total {metrics['timings']['total_wall']:.0f}s wall, "
@@ -302,42 +367,55 @@ def run_demo(preset:str|dict='default', out='demo_out', data_dir=None, seed:int=
     return metrics
 
 # %% ../nbs/09_cli.ipynb #2d711cc2
-def demo(preset:str='default',     # demo preset: 'default' (7.2 to 8 minutes measured on 2 CPU cores), 'small' (the 1,000-clip benchmark of the ablation tables, 7 to 8.5 minutes) or 'tiny' (a minute or two)
-         out:str='demo_out',       # folder for report.html, metrics.json, predictions.csv, features.npz
-         data_dir:str=None,        # benchmark folder (generated there if missing); default data/synth-<preset>-seed<seed>
-         seed:int=0,               # seed of the benchmark and of training
-         label_noise:float=0.05,   # share of benchmark labels replaced by another class
-         threads:int=None,         # torch CPU threads (default: torch's choice)
-         pre_epochs:int=None,      # MAE pre-training epochs (default: the preset's)
-         ft_epochs:int=None,       # joint fine-tuning epochs (default: the preset's)
-         quiet:bool=False):        # no per-batch progress bars, stage lines only
+def demo(
+    # demo preset: 'default' (7.2 to 8 minutes measured on 2 CPU cores), 'small' (the 1,000-clip benchmark of the
+    # ablation tables, 7 to 8.5 minutes) or 'tiny' (a minute or two)
+    preset:str='default',
+    out:str='demo_out',       # folder for report.html, metrics.json, predictions.csv, features.npz
+    data_dir:str=None,        # benchmark folder (generated there if missing); default data/synth-<preset>-seed<seed>
+    seed:int=0,               # seed of the benchmark and of training
+    label_noise:float=0.05,   # share of benchmark labels replaced by another class
+    threads:int=None,         # torch CPU threads (default: torch's choice)
+    pre_epochs:int=None,      # MAE pre-training epochs (default: the preset's)
+    ft_epochs:int=None,       # joint fine-tuning epochs (default: the preset's)
+    quiet:bool=False):        # no per-batch progress bars, stage lines only
     "Run UniLearn end to end on the embedded benchmark and write an HTML report with metrics.json."
     m = run_demo(preset, out=out, data_dir=data_dir, seed=seed, label_noise=label_noise, threads=threads, quiet=quiet,
                  pre_epochs=pre_epochs, ft_epochs=ft_epochs)
     model = Path(out) / 'model.safetensors'
-    print(f"model: {model}\nuse it on your own videos and photos:\n  unilearn predict VIDEO_OR_IMAGE --model {model} --out predictions")
+    print(f"model: {model}\nuse it on your own videos and photos:\n"
+          f"  unilearn predict VIDEO_OR_IMAGE --model {model} --out predictions")
     return m
 
 # %% ../nbs/09_cli.ipynb #2b2315e4
-ABLATIONS = {
-    '2': ('Table 2: pre-training data', [('none', dict(pre=())), ('image only', dict(pre=('image',))),
-                                         ('video only', dict(pre=('video',))), ('dual (UniLearn)', dict()),
-                                         ('dual, VoxCeleb2 frames + VoxCeleb2', dict(pre=('video_frames', 'video')))]),
-    '3': ('Table 3: model', [('ViT (clips only)', dict(kind='vit', tasks=('video',))), ('ViT-MTL', dict(kind='vit_mtl')), ('UniLearn (ViT + MoAE)', dict()),
-                             ('ViT-MoE', dict(kind='vit_moe'))]),
-    '4': ('Table 4: fine-tuning data', [('static', dict(tasks=('image',))), ('dynamic', dict(tasks=('video',))), ('joint', dict())]),
-    '5': ('Table 5: MoAE position', [('early', dict(moae='early')), ('middle', dict(moae='middle')), ('later', dict()),
-                                     ('alternate', dict(moae='alternate'))]),
-    '5c': ('Table 5 (left): components', [('baseline: video-only MAE, ViT', dict(pre=('video',), kind='vit', tasks=('video',))),
-                                          ('D.P.', dict(kind='vit', tasks=('video',))), ('D.P. + MoAE', dict(tasks=('video',))),
-                                          ('D.P. + MoAE + J.F. (UniLearn)', dict())]),
-    'fig3': ('Figure 3: experts and SFER share', [('2 experts', dict(num_experts=2)), ('4 experts', dict(num_experts=4)),
-                                                  ('8 experts', dict(num_experts=8)), ('SFER share 0.25', dict(sfer_ratio=.25)),
-                                                  ('SFER share 0.5', dict(sfer_ratio=.5)), ('SFER share 1.0', dict(sfer_ratio=1.))]),
+ABLATIONS = {  # table: (title, [(row name, how the row differs from UniLearn's defaults), ...])
+    '2': ('Table 2: pre-training data', [
+        ('none', dict(pre=())), ('image only', dict(pre=('image',))), ('video only', dict(pre=('video',))),
+        ('dual (UniLearn)', dict()), ('dual, VoxCeleb2 frames + VoxCeleb2', dict(pre=('video_frames', 'video')))]),
+    '3': ('Table 3: model', [
+        ('ViT (clips only)', dict(kind='vit', tasks=('video',))), ('ViT-MTL', dict(kind='vit_mtl')),
+        ('UniLearn (ViT + MoAE)', dict()), ('ViT-MoE', dict(kind='vit_moe'))]),
+    '4': ('Table 4: fine-tuning data', [
+        ('static', dict(tasks=('image',))), ('dynamic', dict(tasks=('video',))), ('joint', dict())]),
+    '5': ('Table 5: MoAE position', [
+        ('early', dict(moae='early')), ('middle', dict(moae='middle')), ('later', dict()),
+        ('alternate', dict(moae='alternate'))]),
+    '5c': ('Table 5 (left): components', [
+        ('baseline: video-only MAE, ViT', dict(pre=('video',), kind='vit', tasks=('video',))),
+        ('D.P.', dict(kind='vit', tasks=('video',))), ('D.P. + MoAE', dict(tasks=('video',))),
+        ('D.P. + MoAE + J.F. (UniLearn)', dict())]),
+    'fig3': ('Figure 3: experts and SFER share', [
+        ('2 experts', dict(num_experts=2)), ('4 experts', dict(num_experts=4)), ('8 experts', dict(num_experts=8)),
+        ('SFER share 0.25', dict(sfer_ratio=.25)), ('SFER share 0.5', dict(sfer_ratio=.5)),
+        ('SFER share 1.0', dict(sfer_ratio=1.))]),
 }
-_RUN_DEFAULTS = dict(pre=('image', 'video'), kind='unilearn', moae='later', num_experts=None, sfer_ratio=None, tasks=('image', 'video'))
+
+# %% ../nbs/09_cli.ipynb #1f5f9560
+_RUN_DEFAULTS = dict(pre=('image', 'video'), kind='unilearn', moae='later', num_experts=None, sfer_ratio=None,
+                     tasks=('image', 'video'))
 
 def _run_key(cfg:dict, row:dict) -> tuple:
+    "What a row trains, resolved against `cfg`: rows with the same key are one run."
     r = {**_RUN_DEFAULTS, **row}
     r['num_experts'] = r['num_experts'] or cfg['num_experts']
     r['sfer_ratio'] = cfg['sfer_ratio'] if r['sfer_ratio'] is None else r['sfer_ratio']
@@ -346,16 +424,18 @@ def _run_key(cfg:dict, row:dict) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in r.items()))
 
 # %% ../nbs/09_cli.ipynb #6b60e0de
+def markdown_table(df:pd.DataFrame) -> str:
+    "A DataFrame as a GitHub markdown table."
+    rows = [list(map(str, df.columns))] + [[str(v) for v in r] for r in df.itertuples(index=False)]
+    lines = ['| ' + ' | '.join(rows[0]) + ' |', '|' + '---|' * len(rows[0])]
+    return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows[1:]])
+
+# %% ../nbs/09_cli.ipynb #593fb53a
 def _cell(vals) -> str:
     import numpy as np
     vals = [v for v in vals if v is not None]
     if not vals: return '-'
     return f"{np.mean(vals):.1f} ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
-
-def markdown_table(df:pd.DataFrame) -> str:
-    "A DataFrame as a GitHub markdown table."
-    rows = [list(map(str, df.columns))] + [[str(v) for v in r] for r in df.itertuples(index=False)]
-    return '\n'.join(['| ' + ' | '.join(rows[0]) + ' |', '|' + '---|' * len(rows[0])] + ['| ' + ' | '.join(r) + ' |' for r in rows[1:]])
 
 def ablation_table(title:str, rows:list, results:dict, cfg:dict, seeds) -> pd.DataFrame:
     "A paper-style table: one row per setting, UAR/WAR (%) of both heads as mean ± std over seeds."
@@ -367,65 +447,88 @@ def ablation_table(title:str, rows:list, results:dict, cfg:dict, seeds) -> pd.Da
         line = {title: name, 'seeds': len(rs)}
         for t in ('video', 'image'):
             for m in ('uar', 'war'): line[f'{t} {m.upper()}'] = _cell([100 * r[t][m] if t in r else None for r in rs])
-        if rs and 'params' in rs[0]: line['params train / test'] = f"{rs[0]['params']['train'] / 1e6:.3f}M / {rs[0]['params']['test'] / 1e6:.3f}M"
+        if rs and 'params' in rs[0]:
+            p = rs[0]['params']
+            line['params train / test'] = f"{p['train'] / 1e6:.3f}M / {p['test'] / 1e6:.3f}M"
         out.append(line)
     return pd.DataFrame(out)
 
-# %% ../nbs/09_cli.ipynb #789bf018
-def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3'), seeds=(0, 1, 2), out='ablate_out', data_dir=None,
-                  label_noise:float=.05, quiet:bool=True, log=print, **overrides) -> dict:
-    "Run the rows of `tables` for every seed; print each table when complete; return `{table: DataFrame}`."
-    from unilearn.synth import ensure_benchmark
+# %% ../nbs/09_cli.ipynb #a3443012
+def _ablation_run(data, cfg:dict, row:dict, seed:int, maes:dict, quiet:bool=True) -> tuple:
+    "One row's fine-tuning and evaluation (and MAE pre-training, once per seed in `maes`): scores, params, best epoch."
     from unilearn.moae import param_counts
+    r = {**_RUN_DEFAULTS, **row}
+    pre = tuple(r['pre'])
+    if pre not in maes:
+        maes[pre] = pretrain_stage(data, cfg, modalities=pre, seed=seed, quiet=quiet)[0] if pre else None
+    model, hist, learn, d = finetune_stage(data, cfg, maes[pre], kind=r['kind'], moae=r['moae'],
+                                           num_experts=r['num_experts'], sfer_ratio=r['sfer_ratio'],
+                                           tasks=r['tasks'], seed=seed, quiet=quiet)
+    preds, sc = evaluate_stage(model, d, tasks=r['tasks'])
+    return sc, param_counts(model, 'video' if 'video' in r['tasks'] else 'image'), learn.best['epoch']
+
+def _write_ablations(out:Path, tabs:dict, seeds, cfg:dict, seconds:float, runs:list):
+    "`ablate.md` (the tables) and `ablate.json` (tables, settings and every run's own figures) in `out`."
+    md = '\n\n'.join(f"### {ABLATIONS[t][0]}\n\n" + markdown_table(tab) for t, tab in tabs.items())
+    head = f"seeds {list(seeds)}, preset {cfg['data']}, UAR/WAR % (mean ± std over seeds), fold 1"
+    (out / 'ablate.md').write_text(f"{head}\n\n{md}\n")
+    tables = {t: tab.to_dict(orient='records') for t, tab in tabs.items()}
+    res = dict(seeds=list(seeds), config=cfg, seconds=round(seconds, 1), tables=tables, runs=runs)
+    (out / 'ablate.json').write_text(json.dumps(res, indent=1))
+
+# %% ../nbs/09_cli.ipynb #789bf018
+def run_ablations(preset:str|dict='default', tables=('2', '3', '4', '5', 'fig3'), seeds=(0, 1, 2), out='ablate_out',
+                  data_dir=None, label_noise:float=.05, quiet:bool=True, log=print, **overrides) -> dict:
+    """Run the rows of `tables` for every seed; print each table when complete; return `{table: DataFrame}`.
+
+    Example: `run_ablations('tiny', tables=('3',), seeds=(0,))`; `ablate.md` and `ablate.json` land in `out`."""
+    from unilearn.synth import ensure_benchmark
     cfg = demo_config(preset, **overrides)
     for t in tables:
         if t not in ABLATIONS: raise ValueError(f"Unknown ablation {t!r}; choose from {list(ABLATIONS)}")
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     bench_seed = 0   # one benchmark for every row and seed: the seeds vary training only
-    data_dir = Path(data_dir) if data_dir else Path('data') / f"synth-{cfg['data'] if isinstance(cfg['data'], str) else 'custom'}-seed{bench_seed}"
+    data_dir = Path(data_dir) if data_dir else _bench_dir(cfg, bench_seed)
     root = ensure_benchmark(data_dir, cfg['data'], seed=bench_seed, label_noise=label_noise, log=log)
     results, tabs, runs, t0 = {}, {}, [], time.perf_counter()
     for seed in seeds:
-        data = demo_data(root, cfg, seed=seed)
-        maes = {}
+        data, maes = demo_data(root, cfg, seed=seed), {}
         for t in tables:
             for name, row in ABLATIONS[t][1]:
                 key = _run_key(cfg, row)
                 if (key, seed) in results: continue
-                r = {**_RUN_DEFAULTS, **row}
-                pre = tuple(r['pre'])
-                if pre not in maes: maes[pre] = pretrain_stage(data, cfg, modalities=pre, seed=seed, quiet=quiet)[0] if pre else None
-                model, hist, learn, d = finetune_stage(data, cfg, maes[pre], kind=r['kind'], moae=r['moae'], num_experts=r['num_experts'],
-                                                       sfer_ratio=r['sfer_ratio'], tasks=r['tasks'], seed=seed, quiet=quiet)
-                preds, sc = evaluate_stage(model, d, tasks=r['tasks'])
-                results[(key, seed)] = dict(sc, params=param_counts(model, 'video' if 'video' in r['tasks'] else 'image'))
-                runs.append(dict(table=t, row=name, seed=seed, best_epoch=learn.best['epoch'],
-                                 **{k: {m: v[m] for m in ('n', 'uar', 'uar_ci', 'war', 'war_ci')} for k, v in sc.items()}))
+                sc, params, best = _ablation_run(data, cfg, row, seed, maes, quiet)
+                results[(key, seed)] = dict(sc, params=params)
+                runs.append(dict(table=t, row=name, seed=seed, best_epoch=best,
+                                 **{k: {m: v[m] for m in ('n', 'uar', 'uar_ci', 'war', 'war_ci')}
+                                    for k, v in sc.items()}))
                 log(f"[{time.perf_counter() - t0:6.0f}s] seed {seed} table {t} '{name}': " +
                     ', '.join(f"{k} UAR {100 * v['uar']:.1f} WAR {100 * v['war']:.1f}" for k, v in sc.items()))
         for t in tables:
             tabs[t] = ablation_table(ABLATIONS[t][0], ABLATIONS[t][1], results, cfg, seeds[:seeds.index(seed) + 1])
             if seed == seeds[-1]: log(f"\n{tabs[t].to_string(index=False)}\n")
-    md = '\n\n'.join(f"### {ABLATIONS[t][0]}\n\n" + markdown_table(tabs[t]) for t in tables)
-    (out / 'ablate.md').write_text(f"seeds {list(seeds)}, preset {cfg['data']}, UAR/WAR % (mean ± std over seeds), fold 1\n\n{md}\n")
-    (out / 'ablate.json').write_text(json.dumps(dict(seeds=list(seeds), config=cfg, seconds=round(time.perf_counter() - t0, 1),
-                                                     tables={t: tabs[t].to_dict(orient='records') for t in tables}, runs=runs), indent=1))
+    _write_ablations(out, tabs, seeds, cfg, time.perf_counter() - t0, runs)
     return tabs
 
 # %% ../nbs/09_cli.ipynb #35e0a19a
-def ablate(tables:str='2,3,4,5,fig3',  # comma-separated ablations: 2 (pre-training), 3 (model), 4 (fine-tuning data), 5 (MoAE position), 5c (components), fig3 (experts, SFER share)
-           seeds:str='0,1,2',          # comma-separated training seeds (the benchmark itself is fixed)
-           preset:str='default',       # demo preset whose benchmark, model and budget each row uses
-           out:str='ablate_out',       # folder for ablate.md and ablate.json
-           data_dir:str=None,          # benchmark folder (generated there if missing)
-           pre_epochs:int=None,        # MAE pre-training epochs per run (default: the preset's)
-           ft_epochs:int=None,         # fine-tuning epochs per run (default: the preset's)
-           threads:int=None):          # torch CPU threads
-    "Run the paper's ablations (Tables 2-5, Figure 3) on the embedded benchmark over several seeds and print the tables."
+def ablate(
+    # comma-separated ablations: 2 (pre-training), 3 (model), 4 (fine-tuning data), 5 (MoAE position), 5c (components),
+    # fig3 (experts, SFER share)
+    tables:str='2,3,4,5,fig3',
+    seeds:str='0,1,2',          # comma-separated training seeds (the benchmark itself is fixed)
+    preset:str='default',       # demo preset whose benchmark, model and budget each row uses
+    out:str='ablate_out',       # folder for ablate.md and ablate.json
+    data_dir:str=None,          # benchmark folder (generated there if missing)
+    pre_epochs:int=None,        # MAE pre-training epochs per run (default: the preset's)
+    ft_epochs:int=None,         # fine-tuning epochs per run (default: the preset's)
+    threads:int=None):          # torch CPU threads
+    """Run the paper's ablations (Tables 2-5, Figure 3) on the embedded benchmark over several seeds and print the
+    tables."""
     import torch
     if threads: torch.set_num_threads(threads)
     run_ablations(preset, tables=tuple(t.strip() for t in tables.split(',') if t.strip()),
-                  seeds=tuple(int(s) for s in seeds.split(',')), out=out, data_dir=data_dir, pre_epochs=pre_epochs, ft_epochs=ft_epochs)
+                  seeds=tuple(int(s) for s in seeds.split(',')), out=out, data_dir=data_dir, pre_epochs=pre_epochs,
+                  ft_epochs=ft_epochs)
 
 # %% ../nbs/09_cli.ipynb #9b756e69
 class UsageError(ValueError):
@@ -442,6 +545,7 @@ def video_task(dfew=None, ferv39k=None, mafw=None) -> tuple:
         raise UsageError(f"{flags}: give one video dataset per run (a run trains one video head)")
     return given[0] if given else (None, None)
 
+# %% ../nbs/09_cli.ipynb #5269dc85
 def parse_folds(fold, dataset:str|None) -> list:
     "Folds of `--fold` for `dataset`: `[N]`, `[1, ..., 5]` for 'all'; `[None]` without folds (FERV39K, images)."
     n = VIDEO_DATASETS[dataset][1] if dataset else 0
@@ -455,6 +559,7 @@ def parse_folds(fold, dataset:str|None) -> list:
         raise UsageError(f"--fold {fold}: {VIDEO_DATASETS[dataset][0]} has folds 1 to {n}, or 'all' for every fold")
     return [int(s)]
 
+# %% ../nbs/09_cli.ipynb #6d5390c6
 def video_dataset(dataset:str, root, fold:int|None, split:str, annotation=None, **kwargs):
     "The `unilearn.data` reader of `dataset` (dfew, ferv39k, mafw) for `split` of `fold` (`annotation`: split files)."
     from unilearn import data
@@ -480,6 +585,7 @@ def _read_toml(path) -> dict:
     try: return tomllib.loads(Path(path).read_text(encoding='utf-8'))
     except tomllib.TOMLDecodeError as e: raise UsageError(f"recipe {path}: not valid TOML ({e})") from None
 
+# %% ../nbs/09_cli.ipynb #a6d3822d
 def _type_ok(v, want) -> bool:
     if want is bool: return isinstance(v, bool)
     if isinstance(v, bool): return False
@@ -579,6 +685,7 @@ class flag_errors:
             if re.match(rf"(\w+: )?{k}\b", msg): raise UsageError(f"--{k}: {msg}") from None
         return False
 
+# %% ../nbs/09_cli.ipynb #ad45f5a6
 def _epoch_line(learn, log):
     names, fmt = learn.recorder.metric_names, lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
     print(f"epoch {int(log[0]) + 1}/{getattr(learn, 'n_epoch', '?')} " +
@@ -616,6 +723,7 @@ def parse_moae(moae:str):
         raise UsageError(f"--moae {moae}: choose later, early, middle, alternate, or block indices such as 6,7,8")
     return s
 
+# %% ../nbs/09_cli.ipynb #819695a3
 def _at_least(a, **mins):
     for k, m in mins.items():
         v = a[k]
@@ -647,6 +755,55 @@ def _write_config(rd:Path, cfg:dict) -> Path:
     rd.mkdir(parents=True, exist_ok=True)
     (rd / 'config.json').write_text(json.dumps(cfg, indent=1, default=str))
     return rd / 'config.json'
+
+# %% ../nbs/09_cli.ipynb #6ba028c2
+def _check_pretrain(a:dict) -> tuple:
+    "`(video flag, its root, fold)` of a `pretrain` run, once its options are checked."
+    from unilearn.train import latest_checkpoint
+    vflag, vroot = video_task(a['dfew'], a['ferv39k'], a['mafw'])
+    folds = parse_folds(a['fold'], vflag)
+    if len(folds) > 1: raise UsageError("--fold all: pre-training uses one fold's training clips; give --fold N")
+    if not (a['images'] or a['videos'] or vflag): raise UsageError("give --images, --videos or --dfew/--ferv39k/--mafw")
+    _at_least(a, epochs=1, image_bs=1, video_bs=1, copies=1, save_every=1)
+    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir")
+    if a['resume'] and not latest_checkpoint(a['checkpoint_dir']):
+        raise UsageError(f"--resume: no epoch_*.pth checkpoint in {a['checkpoint_dir']}")
+    if a['masking'] not in ('random', 'tube'): raise UsageError(f"--masking {a['masking']}: choose random or tube")
+    return vflag, vroot, folds[0]
+
+# %% ../nbs/09_cli.ipynb #45618fdc
+def _pretrain_loaders(a:dict, vflag, vroot, fold) -> tuple:
+    "The image and video `DataLoader`s of a `pretrain` run (None for a modality it leaves out)."
+    import torch
+    from torch.utils.data import DataLoader, ConcatDataset
+    from unilearn.data import AffectNet, VoxCeleb2
+    from unilearn.mae import RepeatedAugmentation, collate_copies
+    S, T, g = a['img_size'], a['frames'], torch.Generator().manual_seed(a['seed'])
+    load = dict(shuffle=True, drop_last=True, num_workers=a['workers'], generator=g)
+    image_dl = None
+    if a['images']:
+        images = AffectNet(a['images'], split='train', mode='pretrain', img_size=S, allow_overlap=a['allow_overlap'])
+        image_dl = DataLoader(images, batch_size=a['image_bs'], **load)
+    vids = [VoxCeleb2(a['videos'], num_frames=T, stride=a['stride'], img_size=S)] if a['videos'] else []
+    if vflag: vids.append(video_dataset(vflag, vroot, fold, 'train', a['annotation'], mode='pretrain', num_frames=T,
+                                        stride=a['stride'], img_size=S, allow_overlap=a['allow_overlap']))
+    if not vids: return image_dl, None
+    v, c = vids[0] if len(vids) == 1 else ConcatDataset(vids), a['copies']
+    return image_dl, DataLoader(RepeatedAugmentation(v, c) if c > 1 else v, batch_size=a['video_bs'],
+                                collate_fn=collate_copies if c > 1 else None, **load)
+
+# %% ../nbs/09_cli.ipynb #6253dfe6
+def _pretrain_learner(mae, a:dict, image_dl, video_dl, lr:float, cfg:dict):
+    "`unilearn.mae.pretrain_learner` with the run options of `pretrain`; an error about one of them names its flag."
+    from unilearn.mae import pretrain_learner
+    with flag_errors():
+        return pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, lr=lr, seed=a['seed'],
+                                precision=a['precision'], video_share=a['video_share'] if image_dl is not None else 1.0,
+                                checkpoint_dir=a['checkpoint_dir'], resume='last' if a['resume'] else None,
+                                save_every=a['save_every'], grad_checkpointing=a['grad_checkpointing'],
+                                compile=a['compile'],
+                                config=dict(cli={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST}),
+                                **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
 
 # %% ../nbs/09_cli.ipynb #fc9788d7
 def pretrain(images:str=None,          # AffectNet root (images of train_affectnet7.txt)
@@ -689,69 +846,51 @@ def pretrain(images:str=None,          # AffectNet root (images of train_affectn
              seed:int=0):              # random seed
     "Dual-modal MAE pre-training on face images and videos; writes OUT/mae.safetensors with its resolved configuration."
     import torch
-    from torch.utils.data import DataLoader, ConcatDataset
-    from unilearn.data import AffectNet, VoxCeleb2
-    from unilearn.mae import create_mae, pretrain_learner, RepeatedAugmentation, collate_copies
+    from unilearn.mae import create_mae
     from unilearn.interop import save_checkpoint
-    from unilearn.train import seed_everything, latest_checkpoint, init_distributed
+    from unilearn.train import seed_everything, init_distributed
     a = resolve_args(pretrain, locals())
-    vflag, vroot = video_task(a['dfew'], a['ferv39k'], a['mafw'])
-    folds = parse_folds(a['fold'], vflag)
-    if len(folds) > 1: raise UsageError("--fold all: pre-training uses one fold's training clips; give --fold N")
-    if not (a['images'] or a['videos'] or vflag): raise UsageError("give --images, --videos or --dfew/--ferv39k/--mafw")
-    _at_least(a, epochs=1, image_bs=1, video_bs=1, copies=1, save_every=1)
-    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir")
-    if a['resume'] and not latest_checkpoint(a['checkpoint_dir']):
-        raise UsageError(f"--resume: no epoch_*.pth checkpoint in {a['checkpoint_dir']}")
-    if a['masking'] not in ('random', 'tube'): raise UsageError(f"--masking {a['masking']}: choose random or tube")
+    vflag, vroot, fold = _check_pretrain(a)
     dev = a['device'] = run_device(a['device'])
-    prec = check_precision(a['precision'], dev)
+    check_precision(a['precision'], dev)
     rd = Path(a['out'])
     _fresh_run(rd, a['checkpoint_dir'], a['resume'])
     rank, world = init_distributed()
     seed_everything(a['seed'])
-    S, T = a['img_size'], a['frames']
-    mae = create_mae(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), img_size=S, all_frames=T,
-                     patch_size=a['patch'], image_mask_ratio=a['image_mask'], video_mask_ratio=a['video_mask'],
-                     masking=a['masking'])
-    mae.to(dev)
-    g = torch.Generator().manual_seed(a['seed'])
-    image_dl = None
-    if a['images']:
-        images = AffectNet(a['images'], split='train', mode='pretrain', img_size=S, allow_overlap=a['allow_overlap'])
-        image_dl = DataLoader(images, batch_size=a['image_bs'], shuffle=True, drop_last=True, num_workers=a['workers'],
-                              generator=g)
-    vids = [VoxCeleb2(a['videos'], num_frames=T, stride=a['stride'], img_size=S)] if a['videos'] else []
-    if vflag: vids.append(video_dataset(vflag, vroot, folds[0], 'train', a['annotation'], mode='pretrain', num_frames=T,
-                                        stride=a['stride'], img_size=S, allow_overlap=a['allow_overlap']))
-    video_dl = None
-    if vids:
-        v, c = vids[0] if len(vids) == 1 else ConcatDataset(vids), a['copies']
-        video_dl = DataLoader(RepeatedAugmentation(v, c) if c > 1 else v, batch_size=a['video_bs'], shuffle=True,
-                              drop_last=True, num_workers=a['workers'], generator=g,
-                              collate_fn=collate_copies if c > 1 else None)
+    mae = create_mae(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), img_size=a['img_size'],
+                     all_frames=a['frames'], patch_size=a['patch'], image_mask_ratio=a['image_mask'],
+                     video_mask_ratio=a['video_mask'], masking=a['masking']).to(dev)
+    image_dl, video_dl = _pretrain_loaders(a, vflag, vroot, fold)
     total = (a['image_bs'] if image_dl is not None else a['video_bs'] * a['copies']) * world
-    lr = a['lr'] or a['base_lr'] * total / 512
+    lr = a['lr'] or a['base_lr'] * total / 512   # the published rule: base_lr per 512 samples of total batch
     cfg = dict(command='pretrain', **a, lr_used=lr, total_batch=total, world_size=world)
-    with flag_errors():
-        learn = pretrain_learner(mae, image_dl=image_dl, video_dl=video_dl, lr=lr, seed=a['seed'],
-                                 precision=a['precision'],
-                                 video_share=a['video_share'] if image_dl is not None else 1.0,
-                                 checkpoint_dir=a['checkpoint_dir'], resume='last' if a['resume'] else None,
-                                 save_every=a['save_every'],
-                                 grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
-                                 config=dict(cli={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST}),
-                                 **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
+    learn = _pretrain_learner(mae, a, image_dl, video_dl, lr, cfg)
     learn.dls.device = torch.device(dev)
     epoch_lines(learn)
     if rank == 0: _write_config(rd, cfg)
     in_process_group(learn, world, lambda: learn.fit(a['epochs']))
     if rank == 0:
-        path = save_checkpoint(mae, rd / 'mae.safetensors', input=dict(img_size=S, frames=T), epochs=a['epochs'],
-                               run_config=cfg)
+        path = save_checkpoint(mae, rd / 'mae.safetensors', input=dict(img_size=a['img_size'], frames=a['frames']),
+                               epochs=a['epochs'], run_config=cfg)
         print(f"wrote {path}")
     leave_process_group()
     return mae
+
+# %% ../nbs/09_cli.ipynb #f47f5304
+def _check_finetune(a:dict) -> tuple:
+    "`(video flag, folds)` of a `finetune` run, once its options are checked (sets `moae_blocks` and `device` of `a`)."
+    vflag, _ = video_task(a['dfew'], a['ferv39k'], a['mafw'])
+    folds = parse_folds(a['fold'], vflag)
+    if not vflag and not a['affectnet']:
+        raise UsageError("give a video dataset (--dfew, --ferv39k or --mafw PATH), --affectnet PATH, or both")
+    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir")
+    a['moae_blocks'] = parse_moae(a['moae']) if a['kind'] in ('unilearn', 'vit_moe') else None
+    _at_least(a, epochs=1, warmup=0, views=1, video_bs=1, image_bs=1, save_every=1, experts=1, top_k=1)
+    if a['kind'] not in ('unilearn', 'vit_mtl', 'vit_moe', 'vit'):
+        raise UsageError(f"--kind {a['kind']}: choose unilearn, vit_mtl, vit_moe or vit")
+    a['device'] = run_device(a['device'])
+    check_precision(a['precision'], a['device'])
+    return vflag, folds
 
 # %% ../nbs/09_cli.ipynb #b0cd58ab
 def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/, split files): the video task, 5 folds
@@ -804,17 +943,7 @@ def finetune(dfew:str=None,            # DFEW root (clip_jpg_256/, split files):
              seed:int=0):              # random seed
     "Joint fine-tuning on DFEW, FERV39K or MAFW and/or AffectNet-7: per fold best/last checkpoints, test predictions."
     a = resolve_args(finetune, locals())
-    vflag, _ = video_task(a['dfew'], a['ferv39k'], a['mafw'])
-    folds = parse_folds(a['fold'], vflag)
-    if not vflag and not a['affectnet']:
-        raise UsageError("give a video dataset (--dfew, --ferv39k or --mafw PATH), --affectnet PATH, or both")
-    if a['resume'] and not a['checkpoint_dir']: raise UsageError("--resume needs --checkpoint_dir")
-    a['moae_blocks'] = parse_moae(a['moae']) if a['kind'] in ('unilearn', 'vit_moe') else None
-    _at_least(a, epochs=1, warmup=0, views=1, video_bs=1, image_bs=1, save_every=1, experts=1, top_k=1)
-    if a['kind'] not in ('unilearn', 'vit_mtl', 'vit_moe', 'vit'):
-        raise UsageError(f"--kind {a['kind']}: choose unilearn, vit_mtl, vit_moe or vit")
-    a['device'] = run_device(a['device'])
-    check_precision(a['precision'], a['device'])
+    vflag, folds = _check_finetune(a)
     results = {f: _finetune_fold(a, vflag, f) for f in folds}
     from unilearn.train import is_main_process
     if len(folds) > 1 and is_main_process(): pool(a['out'])
@@ -828,73 +957,63 @@ def _mae_file(mae):
     if mae and Path(mae).is_dir(): return Path(mae) / 'mae.safetensors'
     return mae
 
-# %% ../nbs/09_cli.ipynb #ee2998be
-def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
-    "One fine-tuning run (one fold): data, model, Learner, fit; best/last checkpoints and test predictions."
+# %% ../nbs/09_cli.ipynb #92667955
+def _finetune_data(a:dict, vflag, f) -> tuple:
+    "Datasets of one fine-tuning run by task: `(train, valid, tests, classes, video stride)`."
     from torch.utils.data import Subset
     from unilearn.data import AffectNet, AFFECTNET7_CLASSES
-    from unilearn.joint import (stratified_split, create_model, joint_dataloaders, finetune_learner, fit_joint,
-                                best_model, evaluate_joint)
-    from unilearn.interop import save_checkpoint
-    from unilearn.metrics import save_predictions, scores
-    from unilearn.train import seed_everything, latest_checkpoint, init_distributed
-    rank, world = init_distributed()
-    rd, ck = run_folder(a['out'], f), run_folder(a['checkpoint_dir'], f) if a['checkpoint_dir'] else None
-    if _fresh_run(rd, ck, a['resume']):
-        print(f"{rd}: finished already, skipped (--resume)"); return {}
-    if a['resume'] and not latest_checkpoint(ck) and len(parse_folds(a['fold'], vflag)) == 1:
-        raise UsageError(f"--resume: no epoch_*.pth checkpoint in {ck}")
-    seed_everything(a['seed'])
-    S, T, vroot = a['img_size'], a['frames'], a[vflag] if vflag else None
-    tv = va_v = ti = va_i = None
-    tests, classes = {}, {}
+    from unilearn.joint import stratified_split
+    S, T, vroot, ov = a['img_size'], a['frames'], a[vflag] if vflag else None, dict(allow_overlap=a['allow_overlap'])
+    train, valid, tests, classes, stride = {}, {}, {}, {}, None
     if vflag:
-        kw = dict(num_frames=T, stride=a['stride'], img_size=S)
-        ov = dict(allow_overlap=a['allow_overlap'])
-        train = video_dataset(vflag, vroot, f, 'train', a['annotation'], **kw, **ov)
-        tv, va = stratified_split(train, a['valid_pct'], a['seed'])
-        va_v = video_dataset(vflag, vroot, f, 'train', a['annotation'], mode='test', num_clips=1, **kw, **ov)
-        va_v = Subset(va_v, va.indices)
-        tests['video'] = video_dataset(vflag, vroot, f, 'test', a['annotation'], num_clips=a['views'], **kw)
-        classes['video'], stride = list(train.classes), train.stride
+        kw, ann = dict(num_frames=T, stride=a['stride'], img_size=S), a['annotation']
+        ds = video_dataset(vflag, vroot, f, 'train', ann, **kw, **ov)
+        train['video'], va = stratified_split(ds, a['valid_pct'], a['seed'])
+        valid['video'] = Subset(video_dataset(vflag, vroot, f, 'train', ann, mode='test', num_clips=1, **kw, **ov),
+                                va.indices)
+        tests['video'] = video_dataset(vflag, vroot, f, 'test', ann, num_clips=a['views'], **kw)
+        classes['video'], stride = list(ds.classes), ds.stride
     if a['affectnet']:
-        ov = dict(allow_overlap=a['allow_overlap'])
-        ti, va = stratified_split(AffectNet(a['affectnet'], split='train', img_size=S, **ov), a['valid_pct'], a['seed'])
-        va_i = Subset(AffectNet(a['affectnet'], split='train', mode='test', img_size=S, **ov), va.indices)
+        ds = AffectNet(a['affectnet'], split='train', img_size=S, **ov)
+        train['image'], va = stratified_split(ds, a['valid_pct'], a['seed'])
+        valid['image'] = Subset(AffectNet(a['affectnet'], split='train', mode='test', img_size=S, **ov), va.indices)
         tests['image'] = AffectNet(a['affectnet'], split='test', mode='test', img_size=S)
         classes['image'] = list(AFFECTNET7_CLASSES)
-    if a['kind'] == 'vit' and vflag and ti is not None:   # one head: images take the video dataset's class order
-        ti, va_i, tests['image'] = (RemapLabels(d, classes['video']) for d in (ti, va_i, tests['image']))
+    if a['kind'] == 'vit' and vflag and 'image' in train:   # one head: images take the video dataset's class order
+        for d in (train, valid, tests): d['image'] = RemapLabels(d['image'], classes['video'])
         classes['image'] = classes['video']
+    return train, valid, tests, classes, stride
+
+# %% ../nbs/09_cli.ipynb #e09047b1
+def _finetune_model(a:dict, classes:dict, verbose:bool):
+    "The `--kind` model of a fine-tuning run for the classes of its tasks, from `--mae` when given."
+    from unilearn.joint import create_model
     ncls = {t: len(c) for t, c in classes.items()}
     moe = a['moae_blocks'] is not None
     extra = dict(num_experts=a['experts'], top_k=a['top_k'], moae=a['moae_blocks']) if moe else {}
-    model = create_model(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), kind=a['kind'], img_size=S,
-                         all_frames=T,
-                         num_classes=next(iter(ncls.values())) if a['kind'] == 'vit' else ncls, patch_size=a['patch'],
-                         mae_checkpoint=_mae_file(a['mae']), drop_path_rate=a['drop_path'], verbose=rank == 0, **extra)
-    model.to(a['device'])
-    # under torchrun, `distrib_ctx` gives each rank its share of these loaders
-    dls = joint_dataloaders(ti, tv, va_i, va_v, image_bs=a['image_bs'], video_bs=a['video_bs'],
-                            sfer_ratio=a['sfer_ratio'], seed=a['seed'], num_workers=a['workers'], device=a['device'])
-    monitor = a['monitor'] or ('video_uar' if vflag else 'image_uar')
-    cfg = dict(command='finetune', **{k: v for k, v in a.items() if k != 'moae_blocks'}, fold_run=f, classes=classes,
-               stride_used=stride if vflag else None, world_size=world)
+    return create_model(_size(a['size'], a['embed_dim'], a['depth'], a['heads']), kind=a['kind'],
+                        img_size=a['img_size'], all_frames=a['frames'],
+                        num_classes=next(iter(ncls.values())) if a['kind'] == 'vit' else ncls, patch_size=a['patch'],
+                        mae_checkpoint=_mae_file(a['mae']), drop_path_rate=a['drop_path'], verbose=verbose, **extra)
+
+def _finetune_learner(a:dict, model, dls, monitor:str, ck, cfg:dict):
+    "`unilearn.joint.finetune_learner` with the run options of `finetune`; an error about one of them names its flag."
+    from unilearn.joint import finetune_learner
     with flag_errors():
-        learn = finetune_learner(model, dls, lr=a['lr'], min_lr=a['min_lr'], layer_decay=a['layer_decay'],
-                                 weight_decay=a['weight_decay'], mixup_alpha=a['mixup'], cutmix_alpha=a['cutmix'],
-                                 label_smoothing=a['smoothing'], monitor=monitor, precision=a['precision'],
-                                 checkpoint_dir=ck, resume='last' if a['resume'] else None, save_every=a['save_every'],
-                                 grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
-                                 config=dict(cli={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST}),
-                                 **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
-    epoch_lines(learn)
-    if rank == 0: _write_config(rd, cfg)
-    hist = in_process_group(learn, world, lambda: fit_joint(learn, epochs=a['epochs'], warmup_epochs=a['warmup']))
-    if rank: return {}
-    info = dict(input=dict(img_size=S, frames=T), fold=f, dataset=vflag, classes=classes, run_config=cfg,
-                monitor=monitor)
-    if vflag: info['stride'] = stride
+        return finetune_learner(model, dls, lr=a['lr'], min_lr=a['min_lr'], layer_decay=a['layer_decay'],
+                                weight_decay=a['weight_decay'], mixup_alpha=a['mixup'], cutmix_alpha=a['cutmix'],
+                                label_smoothing=a['smoothing'], monitor=monitor, precision=a['precision'],
+                                checkpoint_dir=ck, resume='last' if a['resume'] else None, save_every=a['save_every'],
+                                grad_checkpointing=a['grad_checkpointing'], compile=a['compile'],
+                                config=dict(cli={k: v for k, v in cfg.items() if k not in _NOT_IN_MANIFEST}),
+                                **({} if a['max_bad_steps'] is None else dict(max_bad_steps=a['max_bad_steps'])))
+
+# %% ../nbs/09_cli.ipynb #f9eeb3c4
+def _save_fold(learn, a:dict, rd:Path, tests:dict, info:dict, f) -> dict:
+    "The best and last checkpoints of a fine-tuning run, their test predictions and scores."
+    from unilearn.joint import best_model, evaluate_joint
+    from unilearn.interop import save_checkpoint
+    from unilearn.metrics import save_predictions, scores
     best, last, res = best_model(learn), getattr(learn.model, 'module', learn.model), {}
     for name, m, ep in (('best', best, learn.best['epoch']), ('last', last, a['epochs'] - 1)):
         save_checkpoint(m, rd / f'{name}.safetensors', epoch=ep, **info)
@@ -905,6 +1024,38 @@ def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
                          for t, s in res[name].items())
         where = f'fold {f}' if f else 'run'
         print(f"{where}: {name} epoch {ep} -> {rd / name}.safetensors; test {test}", flush=True)
+    return res
+
+# %% ../nbs/09_cli.ipynb #ee2998be
+def _finetune_fold(a:dict, vflag:str|None, f:int|None) -> dict:
+    "One fine-tuning run (one fold): data, model, Learner, fit; best/last checkpoints and test predictions."
+    from unilearn.joint import joint_dataloaders, fit_joint
+    from unilearn.train import seed_everything, latest_checkpoint, init_distributed
+    rank, world = init_distributed()
+    rd, ck = run_folder(a['out'], f), run_folder(a['checkpoint_dir'], f) if a['checkpoint_dir'] else None
+    if _fresh_run(rd, ck, a['resume']):
+        print(f"{rd}: finished already, skipped (--resume)"); return {}
+    if a['resume'] and not latest_checkpoint(ck) and len(parse_folds(a['fold'], vflag)) == 1:
+        raise UsageError(f"--resume: no epoch_*.pth checkpoint in {ck}")
+    seed_everything(a['seed'])
+    train, valid, tests, classes, stride = _finetune_data(a, vflag, f)
+    model = _finetune_model(a, classes, verbose=rank == 0).to(a['device'])
+    # under torchrun, `distrib_ctx` gives each rank its share of these loaders
+    dls = joint_dataloaders(train.get('image'), train.get('video'), valid.get('image'), valid.get('video'),
+                            image_bs=a['image_bs'], video_bs=a['video_bs'], sfer_ratio=a['sfer_ratio'],
+                            seed=a['seed'], num_workers=a['workers'], device=a['device'])
+    monitor = a['monitor'] or ('video_uar' if vflag else 'image_uar')
+    cfg = dict(command='finetune', **{k: v for k, v in a.items() if k != 'moae_blocks'}, fold_run=f, classes=classes,
+               stride_used=stride if vflag else None, world_size=world)
+    learn = _finetune_learner(a, model, dls, monitor, ck, cfg)
+    epoch_lines(learn)
+    if rank == 0: _write_config(rd, cfg)
+    hist = in_process_group(learn, world, lambda: fit_joint(learn, epochs=a['epochs'], warmup_epochs=a['warmup']))
+    if rank: return {}
+    info = dict(input=dict(img_size=a['img_size'], frames=a['frames']), fold=f, dataset=vflag, classes=classes,
+                run_config=cfg, monitor=monitor)
+    if vflag: info['stride'] = stride
+    res = _save_fold(learn, a, rd, tests, info, f)
     hist.to_csv(rd / 'history.csv', index=False)
     return res
 
@@ -931,6 +1082,27 @@ def checkpoint_test_sets(info:dict, vflag, vroot, affectnet, fold, annotation=No
     if affectnet: sets['image'] = AffectNet(affectnet, split='test', mode='test', img_size=S)
     return sets
 
+# %% ../nbs/09_cli.ipynb #37748e99
+def _eval_files(model, fold, vflag, which:str) -> dict:
+    "`{fold: checkpoint file}` that `evaluate` scores: one per fold of an output folder, or MODEL itself."
+    from unilearn.interop import checkpoint_config
+    m = Path(model)
+    if m.is_dir(): return {f: run_folder(m, f) / f'{which}.safetensors' for f in parse_folds(fold, vflag)}
+    if str(fold).lower() == 'all':
+        raise UsageError(f"--fold all needs MODEL to be a `unilearn finetune` output folder (fold_N/), not {m}")
+    f = parse_folds(fold, vflag)[0] if fold is not None else checkpoint_config(_classifier(m))['info'].get('fold')
+    if vflag and VIDEO_DATASETS[vflag][1] and not f: f = 1
+    return {f: m}
+
+def _print_scores(preds, tasks, f):
+    "One line per task: UAR, WAR and the recall of each class."
+    from unilearn.metrics import scores
+    for t in tasks:
+        sc = scores(preds, t)
+        rec = ' '.join(f"{c} {100 * r:.1f}" for c, r in sc['recall'].items())
+        head = f"{'fold ' + str(f) + ' ' if f else ''}{t}"
+        print(f"{head}: UAR {100 * sc['uar']:.2f}  WAR {100 * sc['war']:.2f}  (n={sc['n']})  {rec}")
+
 # %% ../nbs/09_cli.ipynb #98c8a9a0
 def evaluate(model:str,                # `unilearn finetune` checkpoint, or its output folder (one per fold)
              dfew:str=None,            # DFEW root: the video head on test_set_<fold>
@@ -948,33 +1120,20 @@ def evaluate(model:str,                # `unilearn finetune` checkpoint, or its 
     "Multi-view evaluation of fine-tuned checkpoints: UAR/WAR and per-class recall of each head, per fold."
     from unilearn.interop import load_checkpoint, checkpoint_config
     from unilearn.joint import evaluate_joint
-    from unilearn.metrics import scores, save_predictions
+    from unilearn.metrics import save_predictions
     a = dict(locals())
     vflag, vroot = video_task(dfew, ferv39k, mafw)
     if not vflag and not affectnet: raise UsageError("give --dfew, --ferv39k or --mafw and/or --affectnet PATH")
     _at_least(a, views=1, bs=1)
     if which not in ('best', 'last'): raise UsageError(f"--which {which}: choose best or last")
-    m = Path(model)
-    if m.is_dir():
-        folds = parse_folds(fold, vflag)
-        files = {f: run_folder(m, f) / f'{which}.safetensors' for f in folds}
-    else:
-        if str(fold).lower() == 'all':
-            raise UsageError(f"--fold all needs MODEL to be a `unilearn finetune` output folder (fold_N/), not {m}")
-        f = parse_folds(fold, vflag)[0] if fold is not None else checkpoint_config(_classifier(m))['info'].get('fold')
-        if vflag and VIDEO_DATASETS[vflag][1] and not f: f = 1
-        files = {f: m}
+    files = _eval_files(model, fold, vflag, which)
     dev, frames_out = run_device(device), []
     for f, path in files.items():
         info = checkpoint_config(_classifier(path)).get('info', {})
         net = load_checkpoint(path, device=dev)
         sets = checkpoint_test_sets(info, vflag, vroot, affectnet, f, annotation, views, stride)
         preds = evaluate_joint(net, sets, fold=f, bs=bs, device=dev)
-        for t in sets:
-            sc = scores(preds, t)
-            rec = ' '.join(f"{c} {100 * r:.1f}" for c, r in sc['recall'].items())
-            head = f"{'fold ' + str(f) + ' ' if f else ''}{t}"
-            print(f"{head}: UAR {100 * sc['uar']:.2f}  WAR {100 * sc['war']:.2f}  (n={sc['n']})  {rec}")
+        _print_scores(preds, sets, f)
         if out and len(files) > 1: save_predictions(run_folder(out, f) / 'predictions.csv', preds)
         elif out: print(f"wrote {save_predictions(out, preds)}")
         frames_out.append(preds)
@@ -1038,6 +1197,32 @@ def pool(out:str,                      # output folder of `unilearn finetune` (f
     print(f"wrote {path}")
     return res
 
+# %% ../nbs/09_cli.ipynb #0366c6c8
+def _analysis(net, sets:dict, out:Path, f, embedding:str, bs:int) -> tuple:
+    "Figure 4's panels for `net` on its test `sets`, their numbers written to `out`: `(items, files, similarity)`."
+    import pandas as pd
+    from unilearn.joint import measure_gates, gate_table
+    from unilearn.metrics import save_features
+    from unilearn import panels
+    items, files = {}, {}
+    gates = measure_gates(net, sets, bs=bs)
+    if gates['layers']:
+        gate_table(gates).to_csv(out / 'gates.csv', index=False)
+        items['expert selection per MoAE layer and task (Figure 4a)'] = panels.gate_figure(gates)
+        files['gates'] = 'gates.csv'
+    feats = _features(net, {f'test_{t}s': ds for t, ds in sets.items()}, tuple(sets))
+    save_features(out / 'features.npz', feats['ids'], feats['labels'], feats['features'], list(feats['task']), f or -1)
+    rows, cols = ('video', 'image') if len(sets) == 2 else (next(iter(sets)),) * 2
+    sim = panels.centre_similarity(feats, rows=rows, cols=cols)
+    sim.to_csv(out / 'class_similarity.csv')
+    items['cosine similarity of class centres (Figure 4b)'] = panels.relations_figure(feats, rows=rows, cols=cols)
+    if embedding != 'none':
+        emb = panels.embed_2d(feats['features'], embedding)
+        xy = pd.DataFrame(dict(id=feats['ids'], task=feats['task'], label=feats['labels'], x=emb[:, 0], y=emb[:, 1]))
+        xy.to_csv(out / 'embedding.csv', index=False)
+        items[f'{embedding.upper()} of the test features'] = panels.umap_figure(feats, embedding=emb)
+    return items, dict(files, similarity='class_similarity.csv', features='features.npz'), sim
+
 # %% ../nbs/09_cli.ipynb #84104f4e
 def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g. OUT/fold_1/best.safetensors)
             dfew:str=None,             # DFEW root: the video head's test clips of --fold
@@ -1053,8 +1238,6 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
             bs:int=16):                # batch size
     "The paper's Figure 4 from a checkpoint: expert gates per layer and task, class-centre similarity, feature map."
     from unilearn.interop import load_checkpoint, checkpoint_config
-    from unilearn.joint import measure_gates, gate_table
-    from unilearn.metrics import save_features
     from unilearn import panels
     a = dict(locals())
     vflag, vroot = video_task(dfew, ferv39k, mafw)
@@ -1066,28 +1249,9 @@ def analyze(model:str,                 # checkpoint of `unilearn finetune` (e.g.
     dev = run_device(device)
     net = load_checkpoint(model, device=dev)
     sets = checkpoint_test_sets(info, vflag, vroot, affectnet, f, annotation, views)
-    data = {f'test_{t}s': ds for t, ds in sets.items()}
     out = Path(out) if out else Path(model).parent / 'analysis'
     out.mkdir(parents=True, exist_ok=True)
-    items, numbers = {}, {}
-    gates = measure_gates(net, sets, bs=bs)
-    if gates['layers']:
-        gate_table(gates).to_csv(out / 'gates.csv', index=False)
-        items['expert selection per MoAE layer and task (Figure 4a)'] = panels.gate_figure(gates)
-        numbers['gates'] = 'gates.csv'
-    feats = _features(net, data, tuple(sets))
-    save_features(out / 'features.npz', feats['ids'], feats['labels'], feats['features'], list(feats['task']), f or -1)
-    rows, cols = ('video', 'image') if len(sets) == 2 else (next(iter(sets)),) * 2
-    sim = panels.centre_similarity(feats, rows=rows, cols=cols)
-    sim.to_csv(out / 'class_similarity.csv')
-    items['cosine similarity of class centres (Figure 4b)'] = panels.relations_figure(feats, rows=rows, cols=cols)
-    if embedding != 'none':
-        emb = panels.embed_2d(feats['features'], embedding)
-        import pandas as pd
-        xy = pd.DataFrame(dict(id=feats['ids'], task=feats['task'], label=feats['labels'], x=emb[:, 0], y=emb[:, 1]))
-        xy.to_csv(out / 'embedding.csv', index=False)
-        items[f'{embedding.upper()} of the test features'] = panels.umap_figure(feats, embedding=emb)
-    files = dict(numbers, similarity='class_similarity.csv', features='features.npz')
+    items, files, sim = _analysis(net, sets, out, f, embedding, bs)
     (out / 'analysis.json').write_text(json.dumps(dict(model=str(model), fold=f, tasks=list(sets), files=files,
                                                        n={t: len(d) for t, d in sets.items()},
                                                        similarity=json.loads(sim.to_json())), indent=1))
@@ -1127,6 +1291,7 @@ SUMMARIES = {'demo': "run UniLearn end to end on the embedded benchmark and writ
              'recipes': "list the recipe files of the paper's experiments, or print one",
              'predict': "expressions in your own videos and photos"}
 
+# %% ../nbs/09_cli.ipynb #0384db84
 def command(name:str):
     "The function of subcommand `name`, imported only now (so `unilearn --help` stays fast)."
     if name not in COMMANDS: raise UsageError(f"unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
@@ -1141,7 +1306,7 @@ def _help() -> str:
             '\n'.join(f"  {k:10s} {SUMMARIES.get(k, '')}" for k in COMMANDS) +
             "\n\n`unilearn CMD --help` lists the options of CMD.")
 
-# %% ../nbs/09_cli.ipynb #f01e2012
+# %% ../nbs/09_cli.ipynb #4b8c0273
 def _given(parser, argv) -> set:
     "Names of the options typed in `argv` (not defaults), so a recipe fills in only the others."
     import argparse, copy
@@ -1149,6 +1314,7 @@ def _given(parser, argv) -> set:
     for act in p._actions: act.default = argparse.SUPPRESS
     return set(vars(p.parse_known_args(argv)[0]))
 
+# %% ../nbs/09_cli.ipynb #f01e2012
 def main(argv:list|None=None):
     "Entry point of the `unilearn` console script: `unilearn CMD [options]`; with no arguments it prints the help."
     global _GIVEN

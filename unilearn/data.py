@@ -26,12 +26,12 @@ from .transforms import (MEAN, STD, denormalize, train_indices, test_indices, pr
                                  ClipRandAugment, eval_transform)
 
 # %% auto #0
-__all__ = ['DFEW_CLASSES', 'FERV39K_CLASSES', 'MAFW_CLASSES', 'AFFECTNET7_CLASSES', 'AFFECTNET8_CLASSES', 'Item', 'Problems',
-           'read_split_text', 'read_dfew', 'read_class_index', 'map_classes', 'read_ferv39k', 'read_mafw',
-           'read_affectnet', 'SkipLog', 'ItemTimeout', 'run_with_time_limit', 'MediaFinder', 'class_counts',
-           'ClipDataset', 'ImageDataset', 'find_annotation', 'find_overlap', 'DFEW', 'FERV39K', 'MAFW', 'AffectNet',
-           'VoxCeleb2', 'ClipFolder', 'ImageFolder', 'skip_report', 'ReportSkips', 'class_balanced_weights',
-           'split_statistics', 'update_data_docs']
+__all__ = ['DFEW_CLASSES', 'FERV39K_CLASSES', 'MAFW_CLASSES', 'AFFECTNET7_CLASSES', 'AFFECTNET8_CLASSES', 'canonical_class',
+           'Item', 'Problems', 'read_split_text', 'read_dfew', 'read_class_index', 'map_classes', 'read_ferv39k',
+           'read_mafw', 'read_affectnet', 'SkipLog', 'ItemTimeout', 'run_with_time_limit', 'MediaFinder',
+           'class_counts', 'ClipDataset', 'ImageDataset', 'find_annotation', 'find_overlap', 'DFEW', 'FERV39K', 'MAFW',
+           'AffectNet', 'VoxCeleb2', 'ClipFolder', 'ImageFolder', 'skip_report', 'ReportSkips',
+           'class_balanced_weights', 'split_statistics', 'update_data_docs']
 
 # %% ../nbs/04d_data.ipynb #c6486ad6
 DFEW_CLASSES = ['Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear']
@@ -40,6 +40,15 @@ MAFW_CLASSES = ['anger', 'anxiety', 'contempt', 'disappointment', 'disgust', 'fe
                 'neutral', 'sadness', 'surprise']
 AFFECTNET7_CLASSES = ['Neutral', 'Happy', 'Sad', 'Surprise', 'Fear', 'Disgust', 'Anger']
 AFFECTNET8_CLASSES = AFFECTNET7_CLASSES + ['Contempt']
+
+# %% ../nbs/04d_data.ipynb #dda21721
+_SYNONYMS = {'anger': 'angry', 'happiness': 'happy', 'sadness': 'sad', 'surprised': 'surprise', 'disgusted': 'disgust',
+             'fearful': 'fear', 'contemptuous': 'contempt'}
+
+def canonical_class(name) -> str:
+    "Lower-case emotion name with common synonyms merged (`Anger`, `angry` -> `angry`)."
+    n = str(name).strip().lower()
+    return _SYNONYMS.get(n, n)
 
 # %% ../nbs/04d_data.ipynb #e9e1c288
 @dataclass
@@ -89,6 +98,7 @@ def _lines(path) -> list[tuple[int, str]]:
     if not out: raise DataError(f"{path}: empty annotation file (no rows)")
     return out
 
+# %% ../nbs/04d_data.ipynb #06255aeb
 def _read_rows(path) -> list[tuple[int, list[str]]]:
     "(line number, fields) of a csv file; blank lines dropped."
     rows = csv.reader(io.StringIO(read_split_text(path), newline=''))
@@ -113,19 +123,8 @@ def _int_label(s:str) -> int|None:
     except ValueError: return None
 
 # %% ../nbs/04d_data.ipynb #1a6ab815
-def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=None) -> list[Item]:
-    "Rows of a DFEW split file (`video_name,label`); labels returned 0-based in `DFEW_CLASSES` order."
-    path, problems = Path(path), _problems or Problems(on_error)
-    rows = _read_rows(path)
-    _check_header(path, rows, ['video_name', 'label'])
-    parsed = []
-    for i, r in rows[1:]:
-        if len(r) != 2: problems(f"{path}, row {i}: expected 2 fields (video_name,label), found {len(r)}: "
-                                 f"{','.join(r)!r}"); continue
-        lab = _int_label(r[1])
-        if lab is None or not 0 <= lab <= 7:
-            problems(f"{path}, row {i}: unknown label {r[1]!r} (DFEW labels are 0..6, or 1..7 in the original release)"); continue
-        parsed.append((i, r[0], lab))
+def _dfew_base(path, parsed:list, label_base:int|None) -> int:
+    "The label base of a DFEW file: 0 if a label is 0, 1 if one is 7; both is refused, neither needs `label_base`."
     labels = {l for _, _, l in parsed}
     if label_base is None:
         if 0 in labels and 7 in labels:
@@ -137,13 +136,28 @@ def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=No
         elif labels: raise DataError(f"{path}: labels {sorted(labels)} could be 0- or 1-based; pass label_base=0 or 1")
         else: label_base = 0
     if label_base not in (0, 1): raise ValueError(f"label_base must be 0 or 1, not {label_base!r}")
-    items, seen = [], {}
+    return label_base
+
+# %% ../nbs/04d_data.ipynb #59da45a1
+def read_dfew(path, label_base:int|None=None, on_error:str='raise', _problems=None) -> list[Item]:
+    "Rows of a DFEW split file (`video_name,label`); labels returned 0-based in `DFEW_CLASSES` order."
+    path, problems = Path(path), _problems or Problems(on_error)
+    rows = _read_rows(path)
+    _check_header(path, rows, ['video_name', 'label'])
+    parsed = []
+    for i, r in rows[1:]:
+        lab = _int_label(r[1]) if len(r) == 2 else None
+        if len(r) != 2:
+            problems(f"{path}, row {i}: expected 2 fields (video_name,label), found {len(r)}: {','.join(r)!r}")
+        elif lab is None or not 0 <= lab <= 7:
+            problems(f"{path}, row {i}: unknown label {r[1]!r} (DFEW labels are 0..6, or 1..7 in the original release)")
+        else: parsed.append((i, r[0], lab))
+    base, items, seen = _dfew_base(path, parsed, label_base), [], {}
     for i, vid, lab in parsed:
-        if not 0 <= lab - label_base <= 6:
-            problems(f"{path}, row {i}: label {lab} is outside {label_base}..{label_base + 6} (file is "
-                     f"{label_base}-based)"); continue
+        if not 0 <= lab - base <= 6:
+            problems(f"{path}, row {i}: label {lab} is outside {base}..{base + 6} (file is {base}-based)"); continue
         vid = vid.zfill(5) if vid.isdigit() else vid
-        _add(items, seen, Item(vid, lab - label_base, vid, str(path), i), problems)
+        _add(items, seen, Item(vid, lab - base, vid, str(path), i), problems)
     return items
 
 # %% ../nbs/04d_data.ipynb #de253874
@@ -161,6 +175,7 @@ def read_class_index(path) -> dict[int, str]:
         out[k] = name.strip()
     return out
 
+# %% ../nbs/04d_data.ipynb #3d991a0e
 def map_classes(index:dict[int, str], classes:list[str], path='') -> dict[int, int]:
     "Their id -> our id, through the names (case-insensitive); an unknown name is a `DataError`."
     ours = {c.lower(): j for j, c in enumerate(classes)}
@@ -169,69 +184,80 @@ def map_classes(index:dict[int, str], classes:list[str], path='') -> dict[int, i
     return {k: ours[n.lower()] for k, n in index.items()}
 
 # %% ../nbs/04d_data.ipynb #4195ee7d
+def _ferv39k_lines(path, lines, problems) -> list[Item]:
+    "Items of the release's own `4_setups/All_scenes/train_All.csv`: `Action/Sad/0010 Sad` lines."
+    names, items, seen = {c.lower(): j for j, c in enumerate(FERV39K_CLASSES)}, [], {}
+    for i, line in lines:
+        f = line.split()
+        if len(f) != 2:
+            problems(f"{path}, row {i}: expected 'Scene/Emotion/NNNN Emotion', found {line.strip()!r}"); continue
+        if f[1].lower() not in names:
+            problems(f"{path}, row {i}: unknown label {f[1]!r} (FERV39K classes: {FERV39K_CLASSES})"); continue
+        rel = f[0].strip('/')
+        parts = PurePosixPath(rel).parts
+        if len(parts) >= 2 and parts[-2].lower() in names and parts[-2].lower() != f[1].lower():
+            problems(f"{path}, row {i}: path says {parts[-2]!r} but the label is {f[1]!r}"); continue
+        _add(items, seen, Item(rel, names[f[1].lower()], rel, str(path), i), problems)
+    return items
+
+# %% ../nbs/04d_data.ipynb #e22de0a7
 def read_ferv39k(path, class_index=None, on_error:str='raise', _problems=None) -> list[Item]:
     ("Rows of a FERV39K split file: `path,id` csv (path `Scene/Emotion/NNNN`) or the release's `Scene/Emotion/NNNN "
      "Emotion` lines. The emotion in the path must agree with the label.")
     path, problems = Path(path), _problems or Problems(on_error)
     if class_index is None and (path.parent / 'label_index.txt').exists(): class_index = path.parent / 'label_index.txt'
-    idmap = map_classes(read_class_index(class_index), FERV39K_CLASSES,
-                        class_index) if class_index else {i: i for i in range(7)}
-    names = {c.lower(): j for j, c in enumerate(FERV39K_CLASSES)}
-    items, seen = [], {}
+    idmap = map_classes(read_class_index(class_index), FERV39K_CLASSES, class_index) if class_index else \
+            {i: i for i in range(7)}
+    names, items, seen = {c.lower(): j for j, c in enumerate(FERV39K_CLASSES)}, [], {}
     lines = _lines(path)
-    if ',' not in lines[0][1]:   # the release's own `4_setups/All_scenes/train_All.csv`: `Action/Sad/0010 Sad` lines
-        for i, line in lines:
-            f = line.split()
-            if len(f) != 2: problems(f"{path}, row {i}: expected 'Scene/Emotion/NNNN Emotion', found {line.strip()!r}"); continue
-            if f[1].lower() not in names: problems(f"{path}, row {i}: unknown label {f[1]!r} (FERV39K classes: "
-                                                   f"{FERV39K_CLASSES})"); continue
-            rel = f[0].strip('/')
-            parts = PurePosixPath(rel).parts
-            if len(parts) >= 2 and parts[-2].lower() in names and parts[-2].lower() != f[1].lower():
-                problems(f"{path}, row {i}: path says {parts[-2]!r} but the label is {f[1]!r}"); continue
-            _add(items, seen, Item(rel, names[f[1].lower()], rel, str(path), i), problems)
-        return items
+    if ',' not in lines[0][1]: return _ferv39k_lines(path, lines, problems)
     rows = _read_rows(path)
     _check_header(path, rows, ['path', 'id'])
     for i, r in rows[1:]:
-        if len(r) != 2: problems(f"{path}, row {i}: expected 2 fields (path,id), found {len(r)}: {','.join(r)!r}"); continue
+        if len(r) != 2:
+            problems(f"{path}, row {i}: expected 2 fields (path,id), found {len(r)}: {','.join(r)!r}"); continue
         rel, lab = r[0].strip('/'), _int_label(r[1])
-        if lab not in idmap: problems(f"{path}, row {i}: unknown label {r[1]!r} (expected one of {sorted(idmap)})"); continue
+        if lab not in idmap:
+            problems(f"{path}, row {i}: unknown label {r[1]!r} (expected one of {sorted(idmap)})"); continue
         parts = PurePosixPath(rel).parts
         if len(parts) >= 2 and parts[-2].lower() in names and names[parts[-2].lower()] != idmap[lab]:
-            problems(f"{path}, row {i}: path says {parts[-2]!r} but id {lab} is {FERV39K_CLASSES[idmap[lab]]!r}"); continue
+            problems(f"{path}, row {i}: path says {parts[-2]!r} but id {lab} is {FERV39K_CLASSES[idmap[lab]]!r}")
+            continue
         _add(items, seen, Item(rel, idmap[lab], rel, str(path), i), problems)
     return items
 
 # %% ../nbs/04d_data.ipynb #67ed6b07
+def _mafw_txt(path, problems) -> list[Item]:
+    "Items of a MAFW txt split: `03747.mp4 anger` lines, labels by name."
+    names, items, seen = {c.lower(): j for j, c in enumerate(MAFW_CLASSES)}, [], {}
+    for i, line in _lines(path):
+        f = line.split()
+        if len(f) != 2: problems(f"{path}, row {i}: expected 'NAME.mp4 emotion', found {line.strip()!r}"); continue
+        if f[1].lower() not in names:
+            problems(f"{path}, row {i}: unknown label {f[1]!r} (MAFW classes: {MAFW_CLASSES})"); continue
+        _add(items, seen, Item(PurePosixPath(f[0]).stem, names[f[1].lower()], f[0], str(path), i), problems)
+    return items
+
+# %% ../nbs/04d_data.ipynb #99fcfef8
 def read_mafw(path, class_index=None, on_error:str='raise', _problems=None) -> list[Item]:
     "Rows of a MAFW single-label split: csv (`video_name,labels`, ids 0..10) or txt (`03747.mp4 anger`, names)."
     path, problems = Path(path), _problems or Problems(on_error)
-    names = {c.lower(): j for j, c in enumerate(MAFW_CLASSES)}
-    items, seen = [], {}
-    if path.suffix.lower() == '.txt':
-        for i, line in _lines(path):
-            f = line.split()
-            if len(f) != 2: problems(f"{path}, row {i}: expected 'NAME.mp4 emotion', found {line.strip()!r}"); continue
-            if f[1].lower() not in names: problems(f"{path}, row {i}: unknown label {f[1]!r} (MAFW classes: "
-                                                   f"{MAFW_CLASSES})"); continue
-            vid = PurePosixPath(f[0]).stem
-            _add(items, seen, Item(vid, names[f[1].lower()], f[0], str(path), i), problems)
-        return items
+    if path.suffix.lower() == '.txt': return _mafw_txt(path, problems)
     if class_index is None:
         for p in (path.parent / 'id_to_calss.txt', path.parent.parent / 'id_to_calss.txt'):
             if p.exists(): class_index = p; break
-    idmap = map_classes(read_class_index(class_index), MAFW_CLASSES,
-                        class_index) if class_index else {i: i for i in range(11)}
-    rows = _read_rows(path)
+    idmap = map_classes(read_class_index(class_index), MAFW_CLASSES, class_index) if class_index else \
+            {i: i for i in range(11)}
+    rows, items, seen = _read_rows(path), [], {}
     _check_header(path, rows, ['video_name', 'labels'])
     for i, r in rows[1:]:
-        if len(r) != 2: problems(f"{path}, row {i}: expected 2 fields (video_name,labels), found {len(r)}: "
-                                 f"{','.join(r)!r}"); continue
-        lab = _int_label(r[1])
-        if lab not in idmap: problems(f"{path}, row {i}: unknown label {r[1]!r} (expected one of {sorted(idmap)})"); continue
-        vid = r[0].zfill(5) if r[0].isdigit() else PurePosixPath(r[0]).stem
-        _add(items, seen, Item(vid, idmap[lab], r[0], str(path), i), problems)
+        lab = _int_label(r[1]) if len(r) == 2 else None
+        if len(r) != 2:
+            problems(f"{path}, row {i}: expected 2 fields (video_name,labels), found {len(r)}: {','.join(r)!r}")
+        elif lab not in idmap: problems(f"{path}, row {i}: unknown label {r[1]!r} (expected one of {sorted(idmap)})")
+        else:
+            vid = r[0].zfill(5) if r[0].isdigit() else PurePosixPath(r[0]).stem
+            _add(items, seen, Item(vid, idmap[lab], r[0], str(path), i), problems)
     return items
 
 # %% ../nbs/04d_data.ipynb #761d581c
@@ -246,7 +272,8 @@ def read_affectnet(path, num_classes:int=7, on_error:str='raise', _problems=None
         lab = _int_label(f[1]) if len(f) == 2 else None
         if len(f) != 2: problems(f"{path}, row {i}: expected 'relative/path label', found {line.strip()!r}"); continue
         if lab is None or not 0 <= lab < num_classes:
-            problems(f"{path}, row {i}: unknown label {f[1]!r} for {num_classes}-class AffectNet (0..{num_classes - 1})"); continue
+            problems(f"{path}, row {i}: unknown label {f[1]!r} for {num_classes}-class AffectNet "
+                     f"(0..{num_classes - 1})"); continue
         _add(items, seen, Item(f[0], lab, f[0], str(path), i), problems)
     return items
 
@@ -258,7 +285,7 @@ def _remove_file(path, _remove=os.remove):   # bound now: at interpreter exit th
 class SkipLog:
     "Append-only record of skipped items, safe across DataLoader worker processes."
     def __init__(self, path=None):
-        if path is None:   # a temporary file, removed when this log is garbage collected (copies in workers leave it alone)
+        if path is None:   # a temporary file, removed with this log (the copies in workers leave it alone)
             fd, path = tempfile.mkstemp(prefix='unilearn-skips-', suffix='.jsonl'); os.close(fd)
             weakref.finalize(self, _remove_file, path)
         self.path = Path(path)
@@ -268,14 +295,18 @@ class SkipLog:
                                error=f"{type(error).__name__}: {error}"))
         with open(self.path, 'a') as f: f.write(line + '\n')
 
-    def read(self) -> list[dict]:
-        if not self.path.exists(): return []
-        return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+# %% ../nbs/04d_data.ipynb #196dd09c
+@patch
+def read(self:SkipLog) -> list[dict]:
+    if not self.path.exists(): return []
+    return [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
 
-    def pop(self) -> list[dict]:
-        out = self.read()
-        self.path.write_text('')
-        return out
+@patch
+def pop(self:SkipLog) -> list[dict]:
+    "The records so far; the log is emptied."
+    out = self.read()
+    self.path.write_text('')
+    return out
 
 # %% ../nbs/04d_data.ipynb #a6ef6f0f
 class ItemTimeout(DataError, TimeoutError): "Loading one item took longer than `item_timeout` seconds."
@@ -306,20 +337,23 @@ class MediaFinder:
             except (FileNotFoundError, NotADirectoryError): self._cache[d] = {}
         return self._cache[d]
 
-    def find(self, rel:str, kind:str='clip') -> Path|None:
-        rel = PurePosixPath(rel)
-        stem = rel.stem if rel.suffix.lower() in VIDEO_EXTS else rel.name
-        for r in self.roots:
-            parent = r / rel.parent
-            ents = self._entries(parent)
-            if kind == 'image':
-                if ents.get(rel.name) is False: return parent / rel.name
-                continue
-            if rel.name in ents: return parent / rel.name
-            if ents.get(stem) is True: return parent / stem
-            for ext in VIDEO_EXTS:
-                if stem + ext in ents: return parent / (stem + ext)
-        return None
+# %% ../nbs/04d_data.ipynb #ea719fc6
+@patch
+def find(self:MediaFinder, rel:str, kind:str='clip') -> Path|None:
+    "The media of `rel` under the first root that has it: an image file, or a frame folder or video of that name."
+    rel = PurePosixPath(rel)
+    stem = rel.stem if rel.suffix.lower() in VIDEO_EXTS else rel.name
+    for r in self.roots:
+        parent = r / rel.parent
+        ents = self._entries(parent)
+        if kind == 'image':
+            if ents.get(rel.name) is False: return parent / rel.name
+            continue
+        if rel.name in ents: return parent / rel.name
+        if ents.get(stem) is True: return parent / stem
+        for ext in VIDEO_EXTS:
+            if stem + ext in ents: return parent / (stem + ext)
+    return None
 
 # %% ../nbs/04d_data.ipynb #6f11b20e
 def _resolve(items:list[Item], finder:MediaFinder|None, kind:str, problems:Problems, check_files:bool) -> list[Item]:
@@ -340,6 +374,8 @@ def class_counts(labels, classes) -> dict[str, int]:
     return {n: c.get(i, 0) for i, n in enumerate(classes)}
 
 # %% ../nbs/04d_data.ipynb #1a24dac1
+_MODES = ('train', 'test', 'pretrain')
+
 class _Base(Dataset):
     "Shared parts of clip and image datasets: items, error policy, skip log, time limit."
     def _setup(self, items, classes, on_error, item_timeout, problems=None, skip_log=None, max_retries=20, cache=None):
@@ -354,40 +390,45 @@ class _Base(Dataset):
             why = f" ({len(self.skipped)} skipped: {self.skipped[0]})" if self.skipped else ''
             raise DataError(f"{type(self).__name__}: no items{src}{why}")
 
-    def _load_item(self, k:int, view:int):
-        "`(tensor, label)` of item `k`; on failure raise, or log it and try the next item."
-        for attempt in range(self.max_retries):
-            it = self.items[(k + attempt) % len(self.items)]
-            try:
-                # an item already in memory involves no decoder that could hang: no watchdog thread for it
-                limit = None if self.cache is not None and it.path is not None and it.path in self.cache else self.item_timeout
-                x = run_with_time_limit(lambda: self._read(it, view), limit, it.where())
-                return self._transform(x), it.label
-            except Exception as e:
-                err = e if isinstance(e,
-                                      DataError) and (it.source in str(e) or not it.source) else DataError(f"{it.where()}: {e}")
-                if self.on_error == 'raise': raise err from e
-                self.skip_log.record(it, err)
-        raise DataError(f"{type(self).__name__}: {self.max_retries} items in a row failed to load, last: {err}")
-
-    def _path(self, it:Item, kind:str) -> Path:
-        "The item's media path; found now when the reader was built with `check_files=False`."
-        if it.path is not None: return it.path
-        finder = getattr(self, 'finder', None)
-        p = finder.find(it.rel, kind) if finder is not None else None
-        if p is None:
-            where = ', '.join(map(str,
-                                  finder.roots)) if finder is not None and finder.roots else 'no media folder (root=None?)'
-            raise DataError(f"{it.where()}: {kind} {it.rel!r} not found under {where}")
-        return p
-
-    def class_counts(self) -> dict[str, int]:
-        "Annotated items (videos, not test views) per class name, in class order."
-        return class_counts([it.label for it in self.items], self.classes)
-
     def __repr__(self):
         return (f"{type(self).__name__}({len(self)} items, {len(self.classes)} classes, "
                 f"mode={getattr(self, 'mode', None)!r})")
+
+# %% ../nbs/04d_data.ipynb #28df689b
+@patch
+def _load_item(self:_Base, k:int, view:int):
+    "`(tensor, label)` of item `k`; on failure raise, or log it and try the next item."
+    for attempt in range(self.max_retries):
+        it = self.items[(k + attempt) % len(self.items)]
+        try:
+            # an item already in memory involves no decoder that could hang: no watchdog thread for it
+            cached = self.cache is not None and it.path is not None and it.path in self.cache
+            x = run_with_time_limit(lambda: self._read(it, view), None if cached else self.item_timeout, it.where())
+            return self._transform(x), it.label
+        except Exception as e:
+            ours = isinstance(e, DataError) and (it.source in str(e) or not it.source)
+            err = e if ours else DataError(f"{it.where()}: {e}")
+            if self.on_error == 'raise': raise err from e
+            self.skip_log.record(it, err)
+    raise DataError(f"{type(self).__name__}: {self.max_retries} items in a row failed to load, last: {err}")
+
+# %% ../nbs/04d_data.ipynb #f6a92f52
+@patch
+def _path(self:_Base, it:Item, kind:str) -> Path:
+    "The item's media path; found now when the reader was built with `check_files=False`."
+    if it.path is not None: return it.path
+    finder = getattr(self, 'finder', None)
+    p = finder.find(it.rel, kind) if finder is not None else None
+    if p is None:
+        roots = finder.roots if finder is not None else []
+        where = ', '.join(map(str, roots)) if roots else 'no media folder (root=None?)'
+        raise DataError(f"{it.where()}: {kind} {it.rel!r} not found under {where}")
+    return p
+
+@patch
+def class_counts(self:_Base) -> dict[str, int]:
+    "Annotated items (videos, not test views) per class name, in class order."
+    return class_counts([it.label for it in self.items], self.classes)
 
 # %% ../nbs/04d_data.ipynb #70c3fc2c
 @patch
@@ -395,6 +436,7 @@ def epoch_report(self:_Base) -> list[dict]:
     "Items skipped while loading since the last call (all workers), and clear the log."
     return self.skip_log.pop()
 
+# %% ../nbs/04d_data.ipynb #bae68737
 @patch
 def with_mode(self:_Base, mode:str, transform=None, **changes):
     "A copy reading the same items in another `mode` (e.g. a validation subset of a training set read as 'test')."
@@ -417,8 +459,7 @@ class ClipDataset(_Base):
                  num_clips:int=2, num_copies:int=1, img_size:int=160, transform=None, min_frames:int=1,
                  on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None,
                  cache:MediaCache|bool|None=None):
-        if mode not in ('train', 'test',
-                        'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
+        if mode not in _MODES: raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
         self._setup(items, classes, on_error, item_timeout, problems, skip_log, cache=cache)
         self.mode, self.num_frames, self.stride, self.img_size = mode, num_frames, stride, img_size
         self.num_clips, self.num_copies, self.min_frames = (num_clips if mode == 'test' else 1), num_copies, min_frames
@@ -437,33 +478,37 @@ class ClipDataset(_Base):
     @property
     def views(self) -> list[int]: return [v for _ in self.items for v in range(self.num_clips)]
 
-    def _read(self, it:Item, view:int) -> np.ndarray:
-        src = open_cached_clip(self._path(it, 'clip'), self.cache)
-        n = src.num_frames
-        if n < self.min_frames: raise DataError(f"{src.path}: {n} frames, fewer than min_frames={self.min_frames}")
-        if self.mode == 'train': idx = train_indices(n, self.num_frames, self.stride)
-        elif self.mode == 'test': idx = test_indices(n, self.num_frames, self.stride, self.num_clips)[view]
-        else: idx = pretrain_indices(n, self.num_frames, self.stride)
-        return src.read(idx)
+# %% ../nbs/04d_data.ipynb #d840b917
+@patch
+def _read(self:ClipDataset, it:Item, view:int) -> np.ndarray:
+    src = open_cached_clip(self._path(it, 'clip'), self.cache)
+    n = src.num_frames
+    if n < self.min_frames: raise DataError(f"{src.path}: {n} frames, fewer than min_frames={self.min_frames}")
+    if self.mode == 'train': idx = train_indices(n, self.num_frames, self.stride)
+    elif self.mode == 'test': idx = test_indices(n, self.num_frames, self.stride, self.num_clips)[view]
+    else: idx = pretrain_indices(n, self.num_frames, self.stride)
+    return src.read(idx)
 
-    def _transform(self, frames:np.ndarray) -> torch.Tensor:
-        v = tv_tensors.Video(torch.from_numpy(frames).permute(0, 3, 1, 2))
-        one = lambda: self.transform(v).as_subclass(torch.Tensor).transpose(0, 1).contiguous()
-        return one() if self.num_copies == 1 else torch.stack([one() for _ in range(self.num_copies)])
+@patch
+def _transform(self:ClipDataset, frames:np.ndarray) -> torch.Tensor:
+    v = tv_tensors.Video(torch.from_numpy(frames).permute(0, 3, 1, 2))
+    one = lambda: self.transform(v).as_subclass(torch.Tensor).transpose(0, 1).contiguous()
+    return one() if self.num_copies == 1 else torch.stack([one() for _ in range(self.num_copies)])
 
-    def __getitem__(self, i:int):
-        if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} items")
-        k, view = divmod(i % len(self), self.num_clips)
-        return self._load_item(k, view)
+# %% ../nbs/04d_data.ipynb #0a3ff795
+@patch
+def __getitem__(self:ClipDataset, i:int):
+    if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} items")
+    k, view = divmod(i % len(self), self.num_clips)
+    return self._load_item(k, view)
 
 # %% ../nbs/04d_data.ipynb #7851c8e1
 class ImageDataset(_Base):
     "Face images `(3,H,W)` for `mode` 'train', 'test' or 'pretrain'."
     def __init__(self, items:list[Item], classes:list[str], mode:str='train', *, img_size:int=160, transform=None,
-                 num_copies:int=1, on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None, skip_log=None,
-                 cache:MediaCache|bool|None=None):
-        if mode not in ('train', 'test',
-                        'pretrain'): raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
+                 num_copies:int=1, on_error:str='raise', item_timeout:float|None=60., problems:Problems|None=None,
+                 skip_log=None, cache:MediaCache|bool|None=None):
+        if mode not in _MODES: raise ValueError(f"mode must be 'train', 'test' or 'pretrain', not {mode!r}")
         self._setup(items, classes, on_error, item_timeout, problems, skip_log, cache=cache)
         self.mode, self.img_size, self.num_copies = mode, img_size, num_copies
         self.transform = transform or self._default_transform()
@@ -479,16 +524,21 @@ class ImageDataset(_Base):
     @property
     def labels(self) -> list[int]: return [it.label for it in self.items]
 
-    def _read(self, it:Item, view:int) -> np.ndarray: return load_cached_image(self._path(it, 'image'), self.cache)
+# %% ../nbs/04d_data.ipynb #2d377e80
+@patch
+def _read(self:ImageDataset, it:Item, view:int) -> np.ndarray:
+    return load_cached_image(self._path(it, 'image'), self.cache)
 
-    def _transform(self, img:np.ndarray) -> torch.Tensor:
-        x = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1))
-        one = lambda: self.transform(x).as_subclass(torch.Tensor)
-        return one() if self.num_copies == 1 else torch.stack([one() for _ in range(self.num_copies)])
+@patch
+def _transform(self:ImageDataset, img:np.ndarray) -> torch.Tensor:
+    x = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1))
+    one = lambda: self.transform(x).as_subclass(torch.Tensor)
+    return one() if self.num_copies == 1 else torch.stack([one() for _ in range(self.num_copies)])
 
-    def __getitem__(self, i:int):
-        if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} items")
-        return self._load_item(i % len(self), 0)
+@patch
+def __getitem__(self:ImageDataset, i:int):
+    if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} items")
+    return self._load_item(i % len(self), 0)
 
 # %% ../nbs/04d_data.ipynb #e0d20230
 _SPLIT_DIRS = ('', 'split', 'splits', 'annotations', 'annotation', 'Annotation', 'labels')
@@ -503,6 +553,7 @@ def find_annotation(root, names:list[str], split_dir=None, what:str='') -> Path:
     raise FileNotFoundError(f"{what}: annotation file {' or '.join(names)} not found in {', '.join(map(str, dirs))}; "
                             "pass annotation=PATH")
 
+# %% ../nbs/04d_data.ipynb #c58c4fb1
 def _locate(root, annotation, names, split_dir, what) -> Path:
     "The split file: `annotation` itself, one of `names` in the folder `annotation`, or one found under `root`."
     if annotation is None: return find_annotation(root, names, split_dir, what)
@@ -650,7 +701,7 @@ class FERV39K(ClipDataset):
 class MAFW(ClipDataset):
     "MAFW single-label, 11 classes, 5 sets: `<root>/frames_crop_align_224/<id>/*.png`, `set_<fold>/{train,test}.csv`."
     def __init__(self, root=None, *, fold:int=1, split:str='train',
-                 annotation=None,        # the split file, or a folder holding `set_<fold>/` (e.g. `anno/single/no_caption`)
+                 annotation=None,        # the split file, or a folder holding `set_<fold>/` (`anno/single/no_caption`)
                  split_dir=None, class_index=None,
                  frames_dir=('frames_crop_align_224', 'frames', 'clips', 'data/frames', 'data/clips', ''),
                  mode:str|None=None, stride:int=4, on_error:str='raise', check_files:bool=True,
@@ -723,6 +774,7 @@ def _folder_items(root, classes, want:str) -> tuple[list[Item], list[str]]:
                                   f"the class folders")
     return items, classes
 
+# %% ../nbs/04d_data.ipynb #c8ea89cd
 class ClipFolder(ClipDataset):
     "Clips from `root/<class>/<clip folder or video>`."
     def __init__(self, root, *, classes=None, mode:str='train', **kwargs):
@@ -747,6 +799,7 @@ def skip_report(*datasets) -> tuple[str, list[dict]]:
     if len(recs) > 20: lines.append(f"  ... and {len(recs) - 20} more")
     return '\n'.join(lines), recs
 
+# %% ../nbs/04d_data.ipynb #d7685740
 class ReportSkips(Callback):
     ("fastai callback: at the end of each epoch report (print) and record (`learn.data_skips`) the items skipped by "
      "`datasets`.")
@@ -774,6 +827,7 @@ def _table(columns:dict[str, list[int]], classes:list[str]) -> str:
     lines.append('| | **total** | ' + ' | '.join(f'**{len(columns[h]):,}**' for h in heads) + ' |')
     return '\n'.join(lines)
 
+# %% ../nbs/04d_data.ipynb #74a27546
 def _labels(items): return [it.label for it in items]
 
 def _fold_stats(d:Path, name:str, read, path, classes, unit:str) -> tuple[int, str]:
@@ -789,7 +843,7 @@ def _fold_stats(d:Path, name:str, read, path, classes, unit:str) -> tuple[int, s
 
 # %% ../nbs/04d_data.ipynb #0d9b04c0
 def split_statistics(name:str, splits_dir) -> str:
-    "Markdown tables of split sizes and per-class counts of dataset `name`, from the split files in `splits_dir/<name>`."
+    "Markdown tables of split sizes and per-class counts of dataset `name`, from its split files in `splits_dir`."
     d = Path(splits_dir) / name
     if name == 'DFEW':
         n, t = _fold_stats(d, name, read_dfew, lambda k, s: f'{s}_set_{k}.csv', DFEW_CLASSES, 'fold')

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, datetime, fnmatch, importlib, json, math, pickle, re, struct, zipfile
 from dataclasses import dataclass, field
+from fastcore.basics import patch
 from pathlib import Path
 
 import torch
@@ -83,8 +84,8 @@ def _torch_load(path:Path, trust:bool):
         if 'Weights only load failed' in str(e):
             what = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
             raise CheckpointError(f"{path} holds Python objects besides tensors "
-                                  f"({what.group(1) if what else 'unknown class'}); "
-                                  "pass trust=True to unpickle it, only if you trust where the file came from") from None
+                                  f"({what.group(1) if what else 'unknown class'}); pass trust=True to unpickle it, "
+                                  "only if you trust where the file came from") from None
         raise CheckpointError(f"{path} is a damaged or truncated PyTorch checkpoint ({e})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         msg = (str(e).splitlines() or ['unexpected end of file'])[0]
@@ -140,8 +141,9 @@ def _state_dict_of(obj, source='state dict') -> dict:
 # %% ../nbs/08_interop.ipynb #319c1e4b
 def unwrap_model(model:nn.Module) -> nn.Module:
     "The model inside DDP/DataParallel (`.module`) and `torch.compile` (`._orig_mod`) wrappers."
-    while isinstance(getattr(model, 'module', None), nn.Module) or isinstance(getattr(model, '_orig_mod', None), nn.Module):
-        model = getattr(model, 'module', None) if isinstance(getattr(model, 'module', None), nn.Module) else model._orig_mod
+    inner = lambda m: next((w for w in (getattr(m, 'module', None), getattr(m, '_orig_mod', None))
+                            if isinstance(w, nn.Module)), None)
+    while inner(model) is not None: model = inner(model)
     return model
 
 def strip_wrappers(sd:dict) -> dict:
@@ -152,6 +154,7 @@ def strip_wrappers(sd:dict) -> dict:
         out[k] = v
     return out
 
+# %% ../nbs/08_interop.ipynb #b1ad187b
 def state_dict_of(src, trust:bool=False) -> tuple:
     "`(state_dict, source_name)` from a path, a `transformers` directory, a checkpoint dict, a state dict or a module."
     if isinstance(src, (str, Path)): obj, name = read_checkpoint(src, trust), str(src)
@@ -210,31 +213,31 @@ class LoadReport:
     # all model / checkpoint keys, for short summaries
     _universe: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def __repr__(self):
-        head = ('LoadReport' + (f" from {self.source}" if self.source else '')
-                + (f" (layout {self.layout})" if self.layout else ''))
-        lines = [f"{head}: {len(self.loaded)} loaded" + (f" ({len(self.upcycled)} upcycled)" if self.upcycled else '') +
-                 f", {len(self.new)} new, {len(self.unused)} unused, {len(self.mismatched)} mismatched, "
-                 f"{len(self.converted)} converted"]
-        for name in ('new', 'unused'):
-            keys = getattr(self, name)
-            if keys: lines.append(f"  {name}: {_summarise(keys, universe=self._universe.get(name))}")
-        if self.mismatched:
-            shapes = '; '.join(f"{k} {tuple(a)} in the file, {tuple(b)} in the model" for k, a, b in self.mismatched[:2])
-            lines.append("  mismatched: "
-                         f"{_summarise([k for k, *_ in self.mismatched], universe=self._universe.get('mismatched'))} "
-                         f"(e.g. {shapes})")
-        if self.converted:
-            notes = {}
-            for k, v in self.converted.items(): notes.setdefault(v, []).append(k)
-            for v, ks in notes.items(): lines.append(f"  converted {_summarise(ks, 4)}: {v}")
-        return '\n'.join(lines)
+# %% ../nbs/08_interop.ipynb #18f0535d
+@patch
+def __repr__(self:LoadReport):
+    head = ('LoadReport' + (f" from {self.source}" if self.source else '')
+            + (f" (layout {self.layout})" if self.layout else ''))
+    lines = [f"{head}: {len(self.loaded)} loaded" + (f" ({len(self.upcycled)} upcycled)" if self.upcycled else '') +
+             f", {len(self.new)} new, {len(self.unused)} unused, {len(self.mismatched)} mismatched, "
+             f"{len(self.converted)} converted"]
+    for name in ('new', 'unused'):
+        keys = getattr(self, name)
+        if keys: lines.append(f"  {name}: {_summarise(keys, universe=self._universe.get(name))}")
+    if self.mismatched:
+        shapes = '; '.join(f"{k} {tuple(a)} in the file, {tuple(b)} in the model" for k, a, b in self.mismatched[:2])
+        keys = _summarise([k for k, *_ in self.mismatched], universe=self._universe.get('mismatched'))
+        lines.append(f"  mismatched: {keys} (e.g. {shapes})")
+    if self.converted:
+        notes = {}
+        for k, v in self.converted.items(): notes.setdefault(v, []).append(k)
+        for v, ks in notes.items(): lines.append(f"  converted {_summarise(ks, 4)}: {v}")
+    return '\n'.join(lines)
 
 # %% ../nbs/08_interop.ipynb #1a7247c6
 LAYOUTS = {
     'unilearn': "published UniLearn/VideoMAE/MAE-DFER names (patch_embed.proj, blocks.N.attn.qkv, q_bias/v_bias, "
-                "fc_norm, head; "
-                "pre-training: encoder.*, decoder.*, encoder_to_decoder.weight, mask_token)",
+                "fc_norm, head; pre-training: encoder.*, decoder.*, encoder_to_decoder.weight, mask_token)",
     'videomae-hf': "transformers VideoMAE ([videomae.]embeddings.patch_embeddings.projection, "
                    "[videomae.]encoder.layer.N.attention.attention.query/key/value, fc_norm, classifier, "
                    "decoder.decoder_layers.N)",
@@ -249,7 +252,8 @@ def detect_layout(sd:dict) -> str:
     "Which of `LAYOUTS` a state dict follows; an error naming its first keys when none fits."
     keys = list(sd)
     if _any(keys, r'(^|\.)lg_region_tokens$|\.first_attn\.'): return 'lgi-former'
-    if _any(keys, r'(^|\.)encoder\.layer\.\d+\.attention\.attention\.|(^|\.)embeddings\.patch_embeddings\.projection\.'):
+    if _any(keys,
+            r'(^|\.)encoder\.layer\.\d+\.attention\.attention\.|(^|\.)embeddings\.patch_embeddings\.projection\.'):
         return 'videomae-hf'
     if _any(keys, r'(^|\.)patch_embed\.proj\.weight$|(^|\.)blocks\.\d+\.attn\.qkv\.weight$'): return 'unilearn'
     raise CheckpointError("Unknown checkpoint layout; first keys: " + ', '.join(keys[:10]) +
@@ -273,7 +277,8 @@ def _fuse_qkv(parts:dict, where:str, converted:dict) -> dict:
         if found: out[ours] = parts.pop(found[0])
     if 'key.bias' in parts:
         parts.pop('key.bias')
-        converted[f'{where}.key.bias'] = 'dropped: a key bias adds a per-query constant to the logits, which softmax removes'
+        converted[f'{where}.key.bias'] = ('dropped: a key bias adds a per-query constant to the logits, '
+                                          'which softmax removes')
     for n, v in parts.items(): out[f'attention.attention.{n}'] = v  # unknown: kept, so it is reported as unused
     return out
 
@@ -300,7 +305,8 @@ def videomae_to_unilearn(sd:dict) -> tuple:
             else: out[k] = v  # unknown inside a layer: kept under its own name, reported as unused
             continue
         k2 = k[len('videomae.'):] if k.startswith('videomae.') else k
-        if k2.startswith('embeddings.patch_embeddings.projection.'): out[root + 'patch_embed.proj.' + k2.rsplit('.', 1)[1]] = v
+        if k2.startswith('embeddings.patch_embeddings.projection.'):
+            out[root + 'patch_embed.proj.' + k2.rsplit('.', 1)[1]] = v
         elif k2.startswith('layernorm.'): out[root + 'norm.' + k2.split('.', 1)[1]] = v
         elif k2.startswith('classifier.'): out['head.' + k2.split('.', 1)[1]] = v
         else: out[k2 if k.startswith('videomae.') else k] = v
@@ -330,24 +336,28 @@ def unilearn_to_videomae(sd:dict, task:str|None=None) -> dict:
                 for a, b in _HF_BLOCK.items():
                     if rest.startswith(b): out[pre + a + rest[len(b):]] = v; break
                 else: raise CheckpointError(f"VideoMAE has no place for {k}")
-        elif k.startswith('patch_embed.proj.'): out['videomae.embeddings.patch_embeddings.projection.' + k.rsplit('.', 1)[1]] = v
+        elif k.startswith('patch_embed.proj.'):
+            out['videomae.embeddings.patch_embeddings.projection.' + k.rsplit('.', 1)[1]] = v
         elif k.startswith('fc_norm.'): out[k] = v
-        elif k.startswith(f'head.{task}.') if heads else k.startswith('head.'): out['classifier.' + k.rsplit('.', 1)[1]] = v
+        elif k.startswith(f'head.{task}.') if heads else k.startswith('head.'):
+            out['classifier.' + k.rsplit('.', 1)[1]] = v
         elif not k.startswith('head.'): raise CheckpointError(f"VideoMAE has no place for {k}")
     return out
 
 # %% ../nbs/08_interop.ipynb #11e43e8f
-def _adapt_shapes(src:dict, tgt:dict, converted:dict, ignored) -> dict:
-    out = dict(src)
+def _adapt_tubelets(out:dict, tgt:dict, converted:dict):
+    "Patch kernels of another tubelet length (or 2-D) spread evenly over the model's tubelet, in `out`."
     for k in [k for k in out if k.endswith('patch_embed.proj.weight')]:
         w, t = out[k], tgt.get(k)
         if t is None or w.shape == t.shape: continue
         if w.ndim == 4: w = w.unsqueeze(2)
         if w.ndim == 5 and t.ndim == 5 and w.shape[:2] == t.shape[:2] and w.shape[3:] == t.shape[3:]:
+            converted[k] = (f"tubelet {tuple(out[k].shape[2:])} -> {tuple(t.shape[2:])}: kernel summed over time, "
+                            "spread evenly (same response to a static clip)")
             out[k] = (w.sum(2, keepdim=True) / t.shape[2]).expand(-1, -1, t.shape[2], -1, -1).contiguous()
-            converted[k] = (f"tubelet {tuple(src[k].shape[2:])} -> {tuple(t.shape[2:])}: kernel summed over time, "
-                            "spread evenly "
-                            "(same response to a static clip)")
+
+def _drop_fixed_positions(out:dict, tgt:dict, converted:dict, ignored):
+    "Drop a stored `pos_embed` that equals the fixed sinusoid table; a learned one is an error."
     for k in [k for k in out if k == 'pos_embed' or k.endswith('.pos_embed')]:
         if k in tgt or ignored(k): continue
         pe = out[k]
@@ -355,9 +365,13 @@ def _adapt_shapes(src:dict, tgt:dict, converted:dict, ignored) -> dict:
         if pe.ndim == 3 and pe.shape[0] == 1 and torch.allclose(pe.float(), table, atol=1e-4):
             del out[k]; converted[k] = 'dropped: equals the fixed sinusoid table the model computes'
         else:
-            raise CheckpointError(f"{k} {tuple(pe.shape)} is a learned positional embedding; unilearn's ViT uses fixed "
-                                  "sinusoidal "
-                                  f"positions, so it has no place for it. Pass ignore=[{k!r}] to drop it knowingly.")
+            raise CheckpointError(f"{k} {tuple(pe.shape)} is a learned positional embedding; unilearn's ViT uses "
+                                  f"fixed sinusoidal positions, so it has no place for it. Pass ignore=[{k!r}] to "
+                                  "drop it knowingly.")
+
+# %% ../nbs/08_interop.ipynb #b14e0857
+def _split_qkv_bias(out:dict, tgt:dict, converted:dict):
+    "Fused `qkv.bias` -> `q_bias`, `v_bias` (the key part dropped); zero q/v biases where the file has none."
     for k in [k for k in out if k.endswith('.attn.qkv.bias')]:
         pre = k[:-len('qkv.bias')]
         if pre + 'q_bias' in tgt:
@@ -368,14 +382,25 @@ def _adapt_shapes(src:dict, tgt:dict, converted:dict, ignored) -> dict:
         if k[:-len('q_bias')] + 'qkv.weight' in out:
             out[k] = torch.zeros_like(tgt[k])
             converted[k] = 'the checkpoint has no q/v bias: set to zero (same function)'
+
+# %% ../nbs/08_interop.ipynb #4008d059
+def _upcycle_experts(out:dict, src:dict, tgt:dict, converted:dict, ignored):
+    "ViT-MoE: a block whose FFN became FFN experts starts every expert from the pre-trained FFN."
     used = set()
-    for k in tgt:  # ViT-MoE: a block whose FFN became FFN experts starts every expert from the pre-trained FFN
+    for k in tgt:
         m = re.fullmatch(r'((?:encoder\.)?blocks\.\d+\.)moe_layer\.experts\.\d+\.(fc[12]\.(?:weight|bias))', k)
         if not m or k in out or ignored(k): continue
         ffn = f'{m[1]}mlp.{m[2]}'
         if ffn in src and ffn not in tgt and src[ffn].shape == tgt[k].shape:
             out[k] = src[ffn]; used.add(ffn); converted[k] = 'upcycled: a copy of the pre-trained FFN of its block'
     for k in used: del out[k]
+
+def _adapt_shapes(src:dict, tgt:dict, converted:dict, ignored) -> dict:
+    out = dict(src)
+    _adapt_tubelets(out, tgt, converted)
+    _drop_fixed_positions(out, tgt, converted, ignored)
+    _split_qkv_bias(out, tgt, converted)
+    _upcycle_experts(out, src, tgt, converted, ignored)
     return out
 
 # %% ../nbs/08_interop.ipynb #f1de0238
@@ -388,16 +413,18 @@ def _mae_rooted(keys) -> bool: return any(k.startswith(('encoder.patch_embed.', 
 def _to_unilearn_names(sd:dict, layout:str) -> tuple:
     converted = {}
     if layout == 'lgi-former':
+        lgi = [k for k in sd if 'lg_region' in k or 'first_attn' in k or 'second_attn' in k]
         raise CheckpointError("This is a MAE-DFER LGI-Former checkpoint (local-global attention with region tokens: "
-                              f"{_summarise([k for k in sd if 'lg_region' in k or 'first_attn' in k or 'second_attn' in k], 4)}). "
-                              "It is a different architecture from unilearn's ViT, so its weights cannot be loaded "
-                              "into it.")
+                              f"{_summarise(lgi, 4)}). It is a different architecture from unilearn's ViT, so its "
+                              "weights cannot be loaded into it.")
     if layout == 'videomae-hf': sd, converted = videomae_to_unilearn(sd)
     if any(k.startswith('backbone.') for k in sd):
         sd = {k[len('backbone.'):] if k.startswith('backbone.') else k: v for k, v in sd.items()}
     return sd, converted
 
 # %% ../nbs/08_interop.ipynb #64d7fb56
+_MAE_ONLY = ('decoder.', 'encoder_to_decoder.', 'mask_token')
+
 def _align_roots(src:dict, tgt_keys) -> tuple:
     "Checkpoint keys re-rooted to the model, and the set of keys whose being unused is expected."
     src_mae, tgt_mae = _mae_rooted(src), _mae_rooted(tgt_keys)
@@ -409,13 +436,40 @@ def _align_roots(src:dict, tgt_keys) -> tuple:
             else: out[k] = v; expected.add(k)  # decoder side, the encoder's final norm: pre-training only
         return out, expected
     if tgt_mae and not src_mae:  # backbone checkpoint -> MAE model: it is the encoder; its classifier has no place
-        moved = {('encoder.' + k if not k.startswith(('decoder.', 'encoder_to_decoder.', 'mask_token')) else k): v for k, v in src.items()}
+        moved = {('encoder.' + k if not k.startswith(_MAE_ONLY) else k): v for k, v in src.items()}
         return moved, {k for k in moved if re.match(r'^encoder\.(head\.|fc_norm\.)', k)}
-    return src, {k for k in src if _PRETRAIN_ONLY.match(k) and k.startswith(('decoder.', 'encoder_to_decoder.', 'mask_token'))}
+    return src, {k for k in src if _PRETRAIN_ONLY.match(k) and k.startswith(_MAE_ONLY)}
+
+# %% ../nbs/08_interop.ipynb #7214f76c
+def _refuse(report:LoadReport, sd:dict, tgt:dict, named:list, expected_unused:set, ignored):
+    "A `CheckpointError` (with the report) for mismatched shapes, weights without a place, or a missing backbone."
+    source = report.source
+    if report.mismatched:
+        rows = '\n'.join(f"  {k}: checkpoint {a} vs model {b}" for k, a, b in report.mismatched[:20])
+        raise CheckpointError(f"{source}: {len(report.mismatched)} weights have a different shape than in the model "
+                              f"(a different architecture or size?):\n{rows}\nPass ignore=[...] patterns to leave such "
+                              "keys out on purpose.", report)
+    surprise = [k for k in report.unused if k not in expected_unused and not ignored(k)]
+    if surprise:
+        raise CheckpointError(f"{source}: {len(surprise)} checkpoint weights have no place in the model: "
+                              f"{_summarise(surprise, universe=named + list(sd))}. "
+                              "The checkpoint computes something this model would not (a different architecture?); "
+                              "pass ignore=[...] patterns to drop them knowingly.", report)
+    has_decoder = any(k.startswith('decoder.') for k in sd)   # a pre-training file must fill our decoder's blocks too
+    core = lambda k: _BACKBONE.match(k) or has_decoder and _DECODER_CORE.match(k)
+    lacking = [k for k in report.new if core(k) and not ignored(k)]
+    if lacking:
+        raise CheckpointError(f"{source}: the checkpoint lacks {len(lacking)} backbone weights of the model: "
+                              f"{_summarise(lacking, universe=tgt)} (a different depth, or a partial file?)", report)
+    if not report.loaded: raise CheckpointError(f"{source}: no weight of the checkpoint fits the model", report)
 
 # %% ../nbs/08_interop.ipynb #4aeaa52d
 def load_pretrained(model:nn.Module, path_or_state_dict, ignore=(), trust:bool=False, verbose:bool=False) -> LoadReport:
-    "Load published / MAE-DFER / `transformers` VideoMAE / unilearn weights into `model`: a `LoadReport`, or an error."
+    """Load published / MAE-DFER / `transformers` VideoMAE / unilearn weights into `model`: a `LoadReport`, or an error.
+
+    `path_or_state_dict`: a file, a `transformers` folder, a checkpoint dict or a state dict; `ignore`: glob patterns of
+    keys to leave alone (e.g. `['head.*']`); `trust`: unpickle a file holding more than tensors; `verbose`: print the
+    report. Example: `load_pretrained(unilearn_vit('base'), 'pretrain_dfew_voxceleb2.pth')`."""
     model = unwrap_model(model)
     sd, source = state_dict_of(path_or_state_dict, trust)
     layout = detect_layout(sd)
@@ -433,25 +487,7 @@ def load_pretrained(model:nn.Module, path_or_state_dict, ignore=(), trust:bool=F
         else: report.loaded.append(k)
     report.new = [k for k in tgt if k not in report.loaded]
     report.upcycled = [k for k in report.loaded if converted.get(k, '').startswith('upcycled')]
-    if report.mismatched:
-        rows = '\n'.join(f"  {k}: checkpoint {a} vs model {b}" for k, a, b in report.mismatched[:20])
-        raise CheckpointError(f"{source}: {len(report.mismatched)} weights have a different shape than in the model "
-                              f"(a different architecture or size?):\n{rows}\nPass ignore=[...] patterns to leave such "
-                              "keys out on purpose.", report)
-    surprise = [k for k in report.unused if k not in expected_unused and not ignored(k)]
-    if surprise:
-        raise CheckpointError(f"{source}: {len(surprise)} checkpoint weights have no place in the model: "
-                              f"{_summarise(surprise, universe=named + list(sd))}. "
-                              "The checkpoint computes something this model would not (a different architecture?); "
-                              "pass ignore=[...] patterns to drop them knowingly.", report)
-    # a pre-training file must then fill our decoder's blocks too
-    has_decoder = any(k.startswith('decoder.') for k in sd)
-    lacking = [k for k in report.new if (_BACKBONE.match(k) or has_decoder and _DECODER_CORE.match(k)) and not ignored(k)]
-    if lacking:
-        raise CheckpointError(f"{source}: the checkpoint lacks {len(lacking)} backbone weights of the model: "
-                              f"{_summarise(lacking, universe=tgt)} "
-                              "(a different depth, or a partial file?)", report)
-    if not report.loaded: raise CheckpointError(f"{source}: no weight of the checkpoint fits the model", report)
+    _refuse(report, sd, tgt, named, expected_unused, ignored)
     res = model.load_state_dict({k: sd[k] for k in report.loaded}, strict=False)
     assert not res.unexpected_keys and set(res.missing_keys) == set(report.new), "internal: key bookkeeping disagrees"
     if verbose: print(report)
@@ -499,7 +535,8 @@ def _multitask_config(model) -> dict:
     kw['num_classes'] = ({t: h.out_features for t, h in heads.items()} if isinstance(heads, nn.ModuleDict)
                          else heads.out_features)
     if not model.moae_kind:
-        return dict(builder='unilearn.moae.' + ('vit_mtl' if isinstance(heads, nn.ModuleDict) else 'vit_single'), kwargs=kw)
+        return dict(builder='unilearn.moae.' + ('vit_mtl' if isinstance(heads, nn.ModuleDict) else 'vit_single'),
+                    kwargs=kw)
     blk = model.blocks[model.moe_blocks[0]]
     layer, at = blk.moe_layer, list(model.moe_blocks)
     if type(layer.router).__name__ != 'NoisyTopKRouter' or type(layer.experts[0]).__name__ != 'Mlp':
@@ -560,7 +597,10 @@ def _check_rebuilds(config:dict, model:nn.Module):
 
 # %% ../nbs/08_interop.ipynb #8adf7250
 def save_checkpoint(model:nn.Module, path, config:dict|None=None, **info) -> Path:
-    "Write `model`'s weights and the config that rebuilds it to a safetensors file, with `info` (classes, metrics...)."
+    """Write `model`'s weights and the config that rebuilds it to a safetensors file, with `info` (classes, metrics...).
+
+    `config`: `dict(builder=..., kwargs=...)` when `model_config` cannot read it off the model; `info`: any JSON values.
+    Example: `save_checkpoint(model, 'runs/a/best.safetensors', classes=dict(video=DFEW_CLASSES))`."""
     model = unwrap_model(model)
     cfg = dict(model_config(model) if config is None else config)
     if 'builder' not in cfg: raise ValueError("config needs a 'builder' (e.g. 'unilearn.vit.create_vit') and 'kwargs'")
@@ -593,8 +633,7 @@ def checkpoint_config(path) -> dict:
     fmt = sniff_checkpoint(path)
     if fmt != 'safetensors':
         raise CheckpointError(f"{path} is a PyTorch file, not a unilearn checkpoint (those are safetensors with a "
-                              "config); "
-                              "build the model and call load_pretrained(model, path) to use its weights")
+                              "config); build the model and call load_pretrained(model, path) to use its weights")
     with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
     if CONFIG_KEY not in meta:
         raise CheckpointError(f"{path} is a safetensors file without a unilearn config (metadata keys {sorted(meta)}); "
@@ -614,14 +653,15 @@ def videomae_vit_kwargs(config) -> dict:
     c = config if isinstance(config, dict) else config.to_dict()
     if not c.get('use_mean_pooling', True):
         raise CheckpointError("this VideoMAE classifies from its first token after a final LayerNorm "
-                              "(use_mean_pooling=False); "
-                              "unilearn's ViT mean-pools, so the classifier would not compute the same function")
+                              "(use_mean_pooling=False); unilearn's ViT mean-pools, so the classifier would not "
+                              "compute the same function")
     if c.get('hidden_act', 'gelu') != 'gelu': raise CheckpointError(f"VideoMAE hidden_act {c['hidden_act']!r}: ours is "
                                                                     "exact GELU")
     n = c.get('num_labels', len(c.get('id2label', {})) or 0)
     return dict(size=dict(embed_dim=c['hidden_size'], depth=c['num_hidden_layers'], num_heads=c['num_attention_heads']),
                 num_classes=n, img_size=c['image_size'], all_frames=c['num_frames'], patch_size=c['patch_size'],
-                tubelet_size=c['tubelet_size'], in_chans=c['num_channels'], mlp_ratio=c['intermediate_size'] / c['hidden_size'],
+                tubelet_size=c['tubelet_size'], in_chans=c['num_channels'],
+                mlp_ratio=c['intermediate_size'] / c['hidden_size'],
                 qkv_bias=c.get('qkv_bias', c.get('qv_bias', True)))
 
 # %% ../nbs/08_interop.ipynb #80276234
@@ -634,13 +674,17 @@ def _load_videomae_dir(path:Path, trust:bool) -> nn.Module:
     if arch != 'VideoMAEForVideoClassification': kw['num_classes'] = 0
     model = create_vit(**kw)
     report = load_pretrained(model, path, trust=trust)
-    model.unilearn_config = dict(format=CONFIG_FORMAT, version=CONFIG_VERSION, builder='unilearn.vit.create_vit', kwargs=kw,
-                                 info=dict(source=str(path), architecture=arch, id2label=c.get('id2label'), load_report=repr(report)))
+    info = dict(source=str(path), architecture=arch, id2label=c.get('id2label'), load_report=repr(report))
+    model.unilearn_config = dict(format=CONFIG_FORMAT, version=CONFIG_VERSION, builder='unilearn.vit.create_vit',
+                                 kwargs=kw, info=info)
     return model.eval()
 
 # %% ../nbs/08_interop.ipynb #2c2a6510
 def load_checkpoint(path, device='cpu', trust:bool=False) -> nn.Module:
-    "The model saved by `save_checkpoint` (rebuilt, loaded strictly, eval mode), or a `transformers` VideoMAE folder."
+    """The model saved by `save_checkpoint` (rebuilt, loaded strictly, eval mode), or a `transformers` VideoMAE folder.
+
+    `trust`: unpickle a folder's `pytorch_model.bin` that holds more than tensors. Example:
+    `load_checkpoint('runs/a/best.safetensors', device='cuda')(clip, 'video')`."""
     path = Path(path)
     if path.is_dir() and (path/'config.json').exists(): return _load_videomae_dir(path, trust).to(device)
     cfg = checkpoint_config(path)
@@ -661,20 +705,25 @@ def load_checkpoint(path, device='cpu', trust:bool=False) -> nn.Module:
 _LEAF = r'\.(weight|bias)$'
 _PUBLISHED_NAMES = [re.compile(p) for p in (
     r'^patch_embed\.proj' + _LEAF, r'^blocks\.\d+\.(norm1|norm2|attn\.proj|mlp\.fc1|mlp\.fc2)' + _LEAF,
-    r'^blocks\.\d+\.attn\.(qkv\.weight|q_bias|v_bias)$', r'^blocks\.\d+\.moe_layer\.router\.(topkroute_linear|noise_linear)' + _LEAF,
-    r'^blocks\.\d+\.moe_layer\.experts\.\d+\.fc[12]' + _LEAF, r'^(fc_norm|norm)' + _LEAF, r'^head(\.[A-Za-z_]\w*)?' + _LEAF)]
+    r'^blocks\.\d+\.attn\.(qkv\.weight|q_bias|v_bias)$',
+    r'^blocks\.\d+\.moe_layer\.router\.(topkroute_linear|noise_linear)' + _LEAF,
+    r'^blocks\.\d+\.moe_layer\.experts\.\d+\.fc[12]' + _LEAF, r'^(fc_norm|norm)' + _LEAF,
+    r'^head(\.[A-Za-z_]\w*)?' + _LEAF)]
 _PUBLISHED_PRETRAIN = [re.compile(p) for p in (
-    r'^encoder\.patch_embed\.proj' + _LEAF, r'^(encoder|decoder)\.blocks\.\d+\.(norm1|norm2|attn\.proj|mlp\.fc1|mlp\.fc2)' + _LEAF,
+    r'^encoder\.patch_embed\.proj' + _LEAF,
+    r'^(encoder|decoder)\.blocks\.\d+\.(norm1|norm2|attn\.proj|mlp\.fc1|mlp\.fc2)' + _LEAF,
     r'^(encoder|decoder)\.blocks\.\d+\.attn\.(qkv\.weight|q_bias|v_bias)$', r'^(encoder|decoder)\.norm' + _LEAF,
     r'^decoder\.head' + _LEAF, r'^encoder_to_decoder\.weight$', r'^mask_token$')]
 
+# %% ../nbs/08_interop.ipynb #d25f9456
 def export_published(model:nn.Module, path=None) -> dict:
-    "`{'model': state_dict}` in the published layout (fine-tuning, or an MAE's pre-training); `torch.save`d to `path`."
+    """`{'model': state_dict}` in the published layout (fine-tuning, or an MAE's pre-training); `torch.save`d to `path`.
+
+    Example: `export_published(model, 'checkpoint-best.pth')` is read by the published `run_class_finetuning.py`."""
     model = unwrap_model(model)
     if any(getattr(m, 'adapter_residual', False) for m in model.modules()):
         raise CheckpointError("this model uses adapter_residual=True (the paper's expert form); the published code has "
-                              "no such "
-                              "residual, so its weights would compute something else there")
+                              "no such residual, so its weights would compute something else there")
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     names = _PUBLISHED_PRETRAIN if _mae_rooted(sd) else _PUBLISHED_NAMES
     odd = [k for k in sd if not any(p.match(k) for p in names)]
@@ -688,7 +737,10 @@ def export_published(model:nn.Module, path=None) -> dict:
 # %% ../nbs/08_interop.ipynb #93cf03ee
 def export_videomae(model:nn.Module, path, task:str|None=None, img_size:int|None=None, frames:int|None=None,
                     id2label:dict|None=None) -> Path:
-    "Write a ViT (`task` picks a head) as a `transformers` `VideoMAEForVideoClassification` directory."
+    """Write a ViT (`task` picks a head) as a `transformers` `VideoMAEForVideoClassification` directory.
+
+    `img_size`, `frames`: the input size (default: the model's); `id2label`: class names by index.
+    Example: `VideoMAEForVideoClassification.from_pretrained(export_videomae(vit, 'hf_vit'))`."""
     from transformers import VideoMAEConfig, VideoMAEForVideoClassification
     model = unwrap_model(model)
     sd = unilearn_to_videomae(model.state_dict(), task)
@@ -696,11 +748,13 @@ def export_videomae(model:nn.Module, path, task:str|None=None, img_size:int|None
     kw.update(img_size=img_size or kw['img_size'], all_frames=frames or kw['all_frames'])
     if kw['size']['embed_dim'] % kw['size']['num_heads']: raise ValueError("embed_dim must be divisible by num_heads")
     n = sd['classifier.weight'].shape[0] if 'classifier.weight' in sd else 0
-    cfg = VideoMAEConfig(image_size=kw['img_size'], patch_size=kw['patch_size'], num_channels=kw['in_chans'], num_frames=kw['all_frames'],
-                         tubelet_size=kw['tubelet_size'], hidden_size=kw['size']['embed_dim'], num_hidden_layers=kw['size']['depth'],
-                         num_attention_heads=kw['size']['num_heads'], intermediate_size=round(kw['mlp_ratio'] * kw['size']['embed_dim']),
-                         qv_bias=kw['qkv_bias'], use_mean_pooling=True, layer_norm_eps=1e-6, num_labels=max(n, 1),
-                         **({'id2label': id2label, 'label2id': {v: k for k, v in id2label.items()}} if id2label else {}))
+    size = kw['size']
+    labels = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()}) if id2label else {}
+    cfg = VideoMAEConfig(image_size=kw['img_size'], patch_size=kw['patch_size'], num_channels=kw['in_chans'],
+                         num_frames=kw['all_frames'], tubelet_size=kw['tubelet_size'], hidden_size=size['embed_dim'],
+                         num_hidden_layers=size['depth'], num_attention_heads=size['num_heads'],
+                         intermediate_size=round(kw['mlp_ratio'] * size['embed_dim']), qv_bias=kw['qkv_bias'],
+                         use_mean_pooling=True, layer_norm_eps=1e-6, num_labels=max(n, 1), **labels)
     hf = VideoMAEForVideoClassification(cfg)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     if unexpected or [k for k in missing if not (n == 0 and k.startswith('classifier.'))]:
@@ -709,20 +763,19 @@ def export_videomae(model:nn.Module, path, task:str|None=None, img_size:int|None
     hf.save_pretrained(path)
     return Path(path)
 
-# %% ../nbs/08_interop.ipynb #cea37bb4
+# %% ../nbs/08_interop.ipynb #31346603
 _MAY_BE_NEW = re.compile(r'(^|\.)(moe_layer|head|fc_norm)(\.|$)')
 
-def load_backbone(model:nn.Module, state_dict, strict:bool=True, upcycle:bool=True) -> LoadReport:
-    "Load pre-trained backbone weights into `model` by name; report loaded/new/unused/mismatched keys (see above)."
-    sd, source = state_dict_of(state_dict)
-    model = unwrap_model(model)
-    names = dict.fromkeys(sd, None)                # file key -> model key it feeds (None: unused so far)
+def _backbone_source(sd:dict) -> tuple:
+    "`(weights by model name, file key of each)`: an MAE checkpoint's encoder, or the state dict as it is."
     if any(k.startswith('encoder.') for k in sd):  # MAE checkpoint: the encoder is the backbone
         src = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
-        origin = {k[len('encoder.'):]: k for k in sd if k.startswith('encoder.')}
-    else: src, origin = sd, {k: k for k in sd}
-    target = model.state_dict()
-    rep = LoadReport(source=source, _universe=dict(new=list(target), unused=list(sd), mismatched=list(target)))
+        return src, {k[len('encoder.'):]: k for k in sd if k.startswith('encoder.')}
+    return sd, {k: k for k in sd}
+
+# %% ../nbs/08_interop.ipynb #8dba16dc
+def _match_backbone(rep:LoadReport, target:dict, src:dict, origin:dict, names:dict, upcycle:bool) -> dict:
+    "The weights of `src` that `target` takes, by name; `rep` and `names` (file key -> model key) record each decision."
     load = {}
     for k, t in target.items():
         v, src_key = src.get(k), k
@@ -737,6 +790,22 @@ def load_backbone(model:nn.Module, state_dict, strict:bool=True, upcycle:bool=Tr
         load[k] = v
         rep.loaded.append(k)
         if src_key != k: rep.upcycled.append(k)
+    return load
+
+# %% ../nbs/08_interop.ipynb #cea37bb4
+def load_backbone(model:nn.Module, state_dict, strict:bool=True, upcycle:bool=True) -> LoadReport:
+    """Load pre-trained backbone weights into `model` by name; report loaded/new/unused/mismatched keys (see above).
+
+    `state_dict`: a ViT state dict, a wrapped checkpoint, an MAE checkpoint (its `encoder.`) or a path; `strict=False`
+    loads what matches; `upcycle`: ViT-MoE experts from their block's FFN.
+    Example: `load_backbone(unilearn_vit('base'), 'vit.pth')`."""
+    sd, source = state_dict_of(state_dict)
+    model = unwrap_model(model)
+    names = dict.fromkeys(sd, None)                # file key -> model key it feeds (None: unused so far)
+    src, origin = _backbone_source(sd)
+    target = model.state_dict()
+    rep = LoadReport(source=source, _universe=dict(new=list(target), unused=list(sd), mismatched=list(target)))
+    load = _match_backbone(rep, target, src, origin, names, upcycle)
     rep.unused = [k for k, used in names.items() if used is None]
     backbone_new = [k for k in rep.new if not _MAY_BE_NEW.search(k)]
     if strict and (rep.mismatched or backbone_new):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_joint_finetune.ipynb #842e96a7
 from __future__ import annotations
-import copy, math, re
+import copy, math, numbers, re
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,10 @@ from torch.utils.data import DataLoader, Subset, RandomSampler, WeightedRandomSa
 from fastai.learner import Learner, Metric
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler
+from fastai.callback.tracker import TrackerCallback
 from fastai.data.core import DataLoaders
+from fastai.torch_core import get_model
+from fastcore.basics import patch
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
@@ -23,14 +26,16 @@ from timm.optim import param_groups_layer_decay as timm_layer_decay_groups
 
 from .moae import MODELS, gate_stats, reset_gate_stats, track_gates
 from .interop import load_backbone
-from .train import (MixedModalityLoader, AutocastCallback, AuxLossCallback, ModalityLossLogger, CheckpointCallback,
-                            adamw, warmup_cosine)
-from .metrics import evaluate, concat_predictions, dataset_classes, per_class_recall
+from .train import (MixedModalityLoader, AutocastCallback, AuxLossCallback, ModalityLossLogger,
+                            CheckpointCallback, CheckpointError, NonFiniteGuard, adamw, warmup_cosine,
+                            all_gather_objects, get_world_size, _gathering, _training_fit, train_callbacks,
+                            train_device, prepare_model, learner_manifest, renamed_args)
+from .metrics import evaluate, concat_predictions, dataset_classes, uar, war
 
 # %% auto #0
 __all__ = ['KINDS', 'dataset_labels', 'stratified_split', 'joint_dataloader', 'joint_dataloaders', 'create_model', 'head_classes',
            'JointLoss', 'mix_batch', 'make_mixup', 'ModalityMixup', 'layer_id', 'param_groups_layer_decay',
-           'TaskMetric', 'KeepBest', 'best_model', 'check_classes', 'finetune_learner', 'fit_joint', 'history',
+           'TaskMetric', 'KeepBest', 'best_model', 'check_classes', 'finetune_learner', 'history', 'fit_joint',
            'evaluate_joint', 'gate_table', 'measure_gates']
 
 # %% ../nbs/03_joint_finetune.ipynb #718f720d
@@ -44,58 +49,70 @@ def dataset_labels(ds) -> np.ndarray:
     if len(labels) != len(ds): raise ValueError(f"{type(ds).__name__} has {len(ds)} items but {len(labels)} labels")
     return labels
 
+# %% ../nbs/03_joint_finetune.ipynb #488c8622
 def stratified_split(ds, valid_pct:float=0.1, seed:int=0) -> tuple[Subset, Subset]:
-    "Split a training set into (train, valid) `Subset`s with the class proportions kept (scikit-learn's stratified split)."
+    "Split a training set into (train, valid) `Subset`s with the class proportions kept (scikit-learn's split)."
     from sklearn.model_selection import train_test_split
     if not 0 < valid_pct < 1: raise ValueError(f"valid_pct must be in (0, 1), got {valid_pct}")
     if len(ds) == 0: raise ValueError(f"cannot split an empty dataset ({type(ds).__name__})")
     y = dataset_labels(ds)
     counts = np.bincount(y)
     rare = [c for c in np.nonzero(counts)[0] if counts[c] < 2]
-    if rare: raise ValueError(f"class {rare[0]} has a single item in {type(ds).__name__}: a stratified split needs at least 2 per class")
-    try:
-        tr, va = train_test_split(np.arange(len(y)), test_size=valid_pct, stratify=y, random_state=seed)
-    except ValueError as e: raise ValueError(f"cannot split {type(ds).__name__} ({len(y)} items, valid_pct={valid_pct}): {e}") from None
+    if rare: raise ValueError(f"class {rare[0]} has a single item in {type(ds).__name__}: a stratified split needs "
+                              "at least 2 per class")
+    try: tr, va = train_test_split(np.arange(len(y)), test_size=valid_pct, stratify=y, random_state=seed)
+    except ValueError as e:
+        raise ValueError(f"cannot split {type(ds).__name__} ({len(y)} items, valid_pct={valid_pct}): {e}") from None
     return Subset(ds, sorted(tr.tolist())), Subset(ds, sorted(va.tolist()))
 
 # %% ../nbs/03_joint_finetune.ipynb #fdc026f4
 def _check_ds(ds, name:str):
     if ds is None: return
     try: n = len(ds)
-    except TypeError: raise TypeError(f"{name} must be a map-style dataset with len(), got {type(ds).__name__}") from None
+    except TypeError:
+        raise TypeError(f"{name} must be a map-style dataset with len(), got {type(ds).__name__}") from None
     if n == 0: raise ValueError(f"{name} is empty ({type(ds).__name__} with 0 items)")
 
 def _check_bs(bs, name):
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1: raise ValueError(f"{name} must be a positive int, got {bs!r}")
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise ValueError(f"{name} must be a positive int, got {bs!r}")
+
+def _check_batch(ds, bs:int, name:str, drop_last:bool):
+    if drop_last and len(ds) < bs:
+        raise ValueError(f"{name}_ds has {len(ds)} items, fewer than one batch of {name}_bs={bs} with drop_last=True")
 
 # %% ../nbs/03_joint_finetune.ipynb #0c3a4ce2
+def _modality_loader(ds, bs:int, balanced:bool, drop_last:bool, num_workers:int, **dl_kwargs) -> DataLoader:
+    "Shuffled batches of one modality, class-balanced (weight 1/class count, with replacement) if `balanced`."
+    g = torch.Generator()  # `MixedModalityLoader` reseeds it for every pass from (seed, epoch, modality, pass)
+    if balanced:
+        y = dataset_labels(ds)
+        weights = torch.as_tensor(1.0 / np.bincount(y)[y], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, num_samples=len(y), replacement=True, generator=g)
+    else: sampler = RandomSampler(ds, generator=g)
+    return DataLoader(ds, batch_size=bs, sampler=sampler, drop_last=drop_last, num_workers=num_workers, generator=g,
+                      **dl_kwargs)
+
+# %% ../nbs/03_joint_finetune.ipynb #338106d5
 def joint_dataloader(image_ds, video_ds, image_bs:int=32, video_bs:int=16, sfer_ratio:float=0.5, balanced:bool=True,
-                     drop_last:bool=True, seed:int=0, rank:int=0, world_size:int=1, num_workers:int=0, **dl_kwargs) -> MixedModalityLoader:
-    "Training stream of single-modality batches `(x, task, y)`: all video batches + `sfer_ratio` of an image pass per epoch."
+                     drop_last:bool=True, seed:int=0, rank:int=0, world_size:int=1, num_workers:int=0,
+                     **dl_kwargs) -> MixedModalityLoader:
+    "Training stream of single-modality batches `(x, task, y)`: all video batches + `sfer_ratio` of an image pass."
     if isinstance(sfer_ratio, bool) or not isinstance(sfer_ratio, (int, float)) or not 0 <= sfer_ratio <= 1:
-        raise ValueError(f"sfer_ratio is the share of one pass of image batches per epoch and must be in [0, 1], got {sfer_ratio!r}")
-    if image_ds is None and video_ds is None: raise ValueError("joint_dataloader needs an image dataset, a video dataset, or both")
+        raise ValueError(f"sfer_ratio is the share of one pass of image batches per epoch and must be in [0, 1], "
+                         f"got {sfer_ratio!r}")
+    if image_ds is None and video_ds is None:
+        raise ValueError("joint_dataloader needs an image dataset, a video dataset, or both")
     _check_ds(image_ds, 'image_ds'); _check_ds(video_ds, 'video_ds')
     _check_bs(image_bs, 'image_bs'); _check_bs(video_bs, 'video_bs')
     loaders, steps = {}, {}
     if video_ds is not None:
-        if drop_last and len(video_ds) < video_bs:
-            raise ValueError(f"video_ds has {len(video_ds)} items, fewer than one batch of video_bs={video_bs} with drop_last=True")
-        g = torch.Generator()  # `MixedModalityLoader` reseeds it for every pass from (seed, epoch, modality, pass)
-        loaders['video'] = DataLoader(video_ds, batch_size=video_bs, sampler=RandomSampler(video_ds, generator=g),
-                                      drop_last=drop_last, num_workers=num_workers, generator=g, **dl_kwargs)
+        _check_batch(video_ds, video_bs, 'video', drop_last)
+        loaders['video'] = _modality_loader(video_ds, video_bs, False, drop_last, num_workers, **dl_kwargs)
         steps['video'] = 1.0
     if image_ds is not None and sfer_ratio > 0:
-        if drop_last and len(image_ds) < image_bs:
-            raise ValueError(f"image_ds has {len(image_ds)} items, fewer than one batch of image_bs={image_bs} with drop_last=True")
-        g = torch.Generator()
-        if balanced:
-            y = dataset_labels(image_ds)
-            weights = 1.0 / np.bincount(y)[y]
-            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(y), replacement=True, generator=g)
-        else: sampler = RandomSampler(image_ds, generator=g)
-        loaders['image'] = DataLoader(image_ds, batch_size=image_bs, sampler=sampler, drop_last=drop_last,
-                                      num_workers=num_workers, generator=g, **dl_kwargs)
+        _check_batch(image_ds, image_bs, 'image', drop_last)
+        loaders['image'] = _modality_loader(image_ds, image_bs, balanced, drop_last, num_workers, **dl_kwargs)
         steps['image'] = float(sfer_ratio)
     if not loaders: raise ValueError("no video dataset and sfer_ratio=0: nothing to train on")
     mml = MixedModalityLoader(loaders, steps=steps, seed=seed, rank=rank, world_size=world_size)
@@ -103,17 +120,19 @@ def joint_dataloader(image_ds, video_ds, image_bs:int=32, video_bs:int=16, sfer_
     return mml
 
 # %% ../nbs/03_joint_finetune.ipynb #c359ce50
-def joint_dataloaders(train_images, train_videos, valid_images=None, valid_videos=None, image_bs:int=32, video_bs:int=16,
-                      sfer_ratio:float=0.5, balanced:bool=True, seed:int=0, rank:int=0, world_size:int=1,
-                      num_workers:int=0, device=None, **dl_kwargs) -> DataLoaders:
+def joint_dataloaders(train_images, train_videos, valid_images=None, valid_videos=None, image_bs:int=32,
+                      video_bs:int=16, sfer_ratio:float=0.5, balanced:bool=True, seed:int=0, rank:int=0,
+                      world_size:int=1, num_workers:int=0, device=None, **dl_kwargs) -> DataLoaders:
     "fastai `DataLoaders`: the joint training stream and a validation stream (each modality once, in order)."
     train = joint_dataloader(train_images, train_videos, image_bs, video_bs, sfer_ratio, balanced, True, seed, rank,
                              world_size, num_workers, **dl_kwargs)
     _check_ds(valid_images, 'valid_images'); _check_ds(valid_videos, 'valid_videos')
+    one_pass = lambda ds, bs: DataLoader(ds, batch_size=bs, num_workers=num_workers, **dl_kwargs)
     vl = {}
-    if valid_videos is not None: vl['video'] = DataLoader(valid_videos, batch_size=video_bs, num_workers=num_workers, **dl_kwargs)
-    if valid_images is not None: vl['image'] = DataLoader(valid_images, batch_size=image_bs, num_workers=num_workers, **dl_kwargs)
-    if not vl: raise ValueError("joint_dataloaders needs a validation set (hold one out of the training data with `stratified_split`)")
+    if valid_videos is not None: vl['video'] = one_pass(valid_videos, video_bs)
+    if valid_images is not None: vl['image'] = one_pass(valid_images, image_bs)
+    if not vl: raise ValueError("joint_dataloaders needs a validation set (hold one out of the training data with "
+                                "`stratified_split`)")
     valid = MixedModalityLoader(vl, seed=seed, rank=rank, world_size=world_size, shuffle=False)
     return DataLoaders(train, valid, device=device)
 
@@ -126,20 +145,18 @@ def create_model(size:str|dict='base', num_classes:dict|int|None=None, moae='lat
     "UniLearn / ViT-MTL / ViT-MoE / ViT of `size`, optionally initialised from an MAE (or ViT) checkpoint."
     if kind not in MODELS: raise ValueError(f"Unknown model kind {kind!r}; choose one of {list(MODELS)}")
     num_classes = dict(image=7, video=7) if num_classes is None else num_classes
-    geometry = dict(img_size=img_size, all_frames=all_frames)
-    if kind == 'vit':
-        n = num_classes['video'] if isinstance(num_classes, dict) else num_classes
-        model = MODELS['vit'](size, num_classes=n, **geometry, **kwargs)
-    elif kind == 'vit_mtl': model = MODELS['vit_mtl'](size, num_classes=num_classes, **geometry, **kwargs)
-    elif kind == 'unilearn':
-        model = MODELS['unilearn'](size, num_classes=num_classes, moae=moae, num_experts=num_experts, top_k=top_k, **geometry, **kwargs)
-    else: model = MODELS['vit_moe'](size, num_classes=num_classes, moae=moae, num_experts=num_experts, top_k=top_k, **geometry, **kwargs)
+    kw = dict(img_size=img_size, all_frames=all_frames, **kwargs)
+    if kind == 'vit': kw['num_classes'] = num_classes['video'] if isinstance(num_classes, dict) else num_classes
+    else: kw['num_classes'] = num_classes
+    if kind in ('unilearn', 'vit_moe'): kw.update(moae=moae, num_experts=num_experts, top_k=top_k)
+    model = MODELS[kind](size, **kw)
     model.kind, model.load_report = kind, None
     if mae_checkpoint is not None:
         model.load_report = load_backbone(model, mae_checkpoint, strict=strict)
         if verbose: print(model.load_report)
     return model
 
+# %% ../nbs/03_joint_finetune.ipynb #b318b2cb
 def head_classes(model) -> dict:
     "Number of classes of each task head (`{'any': n}` for a single shared head)."
     head = getattr(getattr(model, 'module', model), 'head')
@@ -148,7 +165,7 @@ def head_classes(model) -> dict:
 
 # %% ../nbs/03_joint_finetune.ipynb #305a78d3
 class JointLoss(nn.Module):
-    "Soft-target cross entropy for mixed `(B,C)` targets, cross entropy for class indices; checks targets against the head."
+    "Soft-target cross entropy for mixed `(B,C)` targets, cross entropy for class indices; checked against the head."
     def __init__(self): super().__init__(); self.soft = SoftTargetCrossEntropy()
     def forward(self, pred, y):
         C = pred.shape[-1]
@@ -156,8 +173,8 @@ class JointLoss(nn.Module):
             if y.shape[1] != C: raise ValueError(f"soft targets have {y.shape[1]} classes but the head predicts {C}")
             return self.soft(pred.float(), y)
         if y.numel() and (int(y.max()) >= C or int(y.min()) < 0):
-            raise ValueError(f"label {int(y.max()) if int(y.max()) >= C else int(y.min())} is outside the {C} classes of the head: "
-                             "the dataset's classes do not match the model's head")
+            raise ValueError(f"label {int(y.max()) if int(y.max()) >= C else int(y.min())} is outside the {C} classes "
+                             "of the head: the dataset's classes do not match the model's head")
         return F.cross_entropy(pred.float(), y)
     def activation(self, x): return F.softmax(x, -1)
     def decodes(self, x): return x.argmax(-1)
@@ -169,12 +186,14 @@ def mix_batch(mixup:Mixup|None, x:torch.Tensor, y:torch.Tensor, num_classes:int,
     if y.numel() and int(y.max()) >= num_classes:
         raise ValueError(f"label {int(y.max())} is outside the {num_classes} classes of the head")
     if mixup is None: return x, mixup_target(y, num_classes, 1.0, label_smoothing)
-    if len(x) % 2: raise ValueError(f"Mixup pairs each sample with another and needs an even batch size, got {len(x)} (use drop_last=True and an even batch size)")
+    if len(x) % 2: raise ValueError(f"Mixup pairs each sample with another and needs an even batch size, got {len(x)} "
+                                    "(use drop_last=True and an even batch size)")
     shape = x.shape
     flat = x.reshape(shape[0], -1, *shape[-2:]) if x.ndim == 5 else x
     flat, target = mixup(flat, y)
     return flat.reshape(shape), target
 
+# %% ../nbs/03_joint_finetune.ipynb #f4c3c746
 def make_mixup(num_classes:int, mixup_alpha:float=0.8, cutmix_alpha:float=1.0, label_smoothing:float=0.1,
                prob:float=1.0, switch_prob:float=0.5, mode:str='batch') -> Mixup|None:
     "timm `Mixup` with the published settings, or None when both alphas are 0 (label smoothing only)."
@@ -182,27 +201,32 @@ def make_mixup(num_classes:int, mixup_alpha:float=0.8, cutmix_alpha:float=1.0, l
     return Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob, mode=mode,
                  label_smoothing=label_smoothing, num_classes=num_classes)
 
+# %% ../nbs/03_joint_finetune.ipynb #b47684fb
 class ModalityMixup(Callback):
     "Mix each training batch with its own modality's `Mixup` (soft targets); validation batches are left alone."
     order = -10  # before autocast and the model
-    def __init__(self, num_classes:dict, mixup_alpha:float=0.8, cutmix_alpha:float=1.0, label_smoothing:float=0.1, **kw):
+    def __init__(self, num_classes:dict, mixup_alpha:float=0.8, cutmix_alpha:float=1.0, label_smoothing:float=0.1,
+                 **kw):
         self.num_classes, self.label_smoothing = dict(num_classes), label_smoothing
-        self.mixups = {t: make_mixup(n, mixup_alpha, cutmix_alpha, label_smoothing, **kw) for t, n in self.num_classes.items()}
+        self.mixups = {t: make_mixup(n, mixup_alpha, cutmix_alpha, label_smoothing, **kw)
+                       for t, n in self.num_classes.items()}
     def before_batch(self):
         if not self.training: return
         x, task = self.xb[0], self.xb[1]
         key = task if task in self.mixups else 'any'
-        if key not in self.mixups: raise ValueError(f"no Mixup for task {task!r}; tasks with a head: {list(self.mixups)}")
+        if key not in self.mixups:
+            raise ValueError(f"no Mixup for task {task!r}; tasks with a head: {list(self.mixups)}")
         x, y = mix_batch(self.mixups[key], x, self.yb[0], self.num_classes[key], self.label_smoothing)
         self.learn.xb = (x, task, *self.xb[2:]); self.learn.yb = (y,)
 
 # %% ../nbs/03_joint_finetune.ipynb #72fdad73
 def layer_id(name:str, depth:int) -> int:
-    "Layer id of a parameter for lr decay: patch embedding/positions 0, `blocks.i.*` i+1, the rest (norm, heads) depth+1."
+    "Layer id of a parameter for lr decay: patch embedding/positions 0, `blocks.i.*` i+1, the rest depth+1."
     if name.startswith(('patch_embed', 'pos_embed', 'cls_token', 'mask_token')): return 0
     m = re.match(r'blocks\.(\d+)\.', name)
     return int(m.group(1)) + 1 if m else depth + 1
 
+# %% ../nbs/03_joint_finetune.ipynb #8b41dba1
 class _LayerIds:
     "What timm's `param_groups_layer_decay` asks of a model: its parameters and a `group_matcher` giving layer ids."
     def __init__(self, model, depth): self.model, self.depth = model, depth
@@ -210,17 +234,14 @@ class _LayerIds:
     def group_matcher(self, coarse=False): return lambda name: layer_id(name, self.depth)
 
 def param_groups_layer_decay(model:nn.Module, weight_decay:float=0.05, layer_decay:float=0.75, skip=()) -> list:
-    "AdamW param groups with `lr_scale = layer_decay ** (depth + 1 - layer_id)` and no decay on 1-D/bias/`no_weight_decay()` params."
+    "AdamW param groups with `lr_scale = layer_decay ** (depth + 1 - layer_id)`, no decay on 1-D/bias/skipped params."
     model = getattr(model, 'module', model)
     if not 0 < layer_decay <= 1: raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-    depth = len(model.blocks)
     nwd = set(skip) | set(getattr(model, 'no_weight_decay', lambda: set())())
-    return timm_layer_decay_groups(_LayerIds(model, depth), weight_decay=weight_decay, no_weight_decay_list=list(nwd),
-                                   layer_decay=layer_decay)
+    return timm_layer_decay_groups(_LayerIds(model, len(model.blocks)), weight_decay=weight_decay,
+                                   no_weight_decay_list=list(nwd), layer_decay=layer_decay)
 
 # %% ../nbs/03_joint_finetune.ipynb #bc8f2375
-from .train import all_gather_objects, get_world_size, _gathering
-
 class TaskMetric(Metric):
     "UAR or WAR (%) of one task's validation batches (recorder name `<task>_<uar|war>`), pooled over DDP ranks."
     def __init__(self, task:str, kind:str='uar'):
@@ -231,30 +252,28 @@ class TaskMetric(Metric):
         self.split = self.split or _gathering(learn.dl)  # this rank holds a share of the validation set
         if learn.xb[1] != self.task or not learn.yb: return
         self.preds.append(learn.pred.argmax(-1).cpu()); self.targs.append(learn.yb[0].cpu())
-    def gather_ranks(self):
-        "Pool every rank's predictions, once per validation (every rank calls it: `GatherRanks`, or `value`)."
-        if not self.split or self.pooled: return
-        parts = all_gather_objects((self.preds, self.targs))
-        self.preds, self.targs = [p for ps, _ in parts for p in ps], [t for _, ts in parts for t in ts]
-        self.pooled = True
-    @property
-    def value(self):
-        self.gather_ranks()
-        if not self.preds: return None
-        y, p = torch.cat(self.targs).numpy(), torch.cat(self.preds).numpy()
-        return 100 * (float(np.nanmean(per_class_recall(y, p))) if self.kind == 'uar' else float((y == p).mean()))
     @property
     def name(self): return f'{self.task}_{self.kind}'
 
-# %% ../nbs/03_joint_finetune.ipynb #02bdb563
-import numbers
-from fastai.callback.tracker import TrackerCallback
-from fastai.torch_core import get_model
-from .train import (CheckpointError, NonFiniteGuard, _training_fit, train_callbacks, train_device, prepare_model,
-                            learner_manifest, renamed_args)
+# %% ../nbs/03_joint_finetune.ipynb #b1b12c88
+@patch
+def gather_ranks(self:TaskMetric):
+    "Pool every rank's predictions, once per validation (every rank calls it: `GatherRanks`, or `value`)."
+    if not self.split or self.pooled: return
+    parts = all_gather_objects((self.preds, self.targs))
+    self.preds, self.targs = [p for ps, _ in parts for p in ps], [t for _, ts in parts for t in ts]
+    self.pooled = True
 
+@patch(as_prop=True)
+def value(self:TaskMetric):
+    self.gather_ranks()
+    if not self.preds: return None
+    y, p = torch.cat(self.targs).numpy(), torch.cat(self.preds).numpy()
+    return 100 * (uar(y, p) if self.kind == 'uar' else war(y, p))
+
+# %% ../nbs/03_joint_finetune.ipynb #02bdb563
 class KeepBest(TrackerCallback):
-    "fastai `TrackerCallback` keeping in memory the weights of the best `monitor` epoch: `learn.best = dict(epoch, value, state)`."
+    "fastai `TrackerCallback` keeping the best `monitor` epoch's weights: `learn.best = dict(epoch, value, state)`."
     def __init__(self, monitor:str='video_uar', # a validation column, e.g. 'video_uar', 'image_war', 'valid_loss'
                  comp=None, # np.greater or np.less; default: np.less for losses and errors, else np.greater
                  min_delta:float=0., # an improvement smaller than this does not count
@@ -265,25 +284,35 @@ class KeepBest(TrackerCallback):
         if name == 'best': object.__setattr__(self, name, value)
         else: super().__setattr__(name, value)
     def before_fit(self):
-        if not _training_fit(self.learn): self.run = False; return  # validate/get_preds/lr_find keep `learn.best` as it is
+        if not _training_fit(self.learn): self.run = False; return  # validate/get_preds/lr_find keep `learn.best`
         names = list(self.recorder.metric_names[1:-1])
-        if self.monitor not in names: raise CheckpointError(f"KeepBest: no column {self.monitor!r} to monitor; columns are {names}")
+        if self.monitor not in names:
+            raise CheckpointError(f"KeepBest: no column {self.monitor!r} to monitor; columns are {names}")
         super().before_fit()
         self.learn.best = dict(epoch=None, value=None, state=None)
-    def after_epoch(self):
-        v = self.recorder.values[-1][self.idx]
-        if v is None or (isinstance(v, float) and math.isnan(v)): self.new_best = False; return
-        super().after_epoch()
-        if self.new_best:
-            state = {k: t.detach().to('cpu', copy=True) for k, t in get_model(self.model).state_dict().items()}
-            self.learn.best = dict(epoch=self.epoch, value=float(v), state=state)
-    def state_dict(self) -> dict: return dict(best=float(self.best), learn_best=getattr(self.learn, 'best', None))
-    def load_state_dict(self, sd:dict): self.best, self.learn.best = sd['best'], sd['learn_best']
 
+# %% ../nbs/03_joint_finetune.ipynb #0c86af5a
+@patch
+def after_epoch(self:KeepBest):
+    v = self.recorder.values[-1][self.idx]
+    if v is None or (isinstance(v, float) and math.isnan(v)): self.new_best = False; return
+    TrackerCallback.after_epoch(self)
+    if self.new_best:
+        state = {k: t.detach().to('cpu', copy=True) for k, t in get_model(self.model).state_dict().items()}
+        self.learn.best = dict(epoch=self.epoch, value=float(v), state=state)
+
+@patch
+def state_dict(self:KeepBest) -> dict: return dict(best=float(self.best), learn_best=getattr(self.learn, 'best', None))
+
+@patch
+def load_state_dict(self:KeepBest, sd:dict): self.best, self.learn.best = sd['best'], sd['learn_best']
+
+# %% ../nbs/03_joint_finetune.ipynb #063bb8ef
 def best_model(learn) -> nn.Module:
     "A copy of `learn.model` with the weights of the best validation epoch (see `KeepBest`)."
     b = getattr(learn, 'best', None)
-    if not b or b['state'] is None: raise ValueError("no best epoch recorded: train with `finetune_learner` (KeepBest) first")
+    if not b or b['state'] is None:
+        raise ValueError("no best epoch recorded: train with `finetune_learner` (KeepBest) first")
     m = copy.deepcopy(getattr(learn.model, 'module', learn.model))
     m.load_state_dict(b['state'])
     return m
@@ -298,11 +327,25 @@ def check_classes(model, datasets:dict):
         if n_head is None: raise ValueError(f"the model has heads {list(heads)} but no head for the {task} data")
         classes = dataset_classes(ds)
         if classes is not None and len(classes) != n_head:
-            raise ValueError(f"the {task} dataset has {len(classes)} classes {classes} but the {task} head predicts {n_head}; "
-                             f"build the model with num_classes={{'{task}': {len(classes)}, ...}}")
-        if classes is None:
-            top = int(dataset_labels(ds).max())
-            if top >= n_head: raise ValueError(f"the {task} dataset has label {top} but the {task} head predicts {n_head} classes")
+            raise ValueError(f"the {task} dataset has {len(classes)} classes {classes} but the {task} head predicts "
+                             f"{n_head}; build the model with num_classes={{'{task}': {len(classes)}, ...}}")
+        top = int(dataset_labels(ds).max()) if classes is None else -1
+        if top >= n_head:
+            raise ValueError(f"the {task} dataset has label {top} but the {task} head predicts {n_head} classes")
+
+# %% ../nbs/03_joint_finetune.ipynb #4812cd35
+def _scaled_lrs(train, lr, base_lr, min_lr, base_min_lr, warmup_lr, base_warmup_lr) -> tuple[float, float, float]:
+    "The published lr rule: `base_lr` per 8 clips of global video batch, the two others per 256 clips; unless given."
+    world = train.world_size if getattr(train, 'world_size', 1) > 1 else get_world_size()  # distrib_ctx splits later
+    total = getattr(train, 'batch_sizes', {}).get('video', 8) * world  # published total batch: clips/step, all ranks
+    return (base_lr * total / 8 if lr is None else lr, base_min_lr * total / 256 if min_lr is None else min_lr,
+            base_warmup_lr * total / 256 if warmup_lr is None else warmup_lr)
+
+def _joint_callbacks(model, dls, monitor, mixup, aux_coef) -> list:
+    "Mixup per training modality (with its head's classes), loss logging, the auxiliary loss and `KeepBest`."
+    heads = head_classes(model)
+    mix = {t: heads.get(t, heads.get('any')) for t in dls.train.modalities}
+    return [ModalityMixup(mix, *mixup), ModalityLossLogger(), AuxLossCallback(aux_coef), KeepBest(monitor)]
 
 # %% ../nbs/03_joint_finetune.ipynb #b47ffdab
 def finetune_learner(model, dls:DataLoaders,
@@ -323,56 +366,51 @@ def finetune_learner(model, dls:DataLoaders,
     config:dict|None=None, # more settings to record in the run manifest (e.g. the command line)
     cbs=None, path='.', **deprecated) -> Learner:
     "fastai `Learner` for joint fine-tuning with the published recipe; each piece an argument (see above)."
-    old = renamed_args(deprecated, 'finetune_learner', autocast='precision', checkpoint_every='save_every', resume_from='resume')
-    precision, save_every, resume = old.get('precision', precision), old.get('save_every', save_every), old.get('resume', resume)
-    precision = 'fp32' if precision is None else precision
-    train = dls.train
-    check_classes(model, train.dataset)
-    check_classes(model, dls.valid.dataset)
-    world = train.world_size if getattr(train, 'world_size', 1) > 1 else get_world_size()  # distrib_ctx splits later
-    total = getattr(train, 'batch_sizes', {}).get('video', 8) * world  # published total batch: clips/step, all ranks
-    lr = base_lr * total / 8 if lr is None else lr
-    min_lr = base_min_lr * total / 256 if min_lr is None else min_lr  # published: per 256 clips, not per 8
-    warmup_lr = base_warmup_lr * total / 256 if warmup_lr is None else warmup_lr
+    old = renamed_args(deprecated, 'finetune_learner', autocast='precision', checkpoint_every='save_every',
+                       resume_from='resume')
+    precision, save_every = old.get('precision', precision), old.get('save_every', save_every)
+    resume, precision = old.get('resume', resume), 'fp32' if precision is None else precision
+    check_classes(model, dls.train.dataset); check_classes(model, dls.valid.dataset)
+    lr, min_lr, warmup_lr = _scaled_lrs(dls.train, lr, base_lr, min_lr, base_min_lr, warmup_lr, base_warmup_lr)
     device = train_device(dls, model)
     prepare_model(model, grad_checkpointing, compile, device)
-    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, {**(config or {}), **dict(  # the resolved values win
-        kind='finetune', lr=lr, min_lr=min_lr, warmup_lr=warmup_lr,
-        weight_decay=weight_decay, layer_decay=layer_decay, betas=betas, eps=eps,
-        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing, precision=precision,
-        aux_coef=aux_coef, monitor=monitor)})
-    heads, tasks = head_classes(model), list(train.modalities)
-    mix = {t: heads.get(t, heads.get('any')) for t in tasks}
+    settings = dict(kind='finetune', lr=lr, min_lr=min_lr, warmup_lr=warmup_lr, weight_decay=weight_decay,
+                    layer_decay=layer_decay, betas=betas, eps=eps, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                    label_smoothing=label_smoothing, precision=precision, aux_coef=aux_coef, monitor=monitor)
+    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, {**(config or {}), **settings})
+    callbacks = _joint_callbacks(model, dls, monitor, (mixup_alpha, cutmix_alpha, label_smoothing), aux_coef)
+    callbacks += train_callbacks(precision, device, max_bad_steps, checkpoint_dir, resume, save_every, manifest)
+    opt = adamw(betas=betas, eps=eps, weight_decay=weight_decay,
+                param_groups=param_groups_layer_decay(model, weight_decay, layer_decay))
     metrics = [TaskMetric(t, k) for t in dls.valid.modalities for k in ('uar', 'war')]
-    callbacks = [ModalityMixup(mix, mixup_alpha, cutmix_alpha, label_smoothing), ModalityLossLogger(), AuxLossCallback(aux_coef),
-                 KeepBest(monitor)] + train_callbacks(precision, device, max_bad_steps, checkpoint_dir, resume, save_every, manifest)
-    groups = param_groups_layer_decay(model, weight_decay, layer_decay)
-    learn = Learner(dls, model, loss_func=JointLoss(), opt_func=adamw(betas=betas, eps=eps, weight_decay=weight_decay, param_groups=groups),
-                    metrics=metrics, cbs=callbacks + list(cbs or []), path=path)
+    learn = Learner(dls, model, loss_func=JointLoss(), opt_func=opt, metrics=metrics, cbs=callbacks + list(cbs or []),
+                    path=path)
     learn.lr, learn.min_lr, learn.warmup_lr = lr, min_lr, warmup_lr
     return learn
 
 # %% ../nbs/03_joint_finetune.ipynb #eb0705c1
-def fit_joint(learn:Learner, epochs:int=100, warmup_epochs:int=5, lr:float|None=None, min_lr:float|None=None, cbs=None) -> pd.DataFrame:
+def history(learn:Learner) -> pd.DataFrame:
+    "The recorder's per-epoch table as a DataFrame."
+    names, values = learn.recorder.metric_names[1:-1], learn.recorder.values
+    df = pd.DataFrame([list(v) for v in values], columns=names[:len(values[0])] if values else names)
+    df.insert(0, 'epoch', range(len(df)))
+    return df
+
+def fit_joint(learn:Learner, epochs:int=100, warmup_epochs:int=5, lr:float|None=None, min_lr:float|None=None,
+              cbs=None) -> pd.DataFrame:
     "Train with linear warmup then cosine decay; returns the per-epoch table (best epoch in `learn.best`)."
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"fit_joint: epochs must be a positive int, got {epochs!r}")
     lr, min_lr = lr or learn.lr, learn.min_lr if min_lr is None else min_lr
     sched = warmup_cosine(lr, warmup=int(warmup_epochs), lr_min=min_lr, n_epoch=epochs,
-                         warmup_start=getattr(learn, 'warmup_lr', 0.))
+                          warmup_start=getattr(learn, 'warmup_lr', 0.))
     learn.fit(epochs, cbs=[ParamScheduler({'lr': sched})] + list(cbs or []))
     return history(learn)
 
-def history(learn:Learner) -> pd.DataFrame:
-    "The recorder's per-epoch table as a DataFrame."
-    names = learn.recorder.metric_names[1:-1]
-    df = pd.DataFrame([list(v) for v in learn.recorder.values], columns=names[:len(learn.recorder.values[0])] if learn.recorder.values else names)
-    df.insert(0, 'epoch', range(len(df)))
-    return df
-
 # %% ../nbs/03_joint_finetune.ipynb #b0c3aaa1
-def evaluate_joint(model, test_sets:dict, fold:int|None=None, bs:int=32, device=None, autocast:str|None=None) -> pd.DataFrame:
-    "Multi-view predictions of every task head on its test set (`{'video': ds, 'image': ds}`), as one predictions frame."
+def evaluate_joint(model, test_sets:dict, fold:int|None=None, bs:int=32, device=None,
+                   autocast:str|None=None) -> pd.DataFrame:
+    "Multi-view predictions of each task head on its test set (`{'video': ds, 'image': ds}`): one predictions frame."
     if not test_sets: raise ValueError("evaluate_joint needs at least one test set, e.g. {'video': test_ds}")
     check_classes(model, test_sets)
     return concat_predictions([evaluate(model, ds, task, fold=fold, bs=bs, device=device, autocast=autocast)
@@ -389,6 +427,7 @@ def gate_table(stats:dict) -> pd.DataFrame:
             rows.append(dict(task=task, block=block, **{f'expert {e}': round(v, 1) for e, v in enumerate(r)}))
     return pd.DataFrame(rows)
 
+# %% ../nbs/03_joint_finetune.ipynb #7a65f842
 def measure_gates(model, test_sets:dict, bs:int=32) -> dict:
     "Gate statistics of `model` over test sets (`{'video': ds, 'image': ds}`): tracks, evaluates, returns `gate_stats`."
     track_gates(model, True); reset_gate_stats(model)

@@ -12,26 +12,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from torch.utils.data import DataLoader as TorchDataLoader
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-
-from torch.utils.data import DataLoader as TorchDataLoader
 from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.schedule import ParamScheduler
 from fastai.callback.training import GradientClip
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
+from fastcore.basics import patch
 
 from .vit import Block, VisionTransformer, sinusoid_table, vit_size
-from .train import (MixedModalityLoader, AutocastCallback, ModalityLossLogger, CheckpointCallback, param_groups_wd,
-                            adamw, warmup_cosine, quiet as quiet_learner)
+from .synth import toy_shapes   # toy data lives in unilearn.synth; kept importable from here
+from .train import (MixedModalityLoader, AutocastCallback, ModalityLossLogger, CheckpointCallback,
+                            param_groups_wd, adamw, warmup_cosine, quiet as quiet_learner, train_callbacks,
+                            train_device, prepare_model, learner_manifest, renamed_args)
 
 # %% auto #0
 __all__ = ['MASKINGS', 'MODALITIES', 'check_mask_ratio', 'num_masked', 'RandomMasking', 'TubeMasking', 'make_masking', 'patchify',
            'unpatchify', 'mae_target', 'visible_index', 'encode_visible', 'MAEEncoder', 'MAEDecoder', 'MAEOutput',
            'MaskedAutoencoder', 'create_mae', 'reconstruct', 'mae_state_dict', 'load_mae_checkpoint',
-           'encoder_state_dict', 'inputs_only', 'RepeatedAugmentation', 'collate_copies', 'pretrain_learner',
-           'toy_shapes']
+           'encoder_state_dict', 'inputs_only', 'RepeatedAugmentation', 'collate_copies', 'pretrain_learner']
 
 # %% ../nbs/02b_mae.ipynb #204e60f3
 def check_mask_ratio(mask_ratio, name:str='mask_ratio') -> float:
@@ -46,7 +47,9 @@ def num_masked(n_tokens:int, mask_ratio:float) -> int:
     if k >= n_tokens:
         raise ValueError(f"mask_ratio {mask_ratio} hides all {n_tokens} tokens, leaving none visible; "
                          f"use a ratio below {(n_tokens - 1) / n_tokens + 1e-6:.4g}")
-    if k == 0: raise ValueError(f"mask_ratio {mask_ratio} hides none of {n_tokens} tokens; use a ratio of at least {1 / n_tokens:.4g}")
+    if k == 0:
+        raise ValueError(f"mask_ratio {mask_ratio} hides none of {n_tokens} tokens; use a ratio of at least "
+                         f"{1 / n_tokens:.4g}")
     return k
 
 # %% ../nbs/02b_mae.ipynb #3f97fdb7
@@ -66,6 +69,7 @@ class RandomMasking:
         t, h, w = grid
         return self._hide(batch, t * h * w, generator).to(device)
 
+# %% ../nbs/02b_mae.ipynb #ad94a59b
 class TubeMasking(RandomMasking):
     "Hide `floor(mask_ratio * h*w)` spatial positions per sample, the same ones in every time step."
     kind = 'tube'
@@ -83,7 +87,8 @@ def make_masking(kind:str='random', mask_ratio:float=0.9):
 # %% ../nbs/02b_mae.ipynb #6e3318c3
 def _grid(shape, tubelet:int, patch:int) -> tuple:
     T, H, W = shape
-    if T % tubelet: raise ValueError(f"{T} frames are not divisible by the tubelet size {tubelet}; use a multiple of {tubelet}")
+    if T % tubelet:
+        raise ValueError(f"{T} frames are not divisible by the tubelet size {tubelet}; use a multiple of {tubelet}")
     if H % patch or W % patch: raise ValueError(f"Frame size {H}x{W} is not divisible by the patch size {patch}")
     return T // tubelet, H // patch, W // patch
 
@@ -94,6 +99,7 @@ def patchify(clip:torch.Tensor, tubelet:int=2, patch:int=16) -> torch.Tensor:
     x = clip.reshape(B, C, t, tubelet, h, patch, w, patch).permute(0, 2, 4, 6, 3, 5, 7, 1)
     return x.reshape(B, t * h * w, tubelet * patch * patch, C)
 
+# %% ../nbs/02b_mae.ipynb #00786903
 def unpatchify(patches:torch.Tensor, grid:tuple, tubelet:int=2, patch:int=16) -> torch.Tensor:
     "Tubelets `(B, N, tubelet*patch*patch, C)` back to a clip `(B,C,T,H,W)`."
     (t, h, w), B, C = grid, patches.shape[0], patches.shape[-1]
@@ -101,7 +107,8 @@ def unpatchify(patches:torch.Tensor, grid:tuple, tubelet:int=2, patch:int=16) ->
     return x.reshape(B, C, t * tubelet, h * patch, w * patch)
 
 # %% ../nbs/02b_mae.ipynb #e1d85e1a
-def mae_target(pixels:torch.Tensor, tubelet:int=2, patch:int=16, norm_pix:bool=True, eps:float=1e-6) -> torch.Tensor:
+def mae_target(pixels:torch.Tensor, tubelet:int=2, patch:int=16, norm_pix:bool=True,
+               eps:float=1e-6) -> torch.Tensor:
     "Regression target `(B, N, tubelet*patch*patch*C)` from a clip of pixels in [0,1] `(B,C,T,H,W)`."
     p = patchify(pixels.float(), tubelet, patch)
     if norm_pix: p = (p - p.mean(-2, keepdim=True)) / (p.var(-2, keepdim=True) + eps).sqrt()
@@ -111,16 +118,18 @@ def mae_target(pixels:torch.Tensor, tubelet:int=2, patch:int=16, norm_pix:bool=T
 def visible_index(mask:torch.Tensor) -> torch.Tensor:
     "Positions `(B, n_visible)` of the visible (False) tokens of each row of a boolean mask, in token order."
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.ndim != 2:
-        raise ValueError(f"mask must be a boolean tensor (B, N) with True = hidden, got "
-                         f"{type(mask).__name__ if not isinstance(mask, torch.Tensor) else f'{mask.dtype} {tuple(mask.shape)}'}")
+        got = f'{mask.dtype} {tuple(mask.shape)}' if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a boolean tensor (B, N) with True = hidden, got {got}")
     n_visible = (~mask).sum(1)
     if (n_visible != n_visible[0]).any():
-        raise ValueError(f"every sample of a batch must keep the same number of visible tokens, got {n_visible.tolist()}")
+        raise ValueError(f"every sample of a batch must keep the same number of visible tokens, got "
+                         f"{n_visible.tolist()}")
     if n_visible[0] == 0: raise ValueError("the mask hides every token; leave at least one visible")
     return (~mask).nonzero()[:, 1].view(mask.shape[0], -1)
 
+# %% ../nbs/02b_mae.ipynb #98506fe5
 def _run_blocks(blocks, x, grad_checkpointing:bool=False):
-    "Run `blocks` in turn; with `grad_checkpointing` (when training) each block's activations are recomputed in backward."
+    "Run `blocks` in turn; with `grad_checkpointing` (when training) each block is recomputed in backward."
     ckpt = grad_checkpointing and torch.is_grad_enabled()
     for blk in blocks: x = checkpoint(blk, x, use_reentrant=False) if ckpt else blk(x)
     return x
@@ -134,6 +143,7 @@ def _encode_index(vit:VisionTransformer, clip:torch.Tensor, index:torch.Tensor) 
     x = vit.pos_drop(x + vit.positions(patches.shape[1])[0][index].to(x.dtype))
     return _run_blocks(vit.blocks, x, getattr(vit, 'grad_checkpointing', False))
 
+# %% ../nbs/02b_mae.ipynb #dd0ccd58
 def encode_visible(vit:VisionTransformer, x:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
     "Token features `(B, n_visible, D)` of `vit`'s blocks run on the visible tokens of `x` only (`mask` True = hidden)."
     clip = vit.as_clip(x)
@@ -154,14 +164,15 @@ class MAEEncoder(VisionTransformer):
         "Normalised features `(B, n_visible, D)` of the visible tokens of `x`."
         return self.norm(encode_visible(self, x, mask))
 
+# %% ../nbs/02b_mae.ipynb #0bc6dd4c
 class MAEDecoder(nn.Module):
     "Narrow transformer that maps the full token sequence (visible + mask tokens) to pixels per token."
     def __init__(self, embed_dim:int=384, depth:int=4, num_heads:int=6, out_dim:int=1536, mlp_ratio:float=4.,
                  qkv_bias:bool=True, drop_path_rate:float=0., norm_layer=partial(nn.LayerNorm, eps=1e-6)):
         super().__init__()
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=dpr[i], norm_layer=norm_layer)
-                                     for i in range(depth)])
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=dpr[i],
+                                           norm_layer=norm_layer) for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, out_dim)
 
@@ -170,8 +181,8 @@ class MAEDecoder(nn.Module):
 
 # %% ../nbs/02b_mae.ipynb #6270a7f4
 class MAEOutput(tuple):
-    "`(pred, mask)`: decoder prediction `(B, N, tubelet*patch*patch*3)` for every token and the mask `(B, N)` (True = hidden)."
-    def __new__(cls, pred, mask=None):  # `MAEOutput(pred, mask)`, or `MAEOutput([pred, mask])` as fastai rebuilds tuples
+    "`(pred, mask)`: the prediction `(B, N, tubelet*patch*patch*3)` of every token and the mask `(B, N)`, True hidden."
+    def __new__(cls, pred, mask=None):  # `MAEOutput(pred, mask)`, or `MAEOutput([pred, mask])` as fastai rebuilds it
         return super().__new__(cls, (pred, mask) if mask is not None else pred)
     pred = property(lambda self: self[0])
     mask = property(lambda self: self[1])
@@ -186,112 +197,133 @@ MODALITIES = ('image', 'video')
 # %% ../nbs/02b_mae.ipynb #17cf9127
 class MaskedAutoencoder(nn.Module):
     "MAE on images and clips: `MAEEncoder` on visible tokens, `MAEDecoder` on all tokens, MSE on hidden ones."
-    def __init__(self, size:str|dict='base', img_size:int=160, all_frames:int=16, patch_size:int=16, tubelet_size:int=2,
-                 in_chans:int=3, decoder_dim:int|None=None, decoder_depth:int=4, decoder_heads:int|None=None,
-                 image_mask_ratio:float=0.9, video_mask_ratio:float=0.95, masking:str='random', norm_pix_loss:bool=True,
-                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, drop_path_rate:float=0., **vit_kwargs):
+    def __init__(self, size:str|dict='base', img_size:int=160, all_frames:int=16, patch_size:int=16,
+                 tubelet_size:int=2, in_chans:int=3, decoder_dim:int|None=None, decoder_depth:int=4,
+                 decoder_heads:int|None=None, image_mask_ratio:float=0.9, video_mask_ratio:float=0.95,
+                 masking:str='random', norm_pix_loss:bool=True, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                 drop_path_rate:float=0., **vit_kwargs):
         super().__init__()
-        self.encoder = MAEEncoder(img_size=img_size, all_frames=all_frames, patch_size=patch_size, tubelet_size=tubelet_size,
-                                  in_chans=in_chans, drop_path_rate=drop_path_rate, **{**vit_size(size), **vit_kwargs})
+        self.encoder = MAEEncoder(img_size=img_size, all_frames=all_frames, patch_size=patch_size,
+                                  tubelet_size=tubelet_size, in_chans=in_chans, drop_path_rate=drop_path_rate,
+                                  **{**vit_size(size), **vit_kwargs})
         dim = self.encoder.embed_dim
         decoder_dim = decoder_dim or dim // 2                   # 384 for ViT-B
         decoder_heads = decoder_heads or max(1, decoder_dim // 64)  # 6 for ViT-B
         self.encoder_to_decoder = nn.Linear(dim, decoder_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder = MAEDecoder(decoder_dim, decoder_depth, decoder_heads, out_dim=tubelet_size * patch_size ** 2 * in_chans)
+        self.decoder = MAEDecoder(decoder_dim, decoder_depth, decoder_heads,
+                                  out_dim=tubelet_size * patch_size ** 2 * in_chans)
         n = math.prod(self.encoder.patch_embed.grid(all_frames, img_size, img_size))
         self.register_buffer('decoder_pos_embed', sinusoid_table(n, decoder_dim), persistent=False)
-        self.register_buffer('pixel_mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
-        self.register_buffer('pixel_std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
+        as_buffer = lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self.register_buffer('pixel_mean', as_buffer(mean), persistent=False)
+        self.register_buffer('pixel_std', as_buffer(std), persistent=False)
         self.norm_pix_loss = norm_pix_loss
         self.maskings = {'image': make_masking(masking, check_mask_ratio(image_mask_ratio, 'image_mask_ratio')),
                          'video': make_masking(masking, check_mask_ratio(video_mask_ratio, 'video_mask_ratio'))}
         self.apply(_xavier_init)
         trunc_normal_(self.mask_token, std=.02)
 
-    def decoder_positions(self, n:int) -> torch.Tensor:
-        if n > self.decoder_pos_embed.shape[1]:
-            self.decoder_pos_embed = sinusoid_table(n, self.decoder_pos_embed.shape[-1]).to(self.decoder_pos_embed.device)
-        return self.decoder_pos_embed[:, :n]
+# %% ../nbs/02b_mae.ipynb #1b055d4d
+@patch
+def modality(self:MaskedAutoencoder, x, task=None) -> str:
+    "'image' or 'video': `task` when given (a batch may carry it as a list), else from the input's shape."
+    if isinstance(task, (list, tuple)):
+        if len(set(task)) != 1: raise ValueError(f"a batch must hold one modality, got tasks {sorted(set(task))}")
+        task = task[0]
+    if task is None: return 'image' if x.ndim == 4 else 'video'
+    if task not in MODALITIES: raise ValueError(f"task must be one of {MODALITIES}, got {task!r}")
+    return task
 
-    def modality(self, x, task=None) -> str:
-        "'image' or 'video': `task` when given (a batch may carry it as a list), else from the input's shape."
-        if isinstance(task, (list, tuple)):
-            if len(set(task)) != 1: raise ValueError(f"a batch must hold one modality, got tasks {sorted(set(task))}")
-            task = task[0]
-        if task is None: return 'image' if x.ndim == 4 else 'video'
-        if task not in MODALITIES: raise ValueError(f"task must be one of {MODALITIES}, got {task!r}")
-        return task
+@patch
+def make_mask(self:MaskedAutoencoder, x, task=None, generator:torch.Generator|None=None,
+              mask_ratio:float|None=None) -> torch.Tensor:
+    "A mask for the batch `x` from the modality's generator (or a fresh one at `mask_ratio`)."
+    masking = self.maskings[self.modality(x, task)]
+    if mask_ratio is not None: masking = type(masking)(mask_ratio)
+    clip = self.encoder.as_clip(x)
+    return masking(clip.shape[0], self.encoder.patch_embed.grid(*clip.shape[2:]), generator, clip.device)
 
-    def make_mask(self, x, task=None, generator:torch.Generator|None=None, mask_ratio:float|None=None) -> torch.Tensor:
-        "A mask for the batch `x` from the modality's generator (or a fresh one at `mask_ratio`)."
-        masking = self.maskings[self.modality(x, task)]
-        if mask_ratio is not None: masking = type(masking)(mask_ratio)
-        clip = self.encoder.as_clip(x)
-        return masking(clip.shape[0], self.encoder.patch_embed.grid(*clip.shape[2:]), generator, clip.device)
+# %% ../nbs/02b_mae.ipynb #0113a621
+@patch
+def decoder_positions(self:MaskedAutoencoder, n:int) -> torch.Tensor:
+    "The decoder's sinusoidal table for `n` tokens (grown when a longer input comes)."
+    if n > self.decoder_pos_embed.shape[1]:
+        self.decoder_pos_embed = sinusoid_table(n, self.decoder_pos_embed.shape[-1]).to(self.decoder_pos_embed.device)
+    return self.decoder_pos_embed[:, :n]
 
-    def forward(self, x, task=None, mask:torch.Tensor|None=None) -> MAEOutput:
-        clip = self.encoder.as_clip(x)
-        if mask is None: mask = self.make_mask(clip, self.modality(x, task))
-        n = math.prod(self.encoder.patch_embed.grid(*clip.shape[2:]))
-        if mask.shape != (clip.shape[0], n):
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but the input has {clip.shape[0]} samples of {n} tokens")
-        index = visible_index(mask)
-        z = self.encoder_to_decoder(self.encoder.norm(_encode_index(self.encoder, clip, index)))
-        B, C = z.shape[0], z.shape[-1]
-        tokens = self.mask_token.to(z.dtype).expand(B, n, C).scatter(1, index[..., None].expand(-1, -1, C), z)
-        return MAEOutput(self.decoder(tokens + self.decoder_positions(n).to(z.dtype)), mask)
+# %% ../nbs/02b_mae.ipynb #2221eb35
+@patch
+def forward(self:MaskedAutoencoder, x, task=None, mask:torch.Tensor|None=None) -> MAEOutput:
+    clip = self.encoder.as_clip(x)
+    if mask is None: mask = self.make_mask(clip, self.modality(x, task))
+    n = math.prod(self.encoder.patch_embed.grid(*clip.shape[2:]))
+    if mask.shape != (clip.shape[0], n):
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but the input has {clip.shape[0]} samples of {n} tokens")
+    index = visible_index(mask)
+    z = self.encoder_to_decoder(self.encoder.norm(_encode_index(self.encoder, clip, index)))
+    B, C = z.shape[0], z.shape[-1]
+    tokens = self.mask_token.to(z.dtype).expand(B, n, C).scatter(1, index[..., None].expand(-1, -1, C), z)
+    return MAEOutput(self.decoder(tokens + self.decoder_positions(n).to(z.dtype)), mask)
 
-    def pixels(self, x) -> torch.Tensor:
-        "The input as a clip of pixels in [0,1] (undoing the mean/std normalisation), float32."
-        return self.encoder.as_clip(x).float() * self.pixel_std + self.pixel_mean
+# %% ../nbs/02b_mae.ipynb #0cb17052
+@patch
+def pixels(self:MaskedAutoencoder, x) -> torch.Tensor:
+    "The input as a clip of pixels in [0,1] (undoing the mean/std normalisation), float32."
+    return self.encoder.as_clip(x).float() * self.pixel_std + self.pixel_mean
 
-    def normalize(self, pixels) -> torch.Tensor:
-        "Pixels in [0,1] (image or clip batch) to the model's input normalisation; the inverse of `pixels`."
-        mean, std = (self.pixel_mean, self.pixel_std) if pixels.ndim == 5 else (self.pixel_mean[:, :, 0], self.pixel_std[:, :, 0])
-        return (pixels - mean.to(pixels.device)) / std.to(pixels.device)
+@patch
+def normalize(self:MaskedAutoencoder, pixels) -> torch.Tensor:
+    "Pixels in [0,1] (image or clip batch) to the model's input normalisation; the inverse of `pixels`."
+    mean, std = (self.pixel_mean, self.pixel_std) if pixels.ndim == 5 else (self.pixel_mean[:, :, 0],
+                                                                           self.pixel_std[:, :, 0])
+    return (pixels - mean.to(pixels.device)) / std.to(pixels.device)
 
-    def target(self, x) -> torch.Tensor:
-        "Regression target `(B, N, tubelet*patch*patch*3)`; images count as 2 identical frames."
-        return mae_target(self.pixels(x), self.encoder.tubelet_size, self.encoder.patch_size, self.norm_pix_loss)
+@patch
+def target(self:MaskedAutoencoder, x) -> torch.Tensor:
+    "Regression target `(B, N, tubelet*patch*patch*3)`; images count as 2 identical frames."
+    return mae_target(self.pixels(x), self.encoder.tubelet_size, self.encoder.patch_size, self.norm_pix_loss)
 
-    def loss(self, out:MAEOutput, x, reduction:str='mean') -> torch.Tensor:
-        "MSE on hidden tokens: mean over all hidden tokens of the batch, or per sample with `reduction='none'`."
-        pred, mask = out
-        per_token = (pred.float() - self.target(x)).pow(2).mean(-1)
-        hidden = mask.float()
-        if reduction == 'none': return (per_token * hidden).sum(1) / hidden.sum(1)
-        if reduction != 'mean': raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        return (per_token * hidden).sum() / hidden.sum()
-
-# %% ../nbs/02b_mae.ipynb #c2e19d82
-def create_mae(size:str|dict='base', img_size:int=160, all_frames:int=16, **kwargs) -> MaskedAutoencoder:
-    "A `MaskedAutoencoder` of a named ViT size (decoder 4 blocks at half the encoder width by default: 384/6 heads for base)."
-    return MaskedAutoencoder(size, img_size=img_size, all_frames=all_frames, **kwargs)
-
-# %% ../nbs/02b_mae.ipynb #647bd5dd
-from fastcore.basics import patch
+# %% ../nbs/02b_mae.ipynb #81bda6ce
+@patch
+def loss(self:MaskedAutoencoder, out:MAEOutput, x, reduction:str='mean') -> torch.Tensor:
+    "MSE on hidden tokens: mean over all hidden tokens of the batch, or per sample with `reduction='none'`."
+    pred, mask = out
+    per_token = (pred.float() - self.target(x)).pow(2).mean(-1)
+    hidden = mask.float()
+    if reduction == 'none': return (per_token * hidden).sum(1) / hidden.sum(1)
+    if reduction != 'mean': raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return (per_token * hidden).sum() / hidden.sum()
 
 @patch
 def set_grad_checkpointing(self:MaskedAutoencoder, enable:bool=True):
     "Recompute the encoder's and decoder's block activations in backward instead of storing them (less memory)."
     self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
 
+# %% ../nbs/02b_mae.ipynb #c2e19d82
+def create_mae(size:str|dict='base', img_size:int=160, all_frames:int=16, **kwargs) -> MaskedAutoencoder:
+    "A `MaskedAutoencoder` of a named ViT size (decoder: 4 blocks at half the encoder width, 384/6 heads for base)."
+    return MaskedAutoencoder(size, img_size=img_size, all_frames=all_frames, **kwargs)
+
 # %% ../nbs/02b_mae.ipynb #2e3c1a06
-@torch.no_grad()
-def reconstruct(model:MaskedAutoencoder, x, mask_ratio:float|None=None, seed:int|None=None, task:str|None=None,
-                fill:float=0.5) -> dict:
-    "Original, masked input and reconstruction `(B,T,H,W,3)` in [0,1] (images: T=1), per-sample `loss` `(B,)`, `mask` `(B,N)`."
+def _masked_forward(model:MaskedAutoencoder, x, mask_ratio, seed, task) -> tuple:
+    "Mask, output and per-sample loss of `model` in eval mode on `x`; the model is put back in its mode."
     was_training = model.training
     model.eval()
     try:
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         mask = model.make_mask(x, task, generator=generator, mask_ratio=mask_ratio)
         out = model(x, task, mask=mask)
-        loss = model.loss(out, x, reduction='none')
+        return mask, out, model.loss(out, x, reduction='none')
     finally: model.train(was_training)
-    enc = model.encoder
-    pixels = model.pixels(x)
+
+# %% ../nbs/02b_mae.ipynb #9bee2f80
+@torch.no_grad()
+def reconstruct(model:MaskedAutoencoder, x, mask_ratio:float|None=None, seed:int|None=None, task:str|None=None,
+                fill:float=0.5) -> dict:
+    "Original, masked input, reconstruction `(B,T,H,W,3)` in [0,1] (images: T=1), per-sample `loss`, `mask` `(B,N)`."
+    mask, out, loss = _masked_forward(model, x, mask_ratio, seed, task)
+    enc, pixels = model.encoder, model.pixels(x)
     grid = enc.patch_embed.grid(*pixels.shape[2:])
     patches = patchify(pixels, enc.tubelet_size, enc.patch_size)
     pred = out.pred.float().view_as(patches)
@@ -301,7 +333,8 @@ def reconstruct(model:MaskedAutoencoder, x, mask_ratio:float|None=None, seed:int
     res = dict(original=frames(patches), masked=frames(torch.where(hidden, fill, patches)),
                recon=frames(torch.where(hidden, pred, patches)), loss=loss, mask=mask)
     if model.modality(x, task) == 'image' and x.ndim == 4:
-        res.update(original=res['original'][:, :1], masked=res['masked'][:, :1], recon=res['recon'].mean(1, keepdim=True))
+        res.update(original=res['original'][:, :1], masked=res['masked'][:, :1],
+                   recon=res['recon'].mean(1, keepdim=True))
     return {k: v.cpu() for k, v in res.items()}  # for plotting
 
 # %% ../nbs/02b_mae.ipynb #66f2da42
@@ -319,10 +352,12 @@ def mae_state_dict(checkpoint, weights_only:bool=True) -> dict:
             raise ValueError(f"{path} holds more than tensors and could not be read with weights_only=True ({e}); "
                              "pass weights_only=False only if you trust the file") from e
     if isinstance(checkpoint, nn.Module): checkpoint = checkpoint.state_dict()
-    if not isinstance(checkpoint, dict): raise TypeError(f"{src!r} is not a checkpoint: got a {type(checkpoint).__name__}")
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f"{src!r} is not a checkpoint: got a {type(checkpoint).__name__}")
     if 'model' in checkpoint and isinstance(checkpoint['model'], dict): checkpoint = checkpoint['model']
     return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
 
+# %% ../nbs/02b_mae.ipynb #4079d368
 def load_mae_checkpoint(model:MaskedAutoencoder, checkpoint, weights_only:bool=True) -> MaskedAutoencoder:
     "Load a pre-training checkpoint (path, `{'model': ...}` or state dict) strictly into `model`."
     sd = {k: v for k, v in mae_state_dict(checkpoint, weights_only).items() if k not in _FIXED_TABLES}
@@ -332,17 +367,20 @@ def load_mae_checkpoint(model:MaskedAutoencoder, checkpoint, weights_only:bool=T
                   for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
         where = f" from {checkpoint}" if isinstance(checkpoint, (str, Path)) else ""
-        raise ValueError(f"checkpoint{where} does not fit this MaskedAutoencoder: missing {missing[:8]}{'...' if len(missing) > 8 else ''} "
-                         f"({len(missing)}), unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''} ({len(unexpected)}), "
-                         f"mismatched shapes {mismatched[:8]}")
+        first = lambda keys: f"{keys[:8]}{'...' if len(keys) > 8 else ''} ({len(keys)})"
+        raise ValueError(f"checkpoint{where} does not fit this MaskedAutoencoder: missing {first(missing)}, "
+                         f"unexpected {first(unexpected)}, mismatched shapes {mismatched[:8]}")
     model.load_state_dict(sd)
     return model
 
+# %% ../nbs/02b_mae.ipynb #26a67daa
 def encoder_state_dict(checkpoint, keep_norm:bool=False, weights_only:bool=True) -> dict:
     "The `encoder.*` weights of an MAE (model, path or checkpoint) keyed for `unilearn.vit.VisionTransformer`."
     sd = mae_state_dict(checkpoint, weights_only)
     enc = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
-    if not enc: raise ValueError(f"no 'encoder.*' weights in the checkpoint (keys start with {sorted({k.split('.')[0] for k in sd})})")
+    if not enc:
+        starts = sorted({k.split('.')[0] for k in sd})
+        raise ValueError(f"no 'encoder.*' weights in the checkpoint (keys start with {starts})")
     return {k: v for k, v in enc.items() if keep_norm or not k.startswith('norm.')}
 
 # %% ../nbs/02b_mae.ipynb #e2f3a288
@@ -364,18 +402,20 @@ class _InputsOnly:
     def __iter__(self):
         for b in self.batches: yield b[0] if isinstance(b, (tuple, list)) else b
 
+# %% ../nbs/02b_mae.ipynb #eaa2abfe
 def inputs_only(dl):
-    "`dl` yielding only the inputs of its batches; a torch `DataLoader` stays one (a copy whose collate keeps the first field)."
+    "`dl` yielding only the inputs of its batches; a torch `DataLoader` stays one (its collate keeps the first field)."
     if isinstance(dl, TorchDataLoader):
         dl = copy.copy(dl)
         dl.collate_fn = _FirstField(dl.collate_fn)
         return dl
-    if not hasattr(dl, '__iter__'): raise TypeError(f"expected a DataLoader or an iterable of batches, got {type(dl).__name__}")
+    if not hasattr(dl, '__iter__'):
+        raise TypeError(f"expected a DataLoader or an iterable of batches, got {type(dl).__name__}")
     return _InputsOnly(dl)
 
 # %% ../nbs/02b_mae.ipynb #d00f5956
 class RepeatedAugmentation(torch.utils.data.Dataset):
-    "Item `i` is `copies` independent draws of `dataset[i]`'s input, stacked `(copies, ...)`; batch with `collate_copies`."
+    "Item `i` is `copies` independent draws of `dataset[i]`'s input, stacked; batch it with `collate_copies`."
     def __init__(self, dataset, copies:int=4):
         if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
             raise ValueError(f"copies must be a positive int, got {copies!r}")
@@ -396,8 +436,18 @@ class _NoValidation(Callback):
     def before_validate(self):
         if self.learn.dl is self.dls.valid: raise CancelValidException()
 
-# %% ../nbs/02b_mae.ipynb #198f6ec1
-from .train import train_callbacks, train_device, prepare_model, learner_manifest, renamed_args
+def _pretrain_dls(image_dl, video_dl, video_share, image_share, seed, rank, world_size, valid_image_dl,
+                  valid_video_dl) -> tuple[DataLoaders, bool]:
+    "The training stream of input-only batches, the validation stream (empty when none is given), and whether any."
+    loaders = {k: inputs_only(dl) for k, dl in (('image', image_dl), ('video', video_dl)) if dl is not None}
+    if not loaders: raise ValueError("pretrain_learner needs image_dl, video_dl or both")
+    if video_share is None: video_share = 0.25 if 'image' in loaders else 1.0
+    shares = {'image': image_share, 'video': video_share}
+    train = MixedModalityLoader(loaders, {k: shares[k] for k in loaders}, seed=seed, rank=rank, world_size=world_size)
+    given = {k: inputs_only(dl) for k, dl in (('image', valid_image_dl), ('video', valid_video_dl)) if dl is not None}
+    valid = (MixedModalityLoader(given, shuffle=False, rank=rank, world_size=world_size) if given
+             else train.new(train.dataset.new_empty()))  # no validation: an empty loader (`export`, `distrib_ctx`)
+    return DataLoaders(train, valid), bool(given)
 
 # %% ../nbs/02b_mae.ipynb #780c71f5
 def pretrain_learner(model:MaskedAutoencoder, image_dl=None, video_dl=None,
@@ -418,46 +468,22 @@ def pretrain_learner(model:MaskedAutoencoder, image_dl=None, video_dl=None,
     old = renamed_args(deprecated, 'pretrain_learner', dtype='precision', checkpoint_every='save_every')
     precision, save_every = old.get('precision', precision), old.get('save_every', save_every)
     precision = 'fp32' if precision is None else precision
-    if not isinstance(model, MaskedAutoencoder): raise TypeError(f"model must be a MaskedAutoencoder, got {type(model).__name__}")
-    given = {'image': image_dl, 'video': video_dl}
-    loaders = {k: inputs_only(dl) for k, dl in given.items() if dl is not None}
-    if not loaders: raise ValueError("pretrain_learner needs image_dl, video_dl or both")
-    if video_share is None: video_share = 0.25 if 'image' in loaders else 1.0
-    shares = {'image': image_share, 'video': video_share}
-    train = MixedModalityLoader(loaders, {k: shares[k] for k in loaders}, seed=seed, rank=rank, world_size=world_size)
-    valid_given = {k: inputs_only(dl) for k, dl in (('image', valid_image_dl), ('video', valid_video_dl)) if dl is not None}
-    valid = (MixedModalityLoader(valid_given, shuffle=False, rank=rank, world_size=world_size) if valid_given
-             else train.new(train.dataset.new_empty()))  # no validation: an empty loader (`export`, `distrib_ctx`)
-    dls = DataLoaders(train, valid)
+    if not isinstance(model, MaskedAutoencoder):
+        raise TypeError(f"model must be a MaskedAutoencoder, got {type(model).__name__}")
+    dls, validate = _pretrain_dls(image_dl, video_dl, video_share, image_share, seed, rank, world_size, valid_image_dl,
+                                  valid_video_dl)
     device = train_device(dls, model)
     prepare_model(model, grad_checkpointing, compile, device)
-    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, {**(config or {}), **dict(  # the resolved values win
-        kind='pretrain', lr=lr, lr_min=lr_min, warmup=warmup, weight_decay=weight_decay, betas=betas, precision=precision,
-        clip_grad=clip_grad)})
+    settings = dict(kind='pretrain', lr=lr, lr_min=lr_min, warmup=warmup, weight_decay=weight_decay, betas=betas,
+                    precision=precision, clip_grad=clip_grad)
+    manifest = None if checkpoint_dir is None else learner_manifest(model, dls, {**(config or {}), **settings})
     callbacks = [ModalityLossLogger(), ParamScheduler({'lr': warmup_cosine(lr, warmup=warmup, lr_min=lr_min)})]
     if clip_grad: callbacks.append(GradientClip(clip_grad))
     callbacks += train_callbacks(precision, device, max_bad_steps, checkpoint_dir, resume, save_every, manifest)
-    if not valid_given: callbacks.append(_NoValidation())
-    learn = Learner(dls, model, loss_func=model.loss, lr=lr, splitter=partial(param_groups_wd, weight_decay=weight_decay),
-                    opt_func=adamw(betas=betas, weight_decay=weight_decay), cbs=callbacks + list(cbs or []))
-    if not valid_given: learn.recorder.valid_metrics = False
+    if not validate: callbacks.append(_NoValidation())
+    learn = Learner(dls, model, loss_func=model.loss, lr=lr, cbs=callbacks + list(cbs or []),
+                    splitter=partial(param_groups_wd, weight_decay=weight_decay),
+                    opt_func=adamw(betas=betas, weight_decay=weight_decay))
+    if not validate: learn.recorder.valid_metrics = False
     if quiet: quiet_learner(learn)
     return learn
-
-# %% ../nbs/02b_mae.ipynb #68221a90
-def toy_shapes(n:int, frames:int|None=4, size:int=32, seed:int=0) -> torch.Tensor:
-    "Drifting coloured squares/discs on a plain background, pixels in [0,1]: `(n,3,frames,size,size)`, or images when `frames` is None."
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.rand(*shape, generator=g)
-    bg, fg = r(n, 3) * 0.4, 0.5 + r(n, 3) * 0.5
-    radius = size * (0.15 + 0.15 * r(n))
-    start, velocity = size * (0.25 + 0.5 * r(n, 2)), (r(n, 2) - 0.5) * size * 0.2
-    disc = r(n) < 0.5
-    t = torch.arange(frames or 1, dtype=torch.float32)
-    centre = start[:, None] + velocity[:, None] * t[None, :, None]                    # (n, T, 2) in pixels
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing='ij')
-    dy, dx = yy - centre[..., 0, None, None], xx - centre[..., 1, None, None]       # (n, T, H, W)
-    rr = radius[:, None, None, None]
-    inside = torch.where(disc[:, None, None, None], dy ** 2 + dx ** 2 < rr ** 2, torch.maximum(dy.abs(), dx.abs()) < rr)
-    clip = bg[:, :, None, None, None] + (fg - bg)[:, :, None, None, None] * inside[:, None].float()
-    return clip if frames else clip[:, :, 0]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'VIDEO_EXTS', 'DataError', 'natural_key', 'list_frames', 'to_rgb8', 'load_image', 'FrameFolder',
@@ -102,41 +103,45 @@ class VideoFile:
         if backend in (None, 'decord'):
             try: self._vr = _decord_open(self.path)
             except Exception as e:
-                if backend == 'decord': raise DataError(f"{self.path}: decord cannot open it ({type(e).__name__}: {e})") from e
+                if backend == 'decord':
+                    raise DataError(f"{self.path}: decord cannot open it ({type(e).__name__}: {e})") from e
                 self._decord_error = e
         if self._vr is None: self._load_pyav()
-
-    def _load_pyav(self):
-        self._vr = None
-        try: self._frames = _pyav_frames(self.path)
-        except Exception as e:
-            why = f"; decord: {type(self._decord_error).__name__}: {self._decord_error}" if self._decord_error else ''
-            raise DataError(f"{self.path}: cannot decode video (PyAV: {type(e).__name__}: {e}{why})") from e
-        if not self._frames: raise DataError(f"{self.path}: video has no decodable frames")
-        self.backend = 'pyav'
 
     @property
     def num_frames(self) -> int: return len(self._vr) if self._vr is not None else len(self._frames)
 
-    def read(self, indices) -> np.ndarray:
-        "Frames at `indices` (clamped to the clip), `uint8 (T,H,W,3)`."
-        if self._vr is not None:
-            try: return _decord_read(self._vr, indices)
-            except Exception as e:
-                if self.backend == 'decord': raise DataError(f"{self.path}: decord failed reading frames "
-                                                             f"({type(e).__name__}: {e})") from e
-                self._decord_error = e; self._load_pyav()
-        n = len(self._frames)
-        return np.stack([self._frames[min(max(int(i), 0), n - 1)] for i in indices])
+# %% ../nbs/04a_media.ipynb #1a38c937
+@patch
+def _load_pyav(self:VideoFile):
+    self._vr = None
+    try: self._frames = _pyav_frames(self.path)
+    except Exception as e:
+        why = f"; decord: {type(self._decord_error).__name__}: {self._decord_error}" if self._decord_error else ''
+        raise DataError(f"{self.path}: cannot decode video (PyAV: {type(e).__name__}: {e}{why})") from e
+    if not self._frames: raise DataError(f"{self.path}: video has no decodable frames")
+    self.backend = 'pyav'
+
+@patch
+def read(self:VideoFile, indices) -> np.ndarray:
+    "Frames at `indices` (clamped to the clip), `uint8 (T,H,W,3)`."
+    if self._vr is not None:
+        try: return _decord_read(self._vr, indices)
+        except Exception as e:
+            if self.backend == 'decord':
+                raise DataError(f"{self.path}: decord failed reading frames ({type(e).__name__}: {e})") from e
+            self._decord_error = e; self._load_pyav()
+    n = len(self._frames)
+    return np.stack([self._frames[min(max(int(i), 0), n - 1)] for i in indices])
 
 # %% ../nbs/04a_media.ipynb #fdb68688
 def open_clip(path):
-    "A `FrameFolder` or a `VideoFile`, by what is on disk at `path`."
+    "A `FrameFolder` or a `VideoFile`, by what is on disk at `path`. Example: `open_clip('clip.mp4').read([0, 2, 4])`."
     path = Path(path)
     if path.is_dir(): return FrameFolder(path)
     if path.is_file():
-        if path.suffix.lower() not in VIDEO_EXTS: raise DataError(f"{path}: not a video file "
-                                                                  f"({', '.join(VIDEO_EXTS)}) nor a frame folder")
+        if path.suffix.lower() not in VIDEO_EXTS:
+            raise DataError(f"{path}: not a video file ({', '.join(VIDEO_EXTS)}) nor a frame folder")
         return VideoFile(path)
     raise DataError(f"{path}: no frame folder or video file here")
 
@@ -162,8 +167,8 @@ def write_frames(folder, frames, ext:str='.jpg', quality:int=95) -> Path:
 
 # %% ../nbs/04a_media.ipynb #7dcf1286
 class MediaCache:
-    ("Decoded clips and images kept in memory by path after their first read; `max_bytes` bounds it (later items are "
-     "then read from disk each time).")
+    """Decoded clips and images kept in memory by path after their first read; `max_bytes` bounds it (later items are
+    then read from disk each time). Example: `cache = MediaCache(2**30)`; `DFEW(root, cache=cache)`."""
     def __init__(self, max_bytes:int|None=None):
         self.max_bytes, self.store, self.nbytes, self.refused = max_bytes, {}, 0, 0
 
@@ -180,7 +185,8 @@ class MediaCache:
 
     def __repr__(self):
         cap = f" of {self.max_bytes / 2**20:.0f}" if self.max_bytes is not None else ''
-        return f"MediaCache({len(self)} items, {self.nbytes / 2**20:.1f}{cap} MiB" + (f", {self.refused} refused)" if self.refused else ')')
+        refused = f", {self.refused} refused" if self.refused else ''
+        return f"MediaCache({len(self)} items, {self.nbytes / 2**20:.1f}{cap} MiB{refused})"
 
 # %% ../nbs/04a_media.ipynb #e091dfd3
 def media_cache(cache) -> MediaCache|None:

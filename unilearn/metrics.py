@@ -162,7 +162,10 @@ def _feature_hook(model, task:str, store:list):
 @torch.no_grad()
 def predict(model, ds, task:str='video', bs:int=8, device=None, num_workers:int=0, features:bool=False,
             autocast:str|None=None) -> dict:
-    "Softmax probabilities averaged over the views of each item: dict(ids, labels, probs (N,C)[, features (N,D)])."
+    """Softmax probabilities averaged over the views of each item: dict(ids, labels, probs (N,C)[, features (N,D)]).
+
+    `task` picks the head of a multi-task model; `features`: also the pooled features; `autocast`: 'bf16'/'fp16' or
+    None. Example: `predict(model, DFEW(root, split='test', mode='test', num_clips=2), 'video')['probs']`."""
     if len(ds) == 0: raise ValueError(f"the {task} test dataset is empty")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dl = DataLoader(ds, batch_size=bs, shuffle=False, num_workers=num_workers,
@@ -175,9 +178,8 @@ def predict(model, ds, task:str='video', bs:int=8, device=None, num_workers:int=
     try:
         for x, y, counts in dl:
             feats.clear()
-            ctx = torch.autocast(device.type, dtype=_AUTOCAST[autocast]) if autocast else torch.autocast(device.type,
-                                                                                                         enabled=False)
-            with ctx: logits = call(x.to(device))
+            on = dict(dtype=_AUTOCAST[autocast]) if autocast else dict(enabled=False)
+            with torch.autocast(device.type, **on): logits = call(x.to(device))
             probs.append(_view_mean(F.softmax(logits.float(), -1), counts).cpu()); labels.append(y)
             if features: embs.append(_view_mean(feats[-1], counts).cpu())
     finally:
@@ -274,7 +276,10 @@ def load_predictions(path) -> pd.DataFrame:
 # %% ../nbs/05_metrics.ipynb #aaefe846
 def evaluate(model, ds, task:str='video', classes:list[str]|None=None, fold:int|None=None, bs:int=8, device=None,
              num_workers:int=0, autocast:str|None=None) -> pd.DataFrame:
-    "Multi-view predictions of `model` on a test dataset as a predictions frame (see `predictions_frame`)."
+    """Multi-view predictions of `model` on a test dataset as a predictions frame (see `predictions_frame`).
+
+    `classes` default to the dataset's; `fold` is recorded in the frame; the rest go to `predict`.
+    Example: `scores(evaluate(model, test_ds, 'video', fold=1))['uar']`."""
     classes = classes or dataset_classes(ds)
     r = predict(model, ds, task, bs=bs, device=device, num_workers=num_workers, autocast=autocast)
     if classes is None: classes = [str(i) for i in range(r['probs'].shape[1])]
@@ -285,7 +290,10 @@ def evaluate(model, ds, task:str='video', classes:list[str]|None=None, fold:int|
 
 # %% ../nbs/05_metrics.ipynb #ea778719
 def scores(df:pd.DataFrame, task:str|None=None) -> dict:
-    "UAR, WAR (fractions), per-class recall (by class name) and count of the rows of `task` in a predictions frame."
+    """UAR, WAR (fractions), per-class recall (by class name) and count of the rows of `task` in a predictions frame.
+
+    `task` may be left out when the frame holds one task.
+    Example: `scores(load_predictions('predictions.csv'), 'video')`."""
     if task is None:
         tasks = df.task.unique().tolist()
         if len(tasks) != 1: raise ValueError(f"the frame holds tasks {tasks}; say which with `task=`")

@@ -30,6 +30,13 @@ class Routing(NamedTuple):
     experts: torch.Tensor  # (N, k) chosen expert ids, highest logit first
     logits: torch.Tensor   # (N, E) the (noisy) logits the choice was made on
 
+def _check_experts(num_experts, top_k):
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f"num_experts must be a positive int, got {num_experts!r}")
+    if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k must be an int in 1..num_experts={num_experts}, got top_k={top_k!r}")
+
+# %% ../nbs/01_moae.ipynb #44b6ffc7
 class NoisyTopKRouter(nn.Module):
     "Per-token noisy top-k gate: `topkroute_linear` gives the logits, `noise_linear` the learned noise scale."
     def __init__(self, dim:int, num_experts:int=8, top_k:int=2, noise_at_eval:bool=False):
@@ -53,12 +60,6 @@ class NoisyTopKRouter(nn.Module):
             else: logits = F.linear(x, self.topkroute_linear.weight.float(), self.topkroute_linear.bias.float())
             top, experts = logits.topk(self.top_k, dim=-1)
             return Routing(top.softmax(-1), experts, logits)
-
-def _check_experts(num_experts, top_k):
-    if not isinstance(num_experts, int) or num_experts < 1: raise ValueError("num_experts must be a positive int, got "
-                                                                             f"{num_experts!r}")
-    if not isinstance(top_k, int) or not 1 <= top_k <= num_experts:
-        raise ValueError(f"top_k must be an int in 1..num_experts={num_experts}, got top_k={top_k!r}")
 
 # %% ../nbs/01_moae.ipynb #fcf62c48
 DISPATCHES = ('auto', 'sorted', 'dense')
@@ -118,7 +119,8 @@ class MoAELayer(nn.Module):
         super().__init__()
         bottleneck = _check_layer(dim, num_experts, top_k, bottleneck, capacity_factor, aux_loss_coef)
         self.dim, self.num_experts, self.top_k, self.bottleneck = dim, num_experts, top_k, bottleneck
-        self.adapter_residual, self.capacity_factor, self.aux_loss_coef = adapter_residual, capacity_factor, aux_loss_coef
+        self.adapter_residual, self.capacity_factor = adapter_residual, capacity_factor
+        self.aux_loss_coef = aux_loss_coef
         self.router = router_layer(dim, num_experts, top_k, noise_at_eval=noise_at_eval)
         self.experts = nn.ModuleList([expert_layer(dim, bottleneck, act_layer=act_layer, drop=drop)
                                       for _ in range(num_experts)])
@@ -134,10 +136,8 @@ class MoAELayer(nn.Module):
 @patch
 def extra_repr(self:MoAELayer):
     return (f"dim={self.dim}, num_experts={self.num_experts}, top_k={self.top_k}, bottleneck={self.bottleneck}, "
-            f"noise_at_eval={getattr(self.router, 'noise_at_eval', None)}, "
-            f"adapter_residual={self.adapter_residual}, "
-            f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}, "
-            f"dispatch={self.dispatch!r}")
+            f"noise_at_eval={getattr(self.router, 'noise_at_eval', None)}, adapter_residual={self.adapter_residual}, "
+            f"capacity_factor={self.capacity_factor}, aux_loss_coef={self.aux_loss_coef}, dispatch={self.dispatch!r}")
 
 @patch
 def capacity(self:MoAELayer, tokens:int) -> int|None:
@@ -193,7 +193,8 @@ def _dense(self:MoAELayer, flat, route, kept_slots):
     n, E, ex = flat.shape[0], self.num_experts, self.experts
     w = route.weights
     if kept_slots is not None:                         # capacity: dropped slots weigh 0
-        w = torch.zeros_like(w).view(-1).index_copy_(0, kept_slots, w.reshape(-1).index_select(0, kept_slots)).view_as(w)
+        w = torch.zeros_like(w).view(-1).index_copy_(0, kept_slots,
+                                                     w.reshape(-1).index_select(0, kept_slots)).view_as(w)
     gates = torch.zeros(n, E, dtype=w.dtype, device=w.device).scatter_(1, route.experts, w)
     hid = ex[0].act(F.linear(flat, torch.cat([e.fc1.weight for e in ex]), torch.cat([e.fc1.bias for e in ex])))
     # gates folded into the hidden units
@@ -300,7 +301,11 @@ def moae_block_fns(moae:str|Sequence[int]|None, depth:int, moae_kind:str='adapte
 _VIT_DEPTH = inspect.signature(VisionTransformer).parameters['depth'].default
 
 class MultiTaskViT(VisionTransformer):
-    "`VisionTransformer` with optional MoAE/MoE blocks and one head or one head per task; call as `model(x, task)`."
+    """`VisionTransformer` with optional MoAE/MoE blocks and one head or one head per task; call as `model(x, task)`.
+
+    `num_classes`: an int (one shared head) or a dict task -> classes; `moae`: the blocks with a MoAE layer (see
+    `moae_blocks`); `moae_kind`: 'adapter' (beside the FFN) or 'ffn' (instead of it); `moae_kwargs` go to `MoAELayer`.
+    Example: `MultiTaskViT(dict(image=7, video=7), moae='later', img_size=32, all_frames=4)(clip, 'video')`."""
     def __init__(self,
                  num_classes:int|Mapping[str, int]=None, # int: one shared head; dict: one per task (image 7, video 7)
                  moae:str|Sequence[int]|None=None,       # blocks that get a MoAE layer (see `moae_blocks`); None: none
@@ -328,7 +333,8 @@ def check_task(self:MultiTaskViT, task) -> str|None:
     if isinstance(task, (list, tuple)):
         if len(set(task)) != 1: raise ValueError(f"one batch must hold one task, got tasks {sorted(set(task))}")
         task = task[0]
-    if task is not None and not isinstance(task, str): raise TypeError(f"task must be a string like 'video', got {task!r}")
+    if task is not None and not isinstance(task, str):
+        raise TypeError(f"task must be a string like 'video', got {task!r}")
     tasks = self.tasks
     if tasks is None: return task
     if task is None:
@@ -393,14 +399,16 @@ def _vit_args(size, img_size, all_frames, vit_kwargs):
 
 def vit_single(size:str|dict='base', num_classes:int=7, img_size:int=160, all_frames:int=16,
                **vit_kwargs) -> MultiTaskViT:
-    "Plain ViT with one head (Table 3 row 6); accepts `model(x, task)` and uses the same head for every task."
+    "Plain ViT with one head (Table 3 row 6); `model(x, task)` uses it for every task. Example: `vit_single('tiny')`."
     if not isinstance(num_classes, int):
         raise TypeError(f"vit_single has one head: num_classes must be an int, got {num_classes!r}")
     return MultiTaskViT(num_classes, **_vit_args(size, img_size, all_frames, vit_kwargs))
 
 def vit_mtl(size:str|dict='base', num_classes:Mapping[str, int]|None=None, img_size:int=160, all_frames:int=16,
             **vit_kwargs) -> MultiTaskViT:
-    "ViT-MTL (Table 3 row 7): shared ViT, one head per task (`head.image`, `head.video`; 7 classes each), no MoAE."
+    """ViT-MTL (Table 3 row 7): shared ViT, one head per task (`head.image`, `head.video`; 7 classes each), no MoAE.
+
+    Example: `vit_mtl('base', num_classes=dict(image=7, video=11))`."""
     return MultiTaskViT(num_classes, **_vit_args(size, img_size, all_frames, vit_kwargs))
 
 # %% ../nbs/01_moae.ipynb #f31ae4a5
@@ -409,7 +417,10 @@ def unilearn_vit(size:str|dict='base', num_classes:Mapping[str, int]|None=None,
                  num_experts:int=8, top_k:int=2, bottleneck:int|None=None, noise_at_eval:bool=False,
                  adapter_residual:bool=False, capacity_factor:float|None=None, aux_loss_coef:float=1e-2,
                  dispatch:str='auto', img_size:int=160, all_frames:int=16, **vit_kwargs) -> MultiTaskViT:
-    "UniLearn (Table 3 row 8): ViT + MoAE beside the FFN in the `moae` blocks, one head per task."
+    """UniLearn (Table 3 row 8): ViT + MoAE beside the FFN in the `moae` blocks, one head per task.
+
+    `size`: 'tiny', 'small', 'base' or a dict; `num_classes`: task -> classes (default image 7, video 7); the MoAE
+    arguments are `MoAELayer`'s. Example: `unilearn_vit('base')(torch.randn(2, 3, 16, 160, 160), 'video')`."""
     moae_kwargs = dict(num_experts=num_experts, top_k=top_k, bottleneck=bottleneck, noise_at_eval=noise_at_eval,
                        adapter_residual=adapter_residual, capacity_factor=capacity_factor,
                        aux_loss_coef=aux_loss_coef, dispatch=dispatch)
@@ -422,7 +433,9 @@ def vit_moe(size:str|dict='base', num_classes:Mapping[str, int]|None=None,
             num_experts:int=8, top_k:int=2, noise_at_eval:bool=False, capacity_factor:float|None=None,
             aux_loss_coef:float=1e-2, dispatch:str='auto', img_size:int=160, all_frames:int=16,
             **vit_kwargs) -> MultiTaskViT:
-    "ViT-MoE (Table 3 row 9, Riquelme et al. 2021): the FFN of the `moae` blocks replaced by FFN experts, top `top_k`."
+    """ViT-MoE (Table 3 row 9, Riquelme et al. 2021): the FFN of the `moae` blocks replaced by FFN experts, top `top_k`.
+
+    Arguments as `unilearn_vit`'s. Example: `vit_moe('base', num_experts=8, top_k=2)`."""
     if 'moe' in vit_kwargs: moae = vit_kwargs.pop('moe')  # the placement's former name, in older checkpoint configs
     moae_kwargs = dict(num_experts=num_experts, top_k=top_k, noise_at_eval=noise_at_eval,
                        capacity_factor=capacity_factor, aux_loss_coef=aux_loss_coef, dispatch=dispatch)
@@ -433,7 +446,9 @@ MODELS = dict(vit=vit_single, vit_mtl=vit_mtl, unilearn=unilearn_vit, vit_moe=vi
 
 # %% ../nbs/01_moae.ipynb #450fc866
 class WithAuxLoss:
-    "`loss_func(pred, *y) + model.aux_loss()`: adds the MoAE/MoE load-balancing loss of the forward that made `pred`."
+    """`loss_func(pred, *y) + model.aux_loss()`: adds the MoAE/MoE load-balancing loss of the forward that made `pred`.
+
+    Example: `Learner(dls, model, loss_func=WithAuxLoss(CrossEntropyLossFlat(), model))`."""
     def __init__(self, loss_func, model:nn.Module): self.loss_func, self.model = loss_func, model
     def __call__(self, pred, *y):
         loss = self.loss_func(pred, *y)
@@ -453,8 +468,13 @@ def reset_gate_stats(model:nn.Module) -> nn.Module:
     for _, layer in moe_layers(model): layer.stats = {}
     return model
 
+# %% ../nbs/01_moae.ipynb #66222f4d
 def gate_stats(model:nn.Module) -> dict:
-    "Expert counts and mean gate weights per layer and task: dict(layers, count, weight, dropped, tokens)."
+    """Expert counts and mean gate weights per layer and task: dict(layers, count, weight, dropped, tokens).
+
+    `count[task]` `(L, E)`: slots routed to each expert; `weight[task]` `(L, E)`: mean gate weight per token (rows sum
+    to 1); `dropped[task]` `(L, E)`: slots over capacity; `tokens[task]`: tokens routed per layer.
+    Example: `track_gates(model); model(clip, 'video'); gate_stats(model)['count']['video']`."""
     layers = moe_layers(model)
     tasks = list(getattr(getattr(model, 'module', model), 'tasks', None) or ['image', 'video'])
     for _, l in layers: tasks += [t for t in l.stats if t not in tasks]
@@ -467,8 +487,8 @@ def gate_stats(model:nn.Module) -> dict:
         tokens = st[0]['tokens']
         if any(s['tokens'] != tokens for s in st):
             raise RuntimeError(f"gate statistics of task {t!r} cover different numbers of tokens per layer "
-                               f"({[s['tokens'] for s in st]}); was tracking switched on between forwards? call "
-                               "reset_gate_stats")
+                               f"({[s['tokens'] for s in st]}); was tracking switched on between forwards? "
+                               "call reset_gate_stats")
         res['count'][t] = torch.stack([s['count'].cpu() for s in st])
         res['dropped'][t] = torch.stack([s['dropped'].cpu() for s in st])
         res['weight'][t] = torch.stack([s['weight'].cpu() for s in st]) / max(tokens, 1)
@@ -479,7 +499,9 @@ def gate_stats(model:nn.Module) -> dict:
 def _numel(m:nn.Module) -> int: return sum(p.numel() for p in m.parameters())
 
 def param_counts(model:nn.Module, task:str|None=None) -> dict:
-    "`dict(train=..., test=...)`: all parameters, and those a test forward of `task` uses (default: largest head)."
+    """`dict(train=..., test=...)`: all parameters, and those a test forward of `task` uses (default: largest head).
+
+    Example: `param_counts(unilearn_vit('base'), 'video')` is `dict(train=100513646, test=89819959)`."""
     model = getattr(model, 'module', model)
     train = _numel(model)
     test = train

@@ -18,20 +18,20 @@ from PIL import Image
 from fastai.callback.core import Callback
 from fastcore.basics import patch
 
-from .data import DFEW_CLASSES, AFFECTNET7_CLASSES
+from .data import DFEW_CLASSES, AFFECTNET7_CLASSES, canonical_class
+from .synth import (example_gate_stats, example_predictions, example_features, example_clip,
+                            example_reconstruction)
 from .metrics import (PRED_COLUMNS, confusion, per_class_recall, uar, war, class_centres,
                               class_centre_similarity, dataset_ids, dataset_classes, load_predictions)
 
 # %% auto #0
 __all__ = ['TASKS', 'GATE_VALUES', 'FEATURE_KEYS', 'to_numpy', 'to_uint8', 'png_uri', 'png_bytes', 'decode_png_uri',
-           'canonical_class', 'example_gate_stats', 'example_predictions', 'example_features', 'example_clip',
-           'example_reconstruction', 'as_reconstruction', 'reconstruction_figure', 'sync_figure_widget',
-           'figure_widgets', 'Panel', 'ReconstructionPanel', 'as_gate_stats', 'gate_values', 'gate_figure',
-           'gate_stats_per_class', 'GatePanel', 'GateCallback', 'as_predictions', 'prediction_classes',
-           'select_predictions', 'labels_and_preds', 'confusion_counts', 'recall_by_class', 'uar_war', 'recall_figure',
-           'confusion_figure', 'dataset_loader', 'filmstrip', 'RecallPanel', 'as_features', 'feature_classes',
-           'task_centres', 'centre_similarity', 'relations_figure', 'embed_2d', 'umap_figure', 'RelationsPanel',
-           'loss_figure', 'report_html']
+           'as_reconstruction', 'reconstruction_figure', 'sync_figure_widget', 'figure_widgets', 'Panel',
+           'ReconstructionPanel', 'as_gate_stats', 'gate_values', 'gate_figure', 'gate_stats_per_class', 'GatePanel',
+           'GateCallback', 'as_predictions', 'prediction_classes', 'select_predictions', 'labels_and_preds',
+           'confusion_counts', 'recall_by_class', 'uar_war', 'recall_figure', 'confusion_figure', 'dataset_loader',
+           'filmstrip', 'RecallPanel', 'as_features', 'feature_classes', 'task_centres', 'centre_similarity',
+           'relations_figure', 'embed_2d', 'umap_figure', 'RelationsPanel', 'loss_figure', 'report_html']
 
 # %% ../nbs/06_panels.ipynb #0cf7f26d
 TASKS = ('image', 'video')
@@ -47,6 +47,7 @@ def to_uint8(img) -> np.ndarray:
     if a.dtype == np.uint8: return a
     return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 
+# %% ../nbs/06_panels.ipynb #e3023bb1
 def _lazy(module:str, name:str):
     "`name` from `unilearn.<module>` (the models' modules are imported when a panel is given a model)."
     import importlib
@@ -67,95 +68,6 @@ def png_bytes(img) -> bytes:
 def decode_png_uri(uri:str) -> np.ndarray:
     "Inverse of `png_uri`: the uint8 `(H,W,3)` pixels of a PNG data URI."
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(',', 1)[1]))).convert('RGB'))
-
-# %% ../nbs/06_panels.ipynb #ac0ecc08
-_SYNONYMS = {'anger': 'angry', 'happiness': 'happy', 'sadness': 'sad', 'surprised': 'surprise', 'disgusted': 'disgust',
-             'fearful': 'fear', 'contemptuous': 'contempt'}
-
-def canonical_class(name) -> str:
-    "Lower-case emotion name with common synonyms merged (`Anger`, `angry` -> `angry`)."
-    n = str(name).strip().lower()
-    return _SYNONYMS.get(n, n)
-
-# %% ../nbs/06_panels.ipynb #321785cc
-def _softmax(z, axis=-1):
-    z = z - z.max(axis, keepdims=True); e = np.exp(z); return e / e.sum(axis, keepdims=True)
-
-def example_gate_stats(layers=(6, 7, 8, 9, 10, 11), num_experts:int=8, tokens:dict|None=None, top_k:int=2,
-                       seed:int=0) -> dict:
-    "Gate statistics as `unilearn.moae.gate_stats` gives them (`[L,E]` tensors), experts specialising by task."
-    rng = np.random.default_rng(seed)
-    tokens = tokens or {'image': 3200, 'video': 25600}
-    L, count, weight = len(layers), {}, {}
-    for i, task in enumerate(TASKS):
-        pref = np.roll(np.linspace(2, -1, num_experts), i * num_experts // 2)  # each task favours its own half
-        p = _softmax(rng.normal(0, 0.3, (L, num_experts)) + pref * np.linspace(0.1, 1.5, L)[:, None])
-        count[task] = torch.tensor(np.stack([rng.multinomial(tokens[task] * top_k, row) for row in p]),
-                                   dtype=torch.float32)
-        weight[task] = torch.tensor(p * top_k / 2 + rng.uniform(0, .02, p.shape), dtype=torch.float32)
-    return dict(layers=list(layers), count=count, weight=weight, tokens=dict(tokens))
-
-# %% ../nbs/06_panels.ipynb #cab2d45d
-def _example_rows(task:str, names:list, folds:list, per_class:int, rng) -> list[dict]:
-    skill = rng.uniform(0.8, 3.0, len(names))                  # some classes are easy, some hard
-    rows = []
-    for fold in folds:
-        for k in range(len(names)):
-            for j in range(per_class * (1 + (k < 3))):          # imbalanced, as real data is
-                logit = rng.normal(0, 1, len(names)); logit[k] += skill[k]; logit[(k + 1) % len(names)] += 0.8
-                p = _softmax(logit * 1.5)
-                rows.append(dict(id=f'{task[0]}{fold}{k}{j:03d}', task=task, fold=fold, label=k, pred=int(p.argmax()),
-                                 **{f'prob_{n}': float(q) for n, q in zip(names, p)}))
-    return rows
-
-def example_predictions(classes:dict|None=None, per_class:dict|None=None, folds:dict|None=None,
-                        seed:int=0) -> pd.DataFrame:
-    "Predictions `id,task,fold,label,pred,prob_<class>...` as `unilearn.metrics` saves them; classes in `df.attrs`."
-    rng = np.random.default_rng(seed)
-    classes = classes or {'video': DFEW_CLASSES, 'image': AFFECTNET7_CLASSES}
-    per_class, folds = per_class or {'video': 12, 'image': 20}, folds or {'video': [1, 2, 3, 4, 5], 'image': [0]}
-    prob_cols = list({f'prob_{c}': None for t in classes for c in classes[t]})   # union, in first-seen order
-    rows = [r for t, names in classes.items() for r in _example_rows(t, names, folds[t], per_class[t], rng)]
-    df = pd.DataFrame(rows).reindex(columns=list(PRED_COLUMNS) + prob_cols)
-    df.attrs['classes'] = {t: list(v) for t, v in classes.items()}
-    return df
-
-# %% ../nbs/06_panels.ipynb #a82d401f
-def example_features(classes:dict|None=None, per_class:int=25, dim:int=32, folds:dict|None=None, seed:int=0) -> dict:
-    "Pooled features as `unilearn.metrics.save_features` writes them, plus `classes_<task>` arrays."
-    rng = np.random.default_rng(seed)
-    classes = classes or {'video': DFEW_CLASSES, 'image': AFFECTNET7_CLASSES}
-    folds = folds or {'video': [1, 2], 'image': [0]}
-    emotions = sorted({canonical_class(c) for v in classes.values() for c in v})
-    centre = {e: rng.normal(0, 1, dim) for e in emotions}        # shared emotion direction ...
-    task_shift = {t: rng.normal(0, 0.8, dim) for t in classes}   # ... plus a modality offset
-    parts = [(t, f, k, centre[canonical_class(n)] + task_shift[t] + rng.normal(0, 0.9, (per_class, dim)))
-             for t, names in classes.items() for f in folds[t] for k, n in enumerate(names)]
-    out = dict(ids=np.array([f'{t[0]}{f}{k}{j:03d}' for t, f, k, _ in parts for j in range(per_class)]),
-               labels=np.repeat([k for _, _, k, _ in parts], per_class),
-               task=np.repeat([t for t, _, _, _ in parts], per_class),
-               fold=np.repeat([f for _, f, _, _ in parts], per_class),
-               features=np.concatenate([x for *_, x in parts]).astype(np.float32))
-    return out | {f'classes_{t}': np.array(v) for t, v in classes.items()}
-
-# %% ../nbs/06_panels.ipynb #8119b249
-def example_clip(T:int=8, size:int=32, seed:int=0) -> np.ndarray:
-    "A toy clip `(T,H,W,3)` in [0,1]: `unilearn.mae.toy_shapes`, a shape drifting over a plain background."
-    return _lazy('mae', 'toy_shapes')(1, T, size, seed)[0].permute(1, 2, 3, 0).numpy().astype(np.float32)
-
-def example_reconstruction(batch:int=4, frames:int=8, size:int=32, patch:int=8, mask_ratio:float=0.9,
-                           seed:int=0) -> dict:
-    "Reconstructions as `unilearn.mae.reconstruct` returns them: `original, masked, recon` and `loss`."
-    rng = np.random.default_rng(seed)
-    orig = np.stack([example_clip(frames, size, seed + b) for b in range(batch)])
-    g = size // patch
-    mask = rng.random((batch, (frames + 1) // 2, g, g)) < mask_ratio   # one mask per tubelet of 2 frames
-    mask = mask.repeat(2, 1)[:, :frames].repeat(patch, 2).repeat(patch, 3)[..., None]
-    noise = rng.normal(0, .03, orig.shape) * (1 + np.arange(batch))[:, None, None, None, None]   # later samples worse
-    recon = np.where(mask, np.clip(0.7 * orig + 0.15 + noise, 0, 1), orig)
-    loss = ((recon - orig) ** 2 * mask).sum((1, 2, 3, 4)) / mask.sum((1, 2, 3, 4)).clip(1) / 3
-    return dict(original=torch.tensor(orig), masked=torch.tensor(np.where(mask, 0.5, orig)),
-                recon=torch.tensor(recon.astype(np.float32)), loss=torch.tensor(loss, dtype=torch.float32))
 
 # %% ../nbs/06_panels.ipynb #82b4a22d
 def as_reconstruction(rec:dict) -> dict:
@@ -476,6 +388,7 @@ def redraw(self:GatePanel):
                        + f' &nbsp; (update {self.updates})')
     self.sync()
 
+# %% ../nbs/06_panels.ipynb #0114d8b8
 @patch
 def figure(self:GatePanel) -> go.Figure:
     "The static fallback for the selected class and value."
@@ -515,6 +428,7 @@ def as_predictions(preds) -> pd.DataFrame:
     if missing: raise KeyError(f"predictions lack columns {missing} (have {list(preds.columns)})")
     return preds
 
+# %% ../nbs/06_panels.ipynb #f85751d0
 def prediction_classes(preds, task:str, classes=None) -> list:
     "Class names of `task`: `classes` (list or {task: list}), else `preds.attrs['classes']`, else its `prob_` columns."
     for src in (classes, preds.attrs.get('classes')):
@@ -542,6 +456,7 @@ def _indices(values, names, what, ids):
         raise ValueError(f"{what} {v[out < 0][0]!r} of id {ids[out < 0][0]!r} is not one of {list(names)}")
     return out
 
+# %% ../nbs/06_panels.ipynb #1990cf40
 def select_predictions(preds, task:str, fold=None) -> pd.DataFrame:
     "Rows of one task, one fold (`fold=None`: all folds pooled)."
     df = as_predictions(preds)
@@ -570,6 +485,7 @@ def recall_by_class(preds, task:str, fold=None, classes=None) -> pd.DataFrame:
     return pd.DataFrame({'recall': per_class_recall(y, p, len(names)), 'support': np.bincount(y, minlength=len(names))},
                         index=pd.Index(names, name='class'))
 
+# %% ../nbs/06_panels.ipynb #ed56cf17
 def uar_war(preds, task:str, fold=None, classes=None) -> tuple[float, float]:
     "UAR (mean recall over classes present) and WAR (accuracy)."
     y, p, names = labels_and_preds(preds, task, fold, classes)
@@ -629,6 +545,7 @@ def dataset_loader(datasets:dict):
                                    1e-6)           # normalised tensors back to a visible range
     return load
 
+# %% ../nbs/06_panels.ipynb #340e7e82
 def filmstrip(frames, max_frames:int=8) -> np.ndarray:
     "`(T,H,W,3)` frames (or one `(H,W,3)` image) side by side, at most `max_frames` evenly spaced."
     a = to_numpy(frames)
@@ -690,6 +607,7 @@ def redraw(self:RecallPanel):
     self.clips.options = []; self.clip_info.value = ''; self.clip_image.value = b''
     self.sync()
 
+# %% ../nbs/06_panels.ipynb #82c2b79c
 @patch
 def _on_click(self:RecallPanel, trace, points, state):
     if points.xs: self.select_cell(points.ys[0], points.xs[0])
@@ -753,6 +671,7 @@ def as_features(feats) -> dict:
     out['task'] = out['task'].astype(str)
     return out
 
+# %% ../nbs/06_panels.ipynb #9cdbe261
 def feature_classes(feats, task:str, classes=None) -> list:
     "Class names of `task` from `classes`, the file's `classes_<task>`, or the label numbers."
     if isinstance(classes, dict) and task in classes: return list(classes[task])
@@ -772,6 +691,7 @@ def task_centres(feats, task:str, classes=None, fold=None) -> tuple[list, np.nda
     keep = [k for k in range(len(names)) if not np.isnan(centres[k]).all()]
     return [names[k] for k in keep], centres[keep]
 
+# %% ../nbs/06_panels.ipynb #69fba216
 def centre_similarity(feats, classes=None, rows:str='video', cols:str='image', fold=None,
                       align:bool=True) -> pd.DataFrame:
     "Cosine similarity of class centres, `rows` task x `cols` task; `align` orders the columns by the rows' emotions."
@@ -871,15 +791,20 @@ def from_model(cls:RelationsPanel, model, datasets:dict, folds:dict|None=None, b
 
 # %% ../nbs/06_panels.ipynb #d5589f7c
 @patch
-def embedding(self:RelationsPanel):
-    "The 2-D map of the selected fold by the selected method (computed once, then cached)."
-    key = (self.fold.value, self.method.value)
-    if key not in self._cache:
-        m = np.ones(len(self.feats['ids']),
-                    bool) if key[0] is None else (self.feats['fold'] == key[0]) | (self.feats['task'] == 'image')
-        self._cache[key] = embed_2d(self.feats['features'][m], key[1], self.seed)
-    return self._cache[key]
+def redraw(self:RelationsPanel):
+    "Redraw both plots for the selected fold, colouring and method."
+    figs = (relations_figure(self.feats, self.classes, self.fold.value),
+            umap_figure(self.feats, self.embedding(), self.color.value, self.classes, self.fold.value))
+    figs[1].update_layout(title=f'{self.method.value.upper()} of pooled features ({_fold_name(self.fold.value)})')
+    for w, new in zip((self.sim, self.map), figs):
+        with w.batch_update(): w.data = []; w.add_traces(list(new.data)); w.layout = new.layout
+    self.sim.update_layout(width=460); self.map.update_layout(width=620, legend=dict(orientation='h', y=-0.15))
+    self.sync()
 
+@patch
+def figures(self:RelationsPanel) -> list: return [go.Figure(self.sim), go.Figure(self.map)]
+
+# %% ../nbs/06_panels.ipynb #42cd747f
 @patch
 def redraw(self:RelationsPanel):
     "Redraw both plots for the selected fold, colouring and method."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_predict.ipynb #0003c12a
 from __future__ import annotations
-import math, sys, time
+import contextlib, math, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -12,29 +12,28 @@ from fastcore.script import call_parse, Param
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['face_video', 'InputError', 'list_inputs', 'window_starts', 'FaceTrack', 'open_stream', 'class_names', 'Predictor',
-           'predict_file', 'timeline_figure', 'run_folder', 'write_video_result', 'predict', 'bench_model',
+__all__ = ['face_video', 'InputError', 'list_inputs', 'window_starts', 'FaceTrack', 'FaceSearch', 'open_stream', 'class_names',
+           'Predictor', 'predict_file', 'timeline_figure', 'run_folder', 'write_video_result', 'predict', 'bench_model',
            'bench_predict']
 
 # %% ../nbs/12_predict.ipynb #0006c12a
-def face_video(path, n:int=60, size=(360, 640), present=None, second:bool=False, face:int=128, fps:int=25, seed:int=0) -> Path:
+def face_video(path, n:int=60, size=(360, 640), present=None, second:bool=False, face:int=128, fps:int=25,
+               seed:int=0) -> Path:
     """Write a video of a synthetic face (`unilearn.synth`) drifting across a plain frame; `present` (n bools) hides
     it; `second` adds a still face."""
     from unilearn.synth import sample_identities, sample_scenes, render
     from unilearn.data import write_video, write_frames
     rng = np.random.default_rng(seed)
     P, _, _ = sample_scenes(rng, sample_identities(rng, 2), [0, 1], [0, 3], [n, n], motion=0.)
-    faces = render(P, size=face)
-    H, W = size
+    faces, (H, W) = render(P, size=face), size
     present = np.ones(n, bool) if present is None else np.asarray(present, bool)
     video = np.full((n, H, W, 3), 70, np.uint8)
-    xs = np.linspace(.1 * W, .45 * W - face / 2, n).astype(int) if second else np.linspace(.1 * W, W - face - .1 * W, n).astype(int)
+    xs = np.linspace(.1 * W, .45 * W - face / 2 if second else W - face - .1 * W, n).astype(int)
     y = (H - face) // 2
     for t in range(n):
         if present[t]: video[t, y:y + face, xs[t]:xs[t] + face] = faces[t]
         if second: video[t, y:y + face, W - face - 20:W - 20] = faces[n + t]
-    if Path(path).suffix: return write_video(path, video, fps=fps)
-    return write_frames(path, video)
+    return write_video(path, video, fps=fps) if Path(path).suffix else write_frames(path, video)
 
 # %% ../nbs/12_predict.ipynb #000bc12a
 class InputError(ValueError):
@@ -72,10 +71,11 @@ def window_starts(n:int, win:int, hop:int) -> list[int]:
 # %% ../nbs/12_predict.ipynb #0011c12a
 class FaceTrack:
     """Follows one face: the face near the last one; another face only after `patience` frames, or when the frame
-    before had none."""
+    before had none. `current` is the face of the latest frame (None when it had none)."""
     def __init__(self, how:str='largest', patience:int=25):
         if how not in ('largest', 'central'): raise ValueError(f"--track must be 'largest' or 'central', not {how!r}")
         self.how, self.patience, self.last, self.last_i, self.empty = how, patience, None, None, True
+        self.current = None
 
     def pick(self, faces:list, shape) -> int|None:
         "Index of the face a new track starts on: the largest, or the one nearest the frame centre."
@@ -84,19 +84,41 @@ class FaceTrack:
         h, w = shape[:2]
         return int(np.argmin([(f.cx - w / 2) ** 2 + (f.cy - h / 2) ** 2 for f in faces]))
 
-    def __call__(self, faces:list, shape, i:int):
-        "The tracked face among `faces` of frame `i`, or None (no face, or only other people's faces)."
-        empty, self.empty = self.empty, not faces
-        if not faces: return None
-        k = None
-        if self.last is not None:
-            d = [math.hypot(f.cx - self.last.cx, f.cy - self.last.cy) / self.last.size for f in faces]
-            near = [j for j, v in enumerate(d) if v < .6 and .5 < faces[j].size / self.last.size < 2]
-            if near: k = min(near, key=lambda j: d[j])
-            elif not empty and i - self.last_i <= self.patience: return None   # someone else, while ours is briefly lost
-        if k is None: k = self.pick(faces, shape)
-        self.last, self.last_i = faces[k], i
-        return faces[k]
+# %% ../nbs/12_predict.ipynb #0011e12a
+@patch
+def __call__(self:FaceTrack, faces:list, shape, i:int):
+    "The tracked face among `faces` of frame `i`, or None (no face, or only other people's faces)."
+    self.current = self._choose(faces, shape, i)
+    return self.current
+
+@patch
+def _choose(self:FaceTrack, faces:list, shape, i:int):
+    empty, self.empty = self.empty, not faces
+    if not faces: return None
+    k = None
+    if self.last is not None:
+        d = [math.hypot(f.cx - self.last.cx, f.cy - self.last.cy) / self.last.size for f in faces]
+        near = [j for j, v in enumerate(d) if v < .6 and .5 < faces[j].size / self.last.size < 2]
+        if near: k = min(near, key=lambda j: d[j])
+        elif not empty and i - self.last_i <= self.patience: return None   # someone else, while ours is briefly lost
+    if k is None: k = self.pick(faces, shape)
+    self.last, self.last_i = faces[k], i
+    return faces[k]
+
+# %% ../nbs/12_predict.ipynb #0012e12a
+class FaceSearch:
+    "The faces of each frame read: the whole frame every `every` frames, else only the held face at its last box."
+    def __init__(self, cropper, every:int=16):
+        if every < 1: raise ValueError(f"--detect_every must be at least 1 frame, got {every}")
+        self.cropper, self.every, self.next_full = cropper, every, 0
+
+    def __call__(self, frame, i:int, held=None) -> tuple[list, str]:
+        "Faces of frame `i` and where they were looked: 'track' (at `held`, the face of the frame before) or 'frame'."
+        if held is not None and i < self.next_full:
+            f = self.cropper.detect_near(frame, held)
+            if f is not None: return [f], 'track'
+        self.next_full = i + self.every
+        return self.cropper.detect_all(frame), 'frame'
 
 # %% ../nbs/12_predict.ipynb #0014c12a
 class _AVStream:
@@ -112,23 +134,25 @@ class _AVStream:
         except Exception as e: raise InputError(f"{path}: cannot decode video ({type(e).__name__}: {e})") from None
         self._it, self._i = None, -1
 
-    def read(self, indices) -> np.ndarray:
-        "Frames at increasing `indices` (clamped to the video)."
-        import av
-        if self._it is None: self._c = av.open(str(self.path)); self._it = self._c.decode(video=0)
-        out = []
-        for i in indices:
-            i = min(int(i), self.num_frames - 1)
-            while self._i < i:
-                try: f = next(self._it)
-                except StopIteration: self.num_frames = self._i + 1; break
-                self._i += 1
-                if self._i >= i: self._last = f.to_ndarray(format='rgb24')
-            out.append(self._last)
-        return np.stack(out)
-
     def close(self):
         if self._it is not None: self._c.close()
+
+# %% ../nbs/12_predict.ipynb #0014d12a
+@patch
+def read(self:_AVStream, indices) -> np.ndarray:
+    "Frames at increasing `indices` (clamped to the video)."
+    import av
+    if self._it is None: self._c = av.open(str(self.path)); self._it = self._c.decode(video=0)
+    out = []
+    for i in indices:
+        i = min(int(i), self.num_frames - 1)
+        while self._i < i:
+            try: f = next(self._it)
+            except StopIteration: self.num_frames = self._i + 1; break
+            self._i += 1
+            if self._i >= i: self._last = f.to_ndarray(format='rgb24')
+        out.append(self._last)
+    return np.stack(out)
 
 # %% ../nbs/12_predict.ipynb #0015c12a
 class _Quiet:
@@ -136,7 +160,8 @@ class _Quiet:
     line."""
     def __enter__(self):
         import os
-        sys.stderr.flush(); self.fd = os.dup(2); null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 2); os.close(null)
+        sys.stderr.flush(); self.fd = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 2); os.close(null)
     def __exit__(self, *exc):
         import os
         os.dup2(self.fd, 2); os.close(self.fd)
@@ -156,7 +181,8 @@ def open_stream(path, fps:float|None=None):
     return c
 
 # %% ../nbs/12_predict.ipynb #0018c12a
-_DEFAULT_CLASSES = {'video': {7: 'DFEW_CLASSES', 11: 'MAFW_CLASSES'}, 'image': {7: 'AFFECTNET7_CLASSES', 8: 'AFFECTNET8_CLASSES'}}
+_DEFAULT_CLASSES = {'video': {7: 'DFEW_CLASSES', 11: 'MAFW_CLASSES'},
+                    'image': {7: 'AFFECTNET7_CLASSES', 8: 'AFFECTNET8_CLASSES'}}
 
 def class_names(model, classes=None) -> dict:
     "Class names of each head: `classes`, else the checkpoint's, else the dataset list of `unilearn.data` of that size."
@@ -187,47 +213,61 @@ class Predictor:
                  num_frames:int|None=None,      # frames per window (default: the checkpoint's)
                  size:int|None=None,            # crop side fed to the model (default: the checkpoint's)
                  crop:bool=True,                # find and crop faces (False: the frames are face crops already)
-                 min_face_fraction:float=.5,    # a window is labelled when at least this share of its frames has the face
+                 min_face_fraction:float=.5,    # a window is labelled when at least this share of its frames has a face
                  batch_size:int=8,              # windows per model call
                  fps:float=25.,                 # frame rate of frame folders (videos use their own)
-                 patience_s:float=1.):          # seconds the track waits for its face before taking another
+                 patience_s:float=1.,           # seconds the track waits for its face before taking another
+                 detect_every:int=16):          # frames between whole-frame face searches while a face is held
         info = (getattr(model, 'unilearn_config', None) or {}).get('info', {})
         geo = info.get('input', {})
         if hop is not None and hop < 1: raise ValueError(f"--hop must be at least 1 frame, got {hop}")
         if stride is not None and stride < 1: raise ValueError(f"--stride must be at least 1 frame, got {stride}")
-        self.model, self.names, self.track, self.hop, self.crop = model.eval(), class_names(model, classes), track, hop, crop
+        self.model, self.names, self.track, self.hop = model.eval(), class_names(model, classes), track, hop
         self.size, self.num_frames = size or geo.get('img_size', 160), num_frames or geo.get('frames', 16)
-        self.stride_given, self.stride = stride, stride or info.get('stride', 4)
-        self.min_face_fraction, self.batch_size, self.fps, self.patience_s = min_face_fraction, batch_size, fps, patience_s
-        FaceTrack(track)                          # checks `track`
+        self.stride_given, self.stride, self.crop = stride, stride or info.get('stride', 4), crop
+        self.min_face_fraction, self.batch_size, self.fps = min_face_fraction, batch_size, fps
+        self.patience_s = patience_s
+        FaceTrack(track); FaceSearch(None, detect_every)        # check `track` and `detect_every`
         from unilearn.faces import FaceCropper
-        self.cropper = FaceCropper(size=self.size, detector=detector) if crop else None
-        self.timings = dict(decoding=0., faces=0., model=0.)
+        self.cropper, self.detect_every = FaceCropper(size=self.size, detector=detector) if crop else None, detect_every
+        self.timings, self.cpu_times = dict(decoding=0., faces=0., model=0.), dict(decoding=0., faces=0., model=0.)
 
-    @classmethod
-    def from_checkpoint(cls, path, **kwargs):
-        "A `Predictor` for the model in a checkpoint written by `unilearn demo` or `unilearn finetune`."
-        from unilearn.interop import load_checkpoint
-        return cls(load_checkpoint(path), **kwargs)
+    @contextlib.contextmanager
+    def _timed(self, part:str):
+        "Add the block's wall seconds to `timings[part]` and its CPU seconds (all threads) to `cpu_times[part]`."
+        t0, c0 = time.perf_counter(), time.process_time()
+        try: yield
+        finally: self.timings[part] += time.perf_counter() - t0; self.cpu_times[part] += time.process_time() - c0
 
-    def head(self, kind:str) -> str: return kind if kind in self.names else next(iter(self.names))
+# %% ../nbs/12_predict.ipynb #001c112a
+@patch(cls_method=True)
+def from_checkpoint(cls:Predictor, path, **kwargs):
+    "A `Predictor` for the model in a checkpoint written by `unilearn demo` or `unilearn finetune`."
+    from unilearn.interop import load_checkpoint
+    return cls(load_checkpoint(path), **kwargs)
 
-    def _probs(self, x, kind:str) -> np.ndarray:
-        import torch
-        t0 = time.perf_counter()
-        with torch.no_grad(): p = torch.softmax(self.model(x, self.head(kind) if self.head(kind) != 'any' else None).float(), -1)
-        self.timings['model'] += time.perf_counter() - t0
-        return p.numpy()
+@patch
+def head(self:Predictor, kind:str) -> str: return kind if kind in self.names else next(iter(self.names))
 
-    def _label(self, kind:str, p) -> dict:
-        "`label` and one probability per class name (None without a prediction)."
-        names = self.names[self.head(kind)]
-        if p is None: return dict(label=None, **{c: None for c in names})
-        return dict(label=names[int(np.argmax(p))], **{c: float(v) for c, v in zip(names, p)})
+# %% ../nbs/12_predict.ipynb #001c212a
+@patch
+def _probs(self:Predictor, x, kind:str) -> np.ndarray:
+    import torch
+    with self._timed('model'), torch.no_grad():
+        p = torch.softmax(self.model(x, self.head(kind) if self.head(kind) != 'any' else None).float(), -1)
+    return p.numpy()
 
-    def _row(self, path, kind:str, p, **extra) -> dict:
-        d = self._label(kind, p)
-        return dict(path=str(path), kind=kind, head=self.head(kind), label=d.pop('label'), **extra, **d)
+@patch
+def _label(self:Predictor, kind:str, p) -> dict:
+    "`label` and one probability per class name (None without a prediction)."
+    names = self.names[self.head(kind)]
+    if p is None: return dict(label=None, **{c: None for c in names})
+    return dict(label=names[int(np.argmax(p))], **{c: float(v) for c, v in zip(names, p)})
+
+@patch
+def _row(self:Predictor, path, kind:str, p, **extra) -> dict:
+    d = self._label(kind, p)
+    return dict(path=str(path), kind=kind, head=self.head(kind), label=d.pop('label'), **extra, **d)
 
 # %% ../nbs/12_predict.ipynb #001fc12a
 def _box(f) -> str: return f"{f.cx - f.size / 2:.0f},{f.cy - f.size / 2:.0f},{f.size:.0f}"
@@ -235,24 +275,21 @@ def _box(f) -> str: return f"{f.cx - f.size / 2:.0f},{f.cy - f.size / 2:.0f},{f.
 @patch
 def predict_image(self:Predictor, path, all_faces:bool=False) -> dict:
     "Prediction for one image: a summary row per face used (`all_faces`: every face found, else the tracked choice)."
-    import torch
+    import torch, pandas as pd
     from unilearn.data import load_image, image_eval_transform, DataError
     try: img = load_image(path)
     except DataError as e: raise InputError(str(e)) from None
     faces, used, crops = [], [None], [img]
     if self.crop:
-        t0 = time.perf_counter()
-        faces = self.cropper.detect_all(img)
-        if not faces: raise InputError(f"{path}: no face found in the image")
-        used = list(range(len(faces))) if all_faces else [FaceTrack(self.track).pick(faces, img.shape)]
-        crops = [self.cropper.crop(img, faces[k]) for k in used]
-        self.timings['faces'] += time.perf_counter() - t0
+        with self._timed('faces'):
+            faces = self.cropper.detect_all(img)
+            if not faces: raise InputError(f"{path}: no face found in the image")
+            used = list(range(len(faces))) if all_faces else [FaceTrack(self.track).pick(faces, img.shape)]
+            crops = [self.cropper.crop(img, faces[k]) for k in used]
     tf = image_eval_transform(self.size, self.size)
-    x = torch.stack([tf(torch.from_numpy(c).permute(2, 0, 1)) for c in crops])
-    P = self._probs(x, 'image')
+    P = self._probs(torch.stack([tf(torch.from_numpy(c).permute(2, 0, 1)) for c in crops]), 'image')
     rows = [self._row(path, 'image', p, frames=1, face_frames=1, faces_found=len(faces), face=k,
                       face_box=_box(faces[k]) if k is not None else None) for k, p in zip(used, P)]
-    import pandas as pd
     return dict(kind='image', summary=pd.DataFrame(rows), timeline=None, frames=None, thumbnails={}, probs=P[0],
                 label=rows[0]['label'], faces=faces, crops=crops)
 
@@ -271,19 +308,18 @@ def _plan(self:Predictor, path, n:int) -> tuple[list, int]:
     starts = window_starts(n, span, self.hop or self.num_frames * s)
     return [np.minimum(s0 + np.arange(self.num_frames) * s, n - 1) for s0 in starts], s
 
+# %% ../nbs/12_predict.ipynb #0022e12a
 @patch
-def _detect(self:Predictor, frame, i:int, track:FaceTrack) -> tuple:
-    "(crop or None, frames-table row) of frame `i`."
+def _detect(self:Predictor, frame, i:int, track:FaceTrack, search:FaceSearch|None) -> tuple:
+    "(crop or None, frames-table row) of frame `i`: its faces (`search`), the tracked one (`track`) and its crop."
     if not self.crop: return self._fit(frame), dict(face=True, faces=None)
-    t0 = time.perf_counter()
-    faces = self.cropper.detect_all(frame)
-    f = track(faces, frame.shape, i)
-    crop = self.cropper.crop(frame, f) if f is not None else None
-    self.timings['faces'] += time.perf_counter() - t0
-    return crop, dict(face=f is not None, faces=len(faces), **(dict(cx=f.cx, cy=f.cy, size=f.size, angle=f.angle, score=f.score)
-                                                             if f is not None else {}))
+    with self._timed('faces'):
+        faces, how = search(frame, i, track.current)
+        f = track(faces, frame.shape, i)
+        crop = self.cropper.crop(frame, f) if f is not None else None
+    box = dict(cx=f.cx, cy=f.cy, size=f.size, angle=f.angle, score=f.score) if f is not None else {}
+    return crop, dict(face=f is not None, faces=len(faces), search=how, **box)
 
-# %% ../nbs/12_predict.ipynb #8c8a1982
 @patch
 def _fit(self:Predictor, frame):
     "A frame that is a face crop already, its short side resized to the model's (area averaging) and centre-cropped."
@@ -293,6 +329,35 @@ def _fit(self:Predictor, frame):
     f = cv2.resize(frame, (max(self.size, round(w * k)), max(self.size, round(h * k))), interpolation=cv2.INTER_AREA)
     y, x = (f.shape[0] - self.size) // 2, (f.shape[1] - self.size) // 2
     return np.ascontiguousarray(f[y:y + self.size, x:x + self.size])
+
+# %% ../nbs/12_predict.ipynb #8c8a1982
+@patch
+def _read(self:Predictor, src, idx) -> np.ndarray:
+    from unilearn.data import DataError
+    with self._timed('decoding'):
+        try: return src.read(idx)
+        except DataError as e: raise InputError(str(e)) from None
+
+@patch
+def _faces_of(self:Predictor, src, need, fps:float, progress:bool=False, name:str=''):
+    "Yield, chunk by chunk, the frames read, their crops and their frames-table rows."
+    from tqdm.auto import tqdm
+    track = FaceTrack(self.track, patience=max(1, round(self.patience_s * fps)))
+    search = FaceSearch(self.cropper, self.detect_every) if self.crop else None
+    with tqdm(total=len(need), desc=name[:30], unit='frame', disable=not progress, file=sys.stderr, leave=False) as bar:
+        for c0 in range(0, len(need), 16):
+            idx = need[c0:c0 + 16].tolist()
+            out = [self._detect(f, i, track, search) for i, f in zip(idx, self._read(src, idx))]
+            bar.update(len(idx))
+            yield idx, [c for c, _ in out], [dict(frame=i, time_s=i / fps, **r) for i, (_, r) in zip(idx, out)]
+
+# %% ../nbs/12_predict.ipynb #8c8a1983
+@patch
+def _window(self:Predictor, sel, crops:dict, fps:float) -> tuple[dict, list]:
+    "The timeline row of the window reading frames `sel`, and its crops (None where the face is missing)."
+    c = [crops[i] for i in sel.tolist()]
+    return dict(start_s=sel[0] / fps, end_s=(sel[-1] + 1) / fps, start_frame=int(sel[0]), end_frame=int(sel[-1]),
+                face_fraction=float(np.mean([x is not None for x in c]))), c
 
 @patch
 def _windows(self:Predictor, batch:list, rows:list):
@@ -310,6 +375,24 @@ def _windows(self:Predictor, batch:list, rows:list):
 
 # %% ../nbs/12_predict.ipynb #0023c12a
 @patch
+def _video_result(self:Predictor, path, n:int, fps:float, stride:int, rows:list, frows:list, thumbs:dict) -> dict:
+    "Summary row, timeline and frames table of a video; an `InputError` when no window is labelled."
+    import pandas as pd
+    tl, fr = pd.DataFrame(rows), pd.DataFrame(frows)
+    lab = tl[tl.label.notna()]
+    if lab.empty:
+        raise InputError(f"{path}: no face found in any of the {len(fr)} frames read" if not fr.face.any() else
+                         f"{path}: the face is in {int(fr.face.sum())} of {len(fr)} frames read, no window has it in "
+                         f"{self.min_face_fraction:.0%} of its frames")
+    p = lab[self.names[self.head('video')]].to_numpy(float).mean(0)
+    found = int(fr.faces.max() or 1) if self.crop else None
+    row = self._row(path, 'video', p, frames=n, face_frames=int(fr.face.sum()), faces_found=found, frames_read=len(fr),
+                    windows=len(tl), labelled_windows=len(lab), fps=fps, stride=stride)
+    return dict(kind='video', summary=pd.DataFrame([row]), timeline=tl, frames=fr, thumbnails=thumbs, probs=p,
+                label=row['label'], fps=fps)
+
+# %% ../nbs/12_predict.ipynb #0023d12a
+@patch
 def predict_video(self:Predictor, path, progress:bool=False, thumbnails:int=24) -> dict:
     """Prediction for a video or frame folder, decoded in chunks: summary row, timeline of windows, face flags of the
     frames read."""
@@ -318,45 +401,19 @@ def predict_video(self:Predictor, path, progress:bool=False, thumbnails:int=24) 
     except DataError as e: raise InputError(str(e)) from None
     n, fps = src.num_frames, src.fps or self.fps
     sels, stride = self._plan(path, n)
-    need = np.unique(np.concatenate(sels))
-    track = FaceTrack(self.track, patience=max(1, round(self.patience_s * fps)))
     keep = set(np.linspace(0, len(sels) - 1, min(thumbnails, len(sels))).round().astype(int).tolist())
     crops, frows, rows, thumbs, pending, w = {}, [], [], {}, [], 0
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(need), desc=Path(path).name[:30], unit='frame', disable=not progress, file=sys.stderr, leave=False)
-    for c0 in range(0, len(need), 16):
-        idx, t0 = need[c0:c0 + 16], time.perf_counter()
-        try: frames = src.read(idx)
-        except DataError as e: raise InputError(str(e)) from None
-        self.timings['decoding'] += time.perf_counter() - t0
-        for i, f in zip(idx.tolist(), frames):
-            crops[i], r = self._detect(f, i, track)
-            frows.append(dict(frame=i, time_s=i / fps, **r))
-        bar.update(len(idx))
+    for idx, cs, fr in self._faces_of(src, np.unique(np.concatenate(sels)), fps, progress, Path(path).name):
+        crops.update(zip(idx, cs)); frows += fr
         while w < len(sels) and sels[w][-1] <= idx[-1]:
-            c = [crops[i] for i in sels[w].tolist()]
-            r = dict(start_s=sels[w][0] / fps, end_s=(sels[w][-1] + 1) / fps, start_frame=int(sels[w][0]),
-                     end_frame=int(sels[w][-1]), face_fraction=float(np.mean([x is not None for x in c])))
+            r, c = self._window(sels[w], crops, fps)
             if w in keep and r['face_fraction'] > 0: thumbs[w] = next(x for x in c if x is not None)[::2, ::2].copy()
             pending.append((r, c)); w += 1
             if len(pending) == self.batch_size: self._windows(pending, rows); pending = []
-        if w < len(sels): crops = {i: v for i, v in crops.items() if i >= sels[w][0]}    # frames no window needs any more
+        if w < len(sels): crops = {i: v for i, v in crops.items() if i >= sels[w][0]}   # those no window needs any more
     if pending: self._windows(pending, rows)
-    bar.close()
     if hasattr(src, 'close'): src.close()
-    import pandas as pd
-    tl, fr = pd.DataFrame(rows), pd.DataFrame(frows)
-    names = self.names[self.head('video')]
-    lab = tl[tl.label.notna()]
-    if lab.empty:
-        raise InputError(f"{path}: no face found in any of the {len(fr)} frames read" if not fr.face.any() else
-                         f"{path}: the face is in {int(fr.face.sum())} of {len(fr)} frames read, no window has it in "
-                         f"{self.min_face_fraction:.0%} of its frames")
-    p = lab[names].to_numpy(float).mean(0)
-    row = self._row(path, 'video', p, frames=n, face_frames=int(fr.face.sum()), faces_found=int(fr.faces.max() or 1) if self.crop else None,
-                    frames_read=len(fr), windows=len(tl), labelled_windows=len(lab), fps=fps, stride=stride)
-    return dict(kind='video', summary=pd.DataFrame([row]), timeline=tl, frames=fr, thumbnails=thumbs, probs=p,
-                label=row['label'], fps=fps)
+    return self._video_result(path, n, fps, stride, rows, frows, thumbs)
 
 # %% ../nbs/12_predict.ipynb #0024c12a
 @patch
@@ -387,7 +444,8 @@ def timeline_figure(result:dict, title:str=''):
     thumbnails."""
     import plotly.graph_objects as go
     tl = result['timeline']
-    names = [c for c in tl.columns if c not in ('start_s', 'end_s', 'start_frame', 'end_frame', 'face_fraction', 'label')]
+    names = [c for c in tl.columns if c not in ('start_s', 'end_s', 'start_frame', 'end_frame', 'face_fraction',
+                                                'label')]
     t = (tl.start_s + tl.end_s) / 2
     fig = go.Figure([go.Scatter(x=t, y=tl[c], name=c, mode='lines+markers', connectgaps=False) for c in names])
     for _, r in tl[tl.label.isna()].iterrows():
@@ -408,6 +466,13 @@ def run_folder(out) -> Path:
     while (out if k == 1 else out.with_name(f"{out.name}-{k}")).joinpath('summary.csv').exists(): k += 1
     return out if k == 1 else out.with_name(f"{out.name}-{k}")
 
+def _name(path:Path, used:set) -> str:
+    n, k = path.stem or path.name, 2
+    while n in used: n, k = f"{path.stem}-{k}", k + 1
+    used.add(n)
+    return n
+
+# %% ../nbs/12_predict.ipynb #002fe12a
 def write_video_result(r:dict, folder, name:str, as_json:bool=False) -> list[Path]:
     "`folder/<name>.csv` (the timeline), `<name>_frames.csv` (face flags of the frames read) and `<name>.html`."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
@@ -419,12 +484,6 @@ def write_video_result(r:dict, folder, name:str, as_json:bool=False) -> list[Pat
         for p, df in ((paths[0], r['timeline']), (paths[1], r['frames'])):
             df.to_json(p.with_suffix('.jsonl'), orient='records', lines=True); paths.append(p.with_suffix('.jsonl'))
     return paths
-
-def _name(path:Path, used:set) -> str:
-    n, k = path.stem or path.name, 2
-    while n in used: n, k = f"{path.stem}-{k}", k + 1
-    used.add(n)
-    return n
 
 # %% ../nbs/12_predict.ipynb #0030c12a
 def _say(msg:str): print(msg, file=sys.stderr)
@@ -440,65 +499,83 @@ def _checkpoint(model) -> Path:
     sys.exit("unilearn predict: give --model CKPT (`unilearn demo` writes demo_out/model.safetensors, "
              "`unilearn finetune` the file given as its --out)")
 
+# %% ../nbs/12_predict.ipynb #0030e12a
+def _predictor(ckpt, threads:int|None, debug:bool, **kwargs) -> Predictor:
+    "The `Predictor` of `ckpt`; a setting it refuses ends the command with one line."
+    import traceback
+    try:
+        if threads: import torch; torch.set_num_threads(threads)
+        return Predictor.from_checkpoint(ckpt, **kwargs)
+    except Exception as e:
+        if debug: traceback.print_exc()
+        sys.exit(f"unilearn predict: {e}".splitlines()[0])
+
+def _predict_one(pr:Predictor, p:Path, kind:str, out:Path, used:set, all_faces:bool, quiet:bool, as_json:bool,
+                 timeline:str|None) -> dict:
+    "Predict one input, write a video's timeline files, print its one-line result."
+    if kind == 'empty':
+        raise InputError(f"{p}: folder has no images or videos (--frames reads a folder of frames as one clip)")
+    r = pr(p, all_faces=all_faces, progress=not quiet)
+    if r['kind'] == 'video':
+        files = write_video_result(r, out / 'timelines', _name(p, used), as_json)
+        if timeline: Path(timeline).write_text(files[0].read_text())
+    s = r['summary'].iloc[0]
+    print(f"{p}: {s.label}" + (f"  (face in {s.face_frames}/{s.frames_read} frames read)" if r['kind'] == 'video' else
+                               f"  ({s.faces_found} face(s) found, {len(r['summary'])} used)"))
+    return r
+
 # %% ../nbs/12_predict.ipynb #0031c12a
 @call_parse
-def predict(path:Param("videos, images, or folders of them (a folder's images as images, its videos as videos)", str, nargs='+'),
-            model:str=None,          # checkpoint: `unilearn demo` writes demo_out/model.safetensors (the default when present), `unilearn finetune` its --out
-            out:str='predict_out',   # folder for summary.csv and timelines/ (when it holds a run already, out-2, out-3... is used)
+def predict(path:Param("videos, images, or folders of them (a folder's images as images, its videos as videos)",
+                       str, nargs='+'),
+            model:str=None,          # checkpoint: demo_out/model.safetensors (default) or `unilearn finetune`'s --out
+            out:str='predict_out',   # folder for summary.csv and timelines/ (out-2, out-3... when it holds a run)
             frames:bool=False,       # a folder is one clip of frames, not a set of images
             hop:int=None,            # frames between window starts (default: one window, the model's frames x stride)
             stride:int=None,         # frames between the frames of a window (default: the checkpoint's)
             track:str='largest',     # which face a track starts on: largest or central
             all_faces:bool=False,    # images: predict every face found, not only the tracked choice
             detector:str='auto',     # face detector: auto (MTCNN when facenet-pytorch is installed), mtcnn or haar
+            detect_every:int=16,     # frames between whole-frame face searches while a face is held (1: every frame)
             no_crop:bool=False,      # the frames are face crops already: no face detection
             min_face:float=0.5,      # a window is labelled when the face is in at least this share of its frames
             fps:float=25.,           # frame rate of frame folders (videos use their own)
             json:bool=False,         # also write summary.jsonl and the timelines as JSON lines
             timeline:str=None,       # also copy the timeline CSV of a single video here
-            threads:int=None,        # CPU threads for the model and the detector
+            threads:int=None,        # CPU threads for the model (the face detector runs on one)
             quiet:bool=False,        # no progress bars
             debug:bool=False):       # full tracebacks of failures
     "Expression of the face in videos and images: summary.csv, per-video timelines (CSV + HTML) with class names."
     import traceback, warnings
-    if not debug: warnings.filterwarnings('ignore', message='.*torch.jit.script', category=FutureWarning)   # fastai's import
-    ckpt = _checkpoint(model)
-    inputs = list_inputs(path, frames)
+    if not debug:   # fastai's import warns
+        warnings.filterwarnings('ignore', message='.*torch.jit.script', category=FutureWarning)
+    ckpt, inputs = _checkpoint(model), list_inputs(path, frames)
     if timeline and (len(inputs) != 1 or inputs[0][1] != 'video'):
-        sys.exit(f"unilearn predict: --timeline takes the timeline of one video; every video's is written to {out}/timelines/")
-    try:
-        if threads: import torch; torch.set_num_threads(threads)
-        pr = Predictor.from_checkpoint(ckpt, detector=detector, track=track, stride=stride, hop=hop, crop=not no_crop,
-                                       min_face_fraction=min_face, fps=fps)
-    except Exception as e:
-        if debug: traceback.print_exc()
-        sys.exit(f"unilearn predict: {e}".splitlines()[0])
-    import pandas as pd
-    out = run_folder(out)
-    rows, results, used, failed = [], [], set(), 0
+        sys.exit(f"unilearn predict: --timeline takes the timeline of one video; every video's is written to "
+                 f"{out}/timelines/")
+    pr = _predictor(ckpt, threads, debug, detector=detector, track=track, stride=stride, hop=hop, crop=not no_crop,
+                    min_face_fraction=min_face, fps=fps, detect_every=detect_every)
+    out, rows, results, used = run_folder(out), [], [], set()
     for p, kind in inputs:
-        try:
-            if kind == 'empty': raise InputError(f"{p}: folder has no images or videos (--frames reads a folder of frames as one clip)")
-            r = pr(p, all_faces=all_faces, progress=not quiet)
-            if r['kind'] == 'video':
-                files = write_video_result(r, out / 'timelines', _name(p, used), json)
-                if timeline: Path(timeline).write_text(files[0].read_text())
-            rows += r['summary'].to_dict('records'); results.append(r)
-            s = r['summary'].iloc[0]
-            print(f"{p}: {s.label}" + (f"  (face in {s.face_frames}/{s.frames_read} frames read)" if r['kind'] == 'video' else
-                                       f"  ({s.faces_found} face(s) found, {len(r['summary'])} used)"))
+        try: results.append(_predict_one(pr, p, kind, out, used, all_faces, quiet, json, timeline))
         except Exception as e:
-            failed += 1
             if debug: traceback.print_exc()
             _say(f"unilearn predict: {_one_line(p, e)}")
-            rows.append(dict(path=str(p), kind=kind, error=_one_line(p, e)))
+            rows.append(dict(path=str(p), kind=kind, error=_one_line(p, e))); continue
+        rows += results[-1]['summary'].to_dict('records')
+    return _finish(rows, results, out, json, len(inputs))
+
+# %% ../nbs/12_predict.ipynb #0031d12a
+def _finish(rows:list, results:list, out:Path, as_json:bool, n:int) -> dict:
+    "Write summary.csv (and .jsonl), say what was written, and exit with 1 when an input failed."
+    import pandas as pd
     out.mkdir(parents=True, exist_ok=True)
     summary = pd.DataFrame(rows)
     summary.to_csv(out / 'summary.csv', index=False, float_format='%.4f')
-    if json: summary.to_json(out / 'summary.jsonl', orient='records', lines=True)
-    print(f"wrote {out / 'summary.csv'} ({len(inputs) - failed} of {len(inputs)} inputs predicted)"
+    if as_json: summary.to_json(out / 'summary.jsonl', orient='records', lines=True)
+    print(f"wrote {out / 'summary.csv'} ({len(results)} of {n} inputs predicted)"
           + (f" and {out / 'timelines'}" if (out / 'timelines').exists() else ''))
-    if failed: sys.exit(1)
+    if len(results) < n: sys.exit(1)
     return dict(out=out, summary=summary, results=results)
 
 # %% ../nbs/12_predict.ipynb #0034c12a
@@ -516,19 +593,25 @@ def bench_model(model_size:str='demo'):
     m.unilearn_config = dict(info=dict(input=geo[0], stride=geo[1]))
     return m.eval()
 
+# %% ../nbs/12_predict.ipynb #0034e12a
 def bench_predict(threads:int=2, device:str='cpu', model_size:str='demo', frames:int=250, detector:str='auto',
-                  folder=None) -> dict:
-    """Frames/s of `Predictor` end to end on a generated 640x360 video (one face), and seconds spent decoding, on
-    faces, in the model."""
-    import tempfile, torch
+                  folder=None, detect_every:int=16, detector_threads:int|None=1) -> dict:
+    """Frames/s of `Predictor` end to end on a generated 640x360 video (one face), and wall and CPU seconds spent
+    decoding, on faces, in the model (`detector_threads=None`: MTCNN on all `threads`)."""
+    import os, tempfile, torch
     if device != 'cpu': raise ValueError("bench_predict measures the CPU path (device='cpu')")
     torch.set_num_threads(threads)
-    folder = Path(folder or tempfile.mkdtemp())
-    v = face_video(folder / 'bench.mp4', n=frames)
-    pr = Predictor(bench_model(model_size), detector=detector)
+    v = face_video(Path(folder or tempfile.mkdtemp()) / 'bench.mp4', n=frames)
+    pr = Predictor(bench_model(model_size), detector=detector, detect_every=detect_every)
+    from unilearn.faces import FaceCropper
+    pr.cropper = FaceCropper(size=pr.size, detector=detector, threads=detector_threads)
     pr.cropper.detect_all(np.zeros((64, 64, 3), np.uint8))          # weights loaded outside the timing
-    t0 = time.perf_counter()
-    r = pr(v)
-    wall = time.perf_counter() - t0
-    return dict(model=model_size, threads=threads, detector=pr.cropper.detector, frames=frames, frames_read=int(r['summary'].frames_read[0]),
-                fps=frames / wall, seconds=wall, **{f'{k}_s': v for k, v in pr.timings.items()})
+    load, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    fr = pr(v)['frames']
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return dict(model=model_size, threads=threads, detector=pr.cropper.detector, detect_every=detect_every,
+                detector_threads=detector_threads, frames=frames, frames_read=len(fr),
+                whole_frame_searches=int((fr.search == 'frame').sum()), fps=frames / wall, seconds=wall,
+                **{f'{k}_s': v for k, v in pr.timings.items()}, cpu_s=cpu, cpu_ms_per_frame=1000 * cpu / frames,
+                **{f'{k}_cpu_s': v for k, v in pr.cpu_times.items()},
+                load_1min=[round(load, 2), round(os.getloadavg()[0], 2)])

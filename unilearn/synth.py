@@ -9,9 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .data import DFEW_CLASSES, AFFECTNET7_CLASSES, FERV39K_CLASSES, MAFW_CLASSES, canonical_class
+from .metrics import PRED_COLUMNS
 
 # %% auto #0
 __all__ = ['EMOTIONS', 'AFFECTNET7', 'AFFECTNET_NAME', 'AUS', 'AU_NAMES', 'PROTOTYPES', 'DFEW_SHARE', 'AFFECTNET_SHARE',
@@ -20,21 +24,22 @@ __all__ = ['EMOTIONS', 'AFFECTNET7', 'AFFECTNET_NAME', 'AUS', 'AU_NAMES', 'PROTO
            'prototype_matrix', 'to_affectnet', 'to_mafw', 'sample_identities', 'smoothstep', 'sample_expressions',
            'time_courses', 'face_geometry', 'landmarks', 'render', 'sample_scenes', 'take', 'preset_config', 'allocate',
            'flip_labels', 'sample_clips', 'sample_mafw', 'sample_benchmark', 'benchmark_paths', 'write_benchmark',
-           'ensure_benchmark', 'split_media_tree']
+           'ensure_benchmark', 'split_media_tree', 'toy_shapes', 'example_gate_stats', 'example_predictions',
+           'example_features', 'example_clip', 'example_reconstruction']
 
 # %% ../nbs/07_synth.ipynb #ccb53427
-EMOTIONS = ('Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear')      # DFEW order
+EMOTIONS = tuple(DFEW_CLASSES)            # DFEW order: every label here is a DFEW id
+AFFECTNET7 = tuple(AFFECTNET7_CLASSES)    # AffectNet-7 order, for the image lists
+AFFECTNET_NAME = {e: a for e in EMOTIONS for a in AFFECTNET7 if e != a and canonical_class(e) == canonical_class(a)}
 
-AFFECTNET7 = ('Neutral', 'Happy', 'Sad', 'Surprise', 'Fear', 'Disgust', 'Anger')     # AffectNet-7 order
-
-AFFECTNET_NAME = {'Angry': 'Anger'}
-
+# %% ../nbs/07_synth.ipynb #ac792472
 AUS = ('AU1', 'AU2', 'AU4', 'AU5', 'AU6', 'AU9', 'AU12', 'AU15', 'AU20', 'AU24', 'AU26')
 
 AU_NAMES = dict(AU1='inner brow raiser', AU2='outer brow raiser', AU4='brow lowerer', AU5='upper lid raiser',
                 AU6='cheek raiser', AU9='nose wrinkler', AU12='lip corner puller', AU15='lip corner depressor',
                 AU20='lip stretcher', AU24='lip pressor', AU26='jaw drop')
 
+# %% ../nbs/07_synth.ipynb #ce423847
 PROTOTYPES = {
     'Happy':    dict(AU6=0.8, AU12=1.0),
     'Sad':      dict(AU1=0.9, AU4=0.5, AU15=1.0),
@@ -54,6 +59,7 @@ _AFFECTNET_COUNTS = dict(Neutral=74874, Happy=134415, Sad=25459, Surprise=14090,
 
 AFFECTNET_SHARE = {k: math.sqrt(v) for k, v in _AFFECTNET_COUNTS.items()}
 
+# %% ../nbs/07_synth.ipynb #68b3c550
 def prototype_matrix(names=EMOTIONS) -> np.ndarray:
     "`(len(names), 11)` AU weights of each emotion's prototype, rows in `names` order, columns in `AUS` order."
     m = np.zeros((len(names), len(AUS)), np.float32)
@@ -74,10 +80,10 @@ MAFW_PROTOTYPES = {
     'Helplessness':   dict(AU1=1.0, AU2=0.5, AU15=0.7, AU26=0.6),
 }
 MAFW_EXTRA = tuple(MAFW_PROTOTYPES)
-MAFW11 = ('anger', 'anxiety', 'contempt', 'disappointment', 'disgust', 'fear', 'happiness', 'helplessness', 'neutral',
-          'sadness', 'surprise')                                                  # MAFW order
-MAFW_NAME = dict(Angry='anger', Happy='happiness', Sad='sadness', **{e: e.lower() for e in EMOTIONS + MAFW_EXTRA
-                                                                      if e not in ('Angry', 'Happy', 'Sad')})
+MAFW11 = tuple(MAFW_CLASSES)                                                        # MAFW order
+MAFW_NAME = {e: m for e in EMOTIONS + MAFW_EXTRA for m in MAFW11 if canonical_class(e) == canonical_class(m)}
+
+# %% ../nbs/07_synth.ipynb #2cd7eb6a
 # Class shares of MAFW set-1 training (7,333 clips)
 MAFW_SHARE = dict(Angry=.152, Anxiety=.1, Contempt=.026, Disappointment=.02, Disgust=.07, Fear=.068, Happy=.135,
                   Helplessness=.029, Neutral=.124, Sad=.16, Surprise=.117)
@@ -90,29 +96,26 @@ def to_mafw(labels) -> np.ndarray:
 _SKIN_LIGHT, _SKIN_DARK = np.array([.97, .82, .71]), np.array([.33, .21, .14])
 _HAIR = np.array([[.08, .06, .05], [.25, .15, .08], [.55, .38, .20], [.85, .72, .45], [.55, .22, .10], [.6, .6, .62],
                   [.15, .15, .18]])
+_IRIS = np.array([[.25, .15, .08], [.15, .3, .5], [.2, .35, .2], [.1, .08, .06]], np.float32)
+_GLASSES = np.array([[.05, .05, .05], [.5, .3, .1], [.7, .7, .75]], np.float32)
 
+# %% ../nbs/07_synth.ipynb #b519334f
 def sample_identities(rng:np.random.Generator, n:int) -> dict:
     "Face-shape, colour, accessory and resting-face parameters of `n` people (arrays with a leading dim `n`)."
     u = lambda a, b: rng.uniform(a, b, n).astype(np.float32)
     tone = rng.beta(1.3, 1.3, n)[:, None]
     skin = (_SKIN_LIGHT * (1 - tone) + _SKIN_DARK * tone + rng.normal(0, .025, (n, 3))).clip(0, 1)
     hair = (_HAIR[rng.integers(0, len(_HAIR), n)] + rng.normal(0, .03, (n, 3))).clip(0, 1)
-    return dict(
-        face_w=u(.50, .64), face_h=u(.66, .80), jaw=u(0., .35),
-        skin=skin.astype(np.float32), hair=hair.astype(np.float32),
-        hair_h=u(.25, .75) * (rng.random(n) > .12),           # 0: bald
-        eye_x=u(.19, .26), eye_y=u(-.14, -.05), eye_w=u(.085, .12), eye_h=u(.045, .065),
-        iris=np.array([[.25, .15, .08], [.15, .3, .5], [.2, .35, .2], [.1, .08, .06]],
-                      np.float32)[rng.integers(0, 4, n)],
-        brow_gap=u(.075, .12), brow_t=u(.024, .042), brow_len=u(.12, .17),
-        mouth_y=u(.30, .40), mouth_w=u(.15, .22), lip_t=u(.022, .040),
-        lip=(np.array([.72, .30, .30]) * u(.75, 1.1)[:, None]).clip(0, 1).astype(np.float32),
-        nose_len=u(.10, .18), nose_w=u(.045, .07),
-        glasses=(rng.random(n) < .25).astype(np.float32),
-        glasses_col=np.array([[.05, .05, .05], [.5, .3, .1], [.7, .7, .75]], np.float32)[rng.integers(0, 3, n)],
-        shirt=rng.uniform(0.05, .95, (n, 3)).astype(np.float32),
-        rest=(rng.normal(0, .5, (n, len(AUS))) * (rng.random((n, len(AUS))) < .35)).clip(0, 1).astype(np.float32) * .45,
-    )
+    rest = lambda: (rng.normal(0, .5, (n, len(AUS))) * (rng.random((n, len(AUS))) < .35)).clip(0, 1)
+    return dict(face_w=u(.50, .64), face_h=u(.66, .80), jaw=u(0., .35), skin=skin.astype(np.float32),
+                hair=hair.astype(np.float32), hair_h=u(.25, .75) * (rng.random(n) > .12),           # 0: bald
+                eye_x=u(.19, .26), eye_y=u(-.14, -.05), eye_w=u(.085, .12), eye_h=u(.045, .065),
+                iris=_IRIS[rng.integers(0, 4, n)], brow_gap=u(.075, .12), brow_t=u(.024, .042), brow_len=u(.12, .17),
+                mouth_y=u(.30, .40), mouth_w=u(.15, .22), lip_t=u(.022, .040),
+                lip=(np.array([.72, .30, .30]) * u(.75, 1.1)[:, None]).clip(0, 1).astype(np.float32),
+                nose_len=u(.10, .18), nose_w=u(.045, .07), glasses=(rng.random(n) < .25).astype(np.float32),
+                glasses_col=_GLASSES[rng.integers(0, 3, n)], shirt=rng.uniform(0.05, .95, (n, 3)).astype(np.float32),
+                rest=rest().astype(np.float32) * .45)
 
 # %% ../nbs/07_synth.ipynb #626ebc14
 def smoothstep(x): x = np.clip(x, 0, 1); return x * x * (3 - 2 * x)
@@ -127,9 +130,9 @@ def sample_expressions(rng:np.random.Generator, labels, peak=(0.35, 1.0)) -> np.
     idio = (rng.random(P.shape) < .12) * rng.uniform(0, .35, P.shape)
     return (au + idio).astype(np.float32)
 
+# %% ../nbs/07_synth.ipynb #ad4c5461
 def time_courses(rng:np.random.Generator, lengths) -> tuple[list, np.ndarray]:
-    ("Onset-apex-offset curves in [0,1] (one array per clip) and a timing table `(onset, rise, apex, fall, residue, "
-     "brief)`.")
+    "Onset-apex-offset curves in [0,1] (one per clip), and a timing table `(onset, rise, apex, fall, residue, brief)`."
     curves, timing = [], []
     for L in lengths:
         s0 = rng.uniform(-.15, .35) * L                 # onset start; < 0: the clip starts mid-onset
@@ -145,40 +148,44 @@ def time_courses(rng:np.random.Generator, lengths) -> tuple[list, np.ndarray]:
     return curves, np.array(timing, np.float32)
 
 # %% ../nbs/07_synth.ipynb #f495d750
-AU_GAIN = 2.0   # how far one unit of AU intensity moves the face: cartoon strength, so that 32-pixel faces still show it
+AU_GAIN = 2.0   # how far one unit of AU intensity moves the face: cartoon strength, visible on 32-pixel faces
 
+def _upper_face(P:dict, a:dict) -> dict:
+    "Eye aperture and brow ends: AU1 lifts the inner brow end, AU2 the outer; AU4 pulls the inner end down and in."
+    ex, ey, bl = P['eye_x'], P['eye_y'], P['brow_len']
+    opening = np.clip(1 + a['AU5'] - .5 * a['AU6'] - .3 * a['AU4'], .15, 2.4)
+    return dict(ah=np.maximum(P['eye_h'] * opening * (1 - P['blink']), .004),
+                brow_ix=ex - .45 * bl - .035 * a['AU4'], brow_iy=ey - P['brow_gap'] - .09 * a['AU1'] + .07 * a['AU4'],
+                brow_ox=ex + .55 * bl, brow_oy=ey - .9 * P['brow_gap'] - .09 * a['AU2'] + .015 * a['AU4'])
+
+# %% ../nbs/07_synth.ipynb #658a53eb
 def face_geometry(P:dict) -> dict:
     "Positions of the moving face parts, per frame, in canonical face units, from AUs, blinks and talking."
     a = {k: P['au'][:, i] * AU_GAIN for i, k in enumerate(AUS)}
-    ex, ey = P['eye_x'], P['eye_y']
     g = dict(opening=np.clip(.14 * a['AU26'] + P['talk'] + .02 * a['AU20'], 0, .26))   # the jaw follows the opening
-    g['ah'] = np.maximum(P['eye_h'] * np.clip(1 + a['AU5'] - .5 * a['AU6'] - .3 * a['AU4'], .15,
-                                              2.4) * (1 - P['blink']), .004)
-    bl = P['brow_len']        # AU1 lifts the inner brow end, AU2 the outer; AU4 pulls the inner end down and in
-    g['brow_ix'], g['brow_iy'] = ex - .45 * bl - .035 * a['AU4'], ey - P['brow_gap'] - .09 * a['AU1'] + .07 * a['AU4']
-    g['brow_ox'], g['brow_oy'] = ex + .55 * bl, ey - .9 * P['brow_gap'] - .09 * a['AU2'] + .015 * a['AU4']
+    g |= _upper_face(P, a)
     g['mouth_w'] = P['mouth_w'] * (1 + .3 * a['AU12'] + .4 * a['AU20'] - .15 * a['AU24'])
     g['corner'] = -.08 * a['AU12'] + .07 * a['AU15'] - .01 * a['AU20']           # corner height (down is +)
     g['lip_t'] = P['lip_t'] * (1 - .6 * np.clip(a['AU24'], 0, 1))
     g['o_up'], g['o_lo'] = .5 * g['opening'] + .035 * a['AU9'], .5 * g['opening']   # AU9 also lifts the upper lip
-    g['nose_b'] = ey + P['nose_len'] + .06 - .025 * a['AU9']
+    g['nose_b'] = P['eye_y'] + P['nose_len'] + .06 - .025 * a['AU9']
     g['cheek'], g['wrinkle'] = np.clip(a['AU6'], 0, 1), np.clip(a['AU9'], 0, 1)
     g['fold'] = np.clip(.9 * a['AU12'] + .7 * a['AU9'] + .4 * a['AU20'], 0, 1)
     g['teeth'] = np.clip(a['AU12'] + a['AU20'] + a['AU9'], 0, 1)
     return g
 
-LANDMARKS = ('brow_in_r', 'brow_in_l', 'brow_out_r', 'brow_out_l', 'lid_top_r', 'lid_top_l', 'lid_bottom_r',
-             'lid_bottom_l',
-             'mouth_corner_r', 'mouth_corner_l', 'lip_top', 'lip_bottom', 'lip_inner_top', 'lip_inner_bottom', 'nose', 'chin')
-
 # %% ../nbs/07_synth.ipynb #d5007f8f
+LANDMARKS = ('brow_in_r', 'brow_in_l', 'brow_out_r', 'brow_out_l', 'lid_top_r', 'lid_top_l', 'lid_bottom_r',
+             'lid_bottom_l', 'mouth_corner_r', 'mouth_corner_l', 'lip_top', 'lip_bottom', 'lip_inner_top',
+             'lip_inner_bottom', 'nose', 'chin')
+
 def landmarks(P:dict) -> np.ndarray:
     "`(B, 16, 2)` landmarks (`LANDMARKS`) in canonical, pose-free face coordinates."
     g, ex, ey, my = face_geometry(P), P['eye_x'], P['eye_y'], P['mouth_y']
     z = np.zeros_like(ex)
     pts = [(-g['brow_ix'], g['brow_iy']), (g['brow_ix'], g['brow_iy']), (-g['brow_ox'], g['brow_oy']),
-           (g['brow_ox'], g['brow_oy']),
-           (-ex, ey - g['ah']), (ex, ey - g['ah']), (-ex, ey + g['ah']), (ex, ey + g['ah']),
+           (g['brow_ox'], g['brow_oy']), (-ex, ey - g['ah']), (ex, ey - g['ah']), (-ex, ey + g['ah']),
+           (ex, ey + g['ah']),
            (-g['mouth_w'], my + g['corner']), (g['mouth_w'], my + g['corner']), (z, my - g['o_up'] - g['lip_t']),
            (z, my + g['o_lo'] + 1.2 * g['lip_t']), (z, my - g['o_up']), (z, my + g['o_lo']), (z, g['nose_b']),
            (z, P['face_h'] + .6 * g['opening'])]
@@ -233,101 +240,166 @@ def _place(rgba, P, size):
     grid = torch.stack([(c * dx + s * dy), (-s * dx + c * dy)], -1) / t['scale'][..., None] / _Canvas.SPAN
     src = torch.from_numpy(rgba)
     src = torch.cat([src[:, :3] * src[:, 3:], src[:, 3:]], 1)
-    return F.grid_sample(src, grid, mode='bilinear', padding_mode='border', align_corners=False).permute(0, 2, 3, 1).numpy()
+    out = F.grid_sample(src, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    return out.permute(0, 2, 3, 1).numpy()
 
 # %% ../nbs/07_synth.ipynb #3cf6feaf
 _FACE_KEYS = ('face_w', 'face_h', 'jaw', 'hair_h', 'eye_x', 'eye_y', 'eye_w', 'eye_h', 'brow_t', 'mouth_y', 'nose_w',
               'glasses', 'gaze')
+_UPPER = (-.58, .58, -.52, .36)          # the canvas window of cheeks, nose, eyes, brows and glasses
 
-# %% ../nbs/07_synth.ipynb #f4414ca6
-def render(P:dict, size:int=64, noise_rng:np.random.Generator|None=None) -> np.ndarray:
-    "Draw a batch of faces from per-frame parameters `P` (arrays with a leading batch dim) as uint8 `(B,size,size,3)`."
-    B = len(P['tx'])
-    cv = _Canvas(B, int(round(size * 1.5)))
-    px, paint = cv.px, cv.paint
-    G = {k: _c(a) for k, a in face_geometry(P).items()}
-    f = {k: _c(P[k]) for k in _FACE_KEYS}
-    skin, hair = P['skin'], P['hair']
-    fw, fh, ex, ey, ew, my = f['face_w'], f['face_h'], f['eye_x'], f['eye_y'], f['eye_w'], f['mouth_y']
-    dark, white, black = skin * .55, np.full_like(skin, .96), np.full_like(skin, .03)
-    # shoulders, neck, back hair, ears, face (its chin follows the mouth opening), fringe
+def _head(cv:_Canvas, P:dict, G:dict, f:dict):
+    "Shoulders, neck, back hair, ears, the face (its chin follows the mouth opening) and the fringe."
+    px, paint, skin, hair, fw, fh = cv.px, cv.paint, P['skin'], P['hair'], f['face_w'], f['face_h']
     u, v, w = cv.window(-1.8, 1.8, .75, 1.8); paint(w, _ellipse(u, v, 0, 1.3, 1.0, .5, px), P['shirt'])
-    u, v, w = cv.window(-.4, .4, .2, 1.25); paint(w,
-                                                  _soft(np.maximum(np.abs(u) - .55 * fw, np.abs(v - .75) - .45),
-                                                        px), skin * .82)
+    u, v, w = cv.window(-.4, .4, .2, 1.25)
+    paint(w, _soft(np.maximum(np.abs(u) - .55 * fw, np.abs(v - .75) - .45), px), skin * .82)
     u, v, w = cv.window(-.8, .8, -1.25, 1.0)
-    hair_a = _ellipse(u, v, 0, -.2 * fh + .15 * f['hair_h'], 1.12 * fw, fh * (.8 + .35 * f['hair_h']),
-                      px) * (f['hair_h'] > 0)
-    paint(w, hair_a, hair)
+    hair_a = _ellipse(u, v, 0, -.2 * fh + .15 * f['hair_h'], 1.12 * fw, fh * (.8 + .35 * f['hair_h']), px)
+    paint(w, hair_a * (f['hair_h'] > 0), hair)
     for sx in (-1, 1): paint(w, _ellipse(u, v, sx * .98 * fw, 0., .07, .11, px), skin * .9)
     vb = np.clip(v / fh, 0, 1)
     rx, ry = fw * (1 - f['jaw'] * vb * vb), np.where(v > 0, fh + .6 * G['opening'], fh)
     paint(w, _soft((np.sqrt(np.square(u / rx) + np.square(v / ry)) - 1) * fw, px), skin)
-    paint(w, hair_a * _soft(v + fh * (.95 - .4 * f['hair_h']) + .04 * np.cos(9 * u), px), hair)
-    # upper face: cheeks (AU6 lifts and reddens them), nose and its wrinkles (AU9), eyes, brows, glasses
-    u, v, w = cv.window(-.58, .58, -.52, .36)
+    paint(w, hair_a * (f['hair_h'] > 0) * _soft(v + fh * (.95 - .4 * f['hair_h']) + .04 * np.cos(9 * u), px), hair)
+
+# %% ../nbs/07_synth.ipynb #0d22f4f8
+def _cheeks_nose(cv:_Canvas, P:dict, G:dict, f:dict):
+    "Cheeks (AU6 lifts and reddens them), nostrils, the nose ridge and its wrinkles (AU9)."
+    (u, v, w), px, paint, skin, ex, ey = cv.window(*_UPPER), cv.px, cv.paint, P['skin'], f['eye_x'], f['eye_y']
     for sx in (-1, 1):
         paint(w, .6 * G['cheek'] * _ellipse(u, v, sx * ex * 1.1, ey + .19 - .06 * G['cheek'], .09, .055, px),
               skin * .8 + np.float32([.2, .02, .02]))
         paint(w, .85 * _ellipse(u, v, sx * f['nose_w'] * .55, G['nose_b'], .022, .012, px), skin * .4)
-    paint(w, .25 * _capsule(u, v, 0, ey + .04, 0, G['nose_b'] - .02, .018, px), dark)
-    for k in range(2): paint(w,
-                             G['wrinkle'] * _capsule(u, v, -.045, ey + .03 + .035 * k, .045, ey + .03 + .035 * k, .007,
-                                                     px), dark)
+    paint(w, .25 * _capsule(u, v, 0, ey + .04, 0, G['nose_b'] - .02, .018, px), skin * .55)
+    for k in range(2):
+        y = ey + .03 + .035 * k
+        paint(w, G['wrinkle'] * _capsule(u, v, -.045, y, .045, y, .007, px), skin * .55)
+
+# %% ../nbs/07_synth.ipynb #f6a23f17
+def _eyes(cv:_Canvas, P:dict, G:dict, f:dict):
+    "Lid lines (all that is left in a blink), sclera, iris and pupil following the gaze."
+    (u, v, w), px, paint, ey, ew, eh = cv.window(*_UPPER), cv.px, cv.paint, f['eye_y'], f['eye_w'], f['eye_h']
     for sx in (-1, 1):
-        cx = sx * ex
-        paint(w, _ellipse(u, v, cx, ey, ew + .012, G['ah'] + .012, px),
-              skin * .3)       # lid line: all that is left in a blink
+        cx = sx * f['eye_x']
+        paint(w, _ellipse(u, v, cx, ey, ew + .012, G['ah'] + .012, px), P['skin'] * .3)
         sclera = _ellipse(u, v, cx, ey, ew, G['ah'], px)
-        paint(w, sclera, white)
-        paint(w, sclera * _ellipse(u, v, cx + f['gaze'], ey, f['eye_h'] * .95, f['eye_h'] * .95, px), P['iris'])
-        paint(w, sclera * _ellipse(u, v, cx + f['gaze'], ey, f['eye_h'] * .45, f['eye_h'] * .45, px), black)
-    brow_col = np.where(P['hair_h'][:, None] > 0, hair * .6, skin * .35)
+        paint(w, sclera, np.full_like(P['skin'], .96))
+        paint(w, sclera * _ellipse(u, v, cx + f['gaze'], ey, eh * .95, eh * .95, px), P['iris'])
+        paint(w, sclera * _ellipse(u, v, cx + f['gaze'], ey, eh * .45, eh * .45, px), np.full_like(P['skin'], .03))
+
+# %% ../nbs/07_synth.ipynb #7ee50d19
+def _brows_glasses(cv:_Canvas, P:dict, G:dict, f:dict):
+    "Brows (hair-coloured, or skin-coloured for the bald) and glasses for those who wear them."
+    (u, v, w), px, paint, ex, ey, ew = cv.window(*_UPPER), cv.px, cv.paint, f['eye_x'], f['eye_y'], f['eye_w']
+    brow_col = np.where(P['hair_h'][:, None] > 0, P['hair'] * .6, P['skin'] * .35)
     for sx in (-1, 1):
-        paint(w, _capsule(u, v, sx * G['brow_ix'], G['brow_iy'], sx * G['brow_ox'], G['brow_oy'], f['brow_t'] / 2, px),
-              brow_col)
-    if P['glasses'].any():
-        for sx in (-1, 1):
-            q = np.sqrt(np.square((u - sx * ex) / (ew * 1.45)) + np.square((v - ey) / (f['eye_h'] * 2.3)))
-            paint(w, f['glasses'] * _soft(np.abs(q - 1) * ew - .012, px), P['glasses_col'])
-        paint(w, f['glasses'] * _capsule(u, v, -ex + ew * 1.45, ey, ex - ew * 1.45, ey, .01, px), P['glasses_col'])
-    # lower face: nasolabial folds, lips around a curved centre line, dark interior, teeth
-    u, v, w = cv.window(-.46, .46, -.05, .72)
-    mw, corner = G['mouth_w'], G['corner']
+        brow = _capsule(u, v, sx * G['brow_ix'], G['brow_iy'], sx * G['brow_ox'], G['brow_oy'], f['brow_t'] / 2, px)
+        paint(w, brow, brow_col)
+    if not P['glasses'].any(): return
     for sx in (-1, 1):
-        paint(w,
-              .7 * G['fold'] * _capsule(u, v, sx * f['nose_w'] * 1.4, G['nose_b'] - .01, sx * mw * 1.08, my + corner,
-                                        .009, px), dark)
+        q = np.sqrt(np.square((u - sx * ex) / (ew * 1.45)) + np.square((v - ey) / (f['eye_h'] * 2.3)))
+        paint(w, f['glasses'] * _soft(np.abs(q - 1) * ew - .012, px), P['glasses_col'])
+    paint(w, f['glasses'] * _capsule(u, v, -ex + ew * 1.45, ey, ex - ew * 1.45, ey, .01, px), P['glasses_col'])
+
+# %% ../nbs/07_synth.ipynb #8d785ef9
+def _mouth(cv:_Canvas, P:dict, G:dict, f:dict):
+    "Nasolabial folds, lips around a curved centre line, the dark interior and teeth."
+    (u, v, w), px, paint, skin, my = cv.window(-.46, .46, -.05, .72), cv.px, cv.paint, P['skin'], f['mouth_y']
+    mw, corner, lt, o_up, o_lo = G['mouth_w'], G['corner'], G['lip_t'], G['o_up'], G['o_lo']
+    for sx in (-1, 1):
+        fold = _capsule(u, v, sx * f['nose_w'] * 1.4, G['nose_b'] - .01, sx * mw * 1.08, my + corner, .009, px)
+        paint(w, .7 * G['fold'] * fold, skin * .55)
     xm2 = np.minimum(np.square(u / mw), 1)
     env, dv, inside = np.sqrt(1 - xm2), v - (my + corner * xm2), np.abs(u) < mw
-    lt, o_up, o_lo = G['lip_t'], G['o_up'], G['o_lo']
     paint(w, _soft(np.maximum(-(o_up + lt) * env - dv, dv - (o_lo + 1.2 * lt) * env), px) * inside, P['lip'])
     inner = _soft(np.maximum(-o_up * env - dv, dv - o_lo * env), px) * inside
     paint(w, inner, .12 + skin * .1)
     paint(w, inner * G['teeth'] * _soft(dv + o_up * env - .03, px), np.full_like(skin, .92))
-    face = _place(cv.rgba, P, size)
-    # background in frame coordinates, then lighting, camera, sensor noise, blur
+
+# %% ../nbs/07_synth.ipynb #8f19706a
+def _blur(img:np.ndarray, sel:np.ndarray) -> np.ndarray:
+    "A [1,2,1] x [1,2,1] blur of the frames `sel` of `img` `(B,H,W,3)`, in place."
+    if sel.any():
+        p = np.pad(img[sel], ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
+        b = (p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]) / 4
+        img[sel] = (b[:, :, :-2] + 2 * b[:, :, 1:-1] + b[:, :, 2:]) / 4
+    return img
+
+# %% ../nbs/07_synth.ipynb #610cbccd
+def _scene(face:np.ndarray, P:dict, size:int, rng:np.random.Generator) -> np.ndarray:
+    "The placed faces over a background in frame coordinates, then lighting, camera, sensor noise and blur."
     g = (np.arange(size, dtype=np.float32) + .5) / size * 2 - 1
-    x, y = g[None, None, :], g[None, :, None]
-    fx, fy = _c(P['bg_f'][:, 0]), _c(P['bg_f'][:, 1])
+    x, y, fx, fy, la = g[None, None, :], g[None, :, None], _c(P['bg_f'][:, 0]), _c(P['bg_f'][:, 1]), _c(P['light_a'])
     tex = .5 + .25 * np.sin(fx * x + fy * y + _c(P['bg_ph'])) + .25 * np.sin(2.3 * fy * x - 1.7 * fx * y)
     img = P['bg1'][:, None, None, :] + tex[..., None] * (P['bg2'] - P['bg1'])[:, None, None, :]
     img = img * (1 - face[..., 3:]) + face[..., :3]
-    la = _c(P['light_a'])
     img *= (1 + _c(P['light_s']) * (np.cos(la) * x + np.sin(la) * y))[..., None]
     img = (img - .5) * _c(P['contrast'])[..., None] + (.5 + _c(P['bright'])[..., None])
-    rng = noise_rng if noise_rng is not None else np.random.default_rng(0)
     img += rng.standard_normal(img.shape, dtype=np.float32) * _c(P['noise'])[..., None]
-    blur = P['blur'] > 0
-    if blur.any():
-        p = np.pad(img[blur], ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
-        b = (p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]) / 4
-        img[blur] = (b[:, :, :-2] + 2 * b[:, :, 1:-1] + b[:, :, 2:]) / 4
+    return _blur(img, P['blur'] > 0)
+
+# %% ../nbs/07_synth.ipynb #15fdf05c
+def render(P:dict, size:int=64, noise_rng:np.random.Generator|None=None) -> np.ndarray:
+    "Draw a batch of faces from per-frame parameters `P` (arrays with a leading batch dim) as uint8 `(B,size,size,3)`."
+    cv = _Canvas(len(P['tx']), int(round(size * 1.5)))
+    G = {k: _c(a) for k, a in face_geometry(P).items()}
+    f = {k: _c(P[k]) for k in _FACE_KEYS}
+    for part in (_head, _cheeks_nose, _eyes, _brows_glasses, _mouth): part(cv, P, G, f)
+    img = _scene(_place(cv.rgba, P, size), P, size, noise_rng if noise_rng is not None else np.random.default_rng(0))
     return (np.clip(img, 0, 1) * 255 + .5).astype(np.uint8)
 
 # %% ../nbs/07_synth.ipynb #4b91c176
 _ID_KEYS = ('face_w', 'face_h', 'jaw', 'skin', 'hair', 'hair_h', 'eye_x', 'eye_y', 'eye_w', 'eye_h', 'iris', 'brow_gap',
-            'brow_t', 'brow_len', 'mouth_y', 'mouth_w', 'lip_t', 'lip', 'nose_len', 'nose_w', 'glasses', 'glasses_col', 'shirt')
+            'brow_t', 'brow_len', 'mouth_y', 'mouth_w', 'lip_t', 'lip', 'nose_len', 'nose_w', 'glasses', 'glasses_col',
+            'shirt')
+
+def _au_frames(rng, people, ids, lab, lengths, peak, still, clip_of) -> tuple:
+    "Per-frame AUs (the person's resting face plus the time course times the apex), the apex AUs and the timing table."
+    apex = sample_expressions(rng, lab, peak)
+    if still: curves, timing = [np.ones(L, np.float32) for L in lengths], np.zeros((len(lab), 6), np.float32)
+    else: curves, timing = time_courses(rng, lengths)
+    return people['rest'][ids] + np.concatenate(curves)[:, None] * apex[clip_of], apex, timing
+
+def _talking(rng, n:int, talk_p:float, clip_of, t) -> tuple[np.ndarray, np.ndarray]:
+    "Which samples talk, and the mouth opening of every frame (a syllable rhythm of random depth)."
+    talks = rng.random(n) < talk_p
+    f_t, ph_t, amp_t = rng.uniform(.12, .35, n), rng.uniform(0, 2 * np.pi, n), rng.uniform(.025, .08, n)
+    return talks, ((talks * amp_t)[clip_of] * rng.uniform(.4, 1., len(clip_of))
+                   * np.clip(np.sin(2 * np.pi * f_t[clip_of] * t + ph_t[clip_of]), 0, 1))
+
+# %% ../nbs/07_synth.ipynb #981daf83
+def _blinks(rng, lengths, start, blink_rate:float) -> np.ndarray:
+    "Eye closure of every frame: a Poisson number of blinks of random length per sample."
+    blink = np.zeros(int(lengths.sum()), np.float32)
+    for i in range(len(lengths)):
+        tt, seg = np.arange(lengths[i]), slice(start[i], start[i] + lengths[i])
+        for _ in range(rng.poisson(blink_rate * lengths[i])):
+            c, w = rng.uniform(0, lengths[i]), rng.uniform(.6, 1.5)
+            blink[seg] = np.maximum(blink[seg], np.clip(1.2 - np.abs(tt - c) / w, 0, 1))
+    return np.minimum(blink, 1)
+
+# %% ../nbs/07_synth.ipynb #03ab05c9
+def _head_pose(rng, n:int, clip_of, t, motion:float) -> tuple[dict, np.ndarray]:
+    "Per-frame `tx, ty, rot, scale` (sway, nod, roll, zoom of the moving samples) and the per-sample motion."
+    moving = (rng.random(n) < .6) * motion
+    f_h, ph_h = rng.uniform(.02, .12, (n, 4)), rng.uniform(0, 2 * np.pi, (n, 4))
+    amp_h = rng.uniform(0, 1, (n, 4)) * np.float32([.04, .03, .1, .05]) * moving[:, None]
+    sway = amp_h[clip_of] * np.sin(2 * np.pi * f_h[clip_of] * t[:, None] + ph_h[clip_of])
+    # framing like DFEW's face crops: the face fills the frame, slightly off-centre, a little rolled
+    base = np.stack([rng.uniform(-.05, .05, n), rng.uniform(-.02, .1, n), rng.uniform(-.15, .15, n),
+                     rng.uniform(1.05, 1.3, n)], 1)[clip_of]
+    return dict(tx=base[:, 0] + sway[:, 0], ty=base[:, 1] + sway[:, 1], rot=base[:, 2] + sway[:, 2],
+                scale=base[:, 3] * (1 + sway[:, 3])), moving
+
+# %% ../nbs/07_synth.ipynb #04196a81
+def _look(rng, n:int) -> dict:
+    "Per-sample background (two colours, a texture), lighting, contrast, sensor noise and blur."
+    hue = rng.uniform(.15, .85, (n, 3))
+    return dict(bg1=hue, bg2=(hue + rng.uniform(-.15, .15, (n, 3))).clip(0, 1), bg_f=rng.uniform(-9, 9, (n, 2)),
+                bg_ph=rng.uniform(0, 2 * np.pi, n), light_a=rng.uniform(0, 2 * np.pi, n),
+                light_s=rng.uniform(0, .35, n), bright=rng.uniform(-.08, .08, n), contrast=rng.uniform(.75, 1.1, n),
+                noise=rng.uniform(0, .05, n), blur=(rng.random(n) < .3).astype(np.float32))
 
 # %% ../nbs/07_synth.ipynb #751929b4
 def sample_scenes(rng:np.random.Generator, people:dict, who, labels, lengths, peak=(.35, 1.), talk_p:float=.4,
@@ -336,45 +408,20 @@ def sample_scenes(rng:np.random.Generator, people:dict, who, labels, lengths, pe
     `lengths` frames each), which sample each frame belongs to, and a per-sample table of what was drawn."""
     n, lengths = len(who), np.asarray(lengths)
     lab = np.where(np.asarray(labels) < 0, EMOTIONS.index('Neutral'), labels)
-    apex = sample_expressions(rng, lab, peak)
-    if still: curves, timing = [np.ones(L, np.float32) for L in lengths], np.zeros((n, 6), np.float32)
-    else: curves, timing = time_courses(rng, lengths)
-    F_, start = int(lengths.sum()), np.r_[0, np.cumsum(lengths)[:-1]]
-    clip_of = np.repeat(np.arange(n), lengths)
+    clip_of, start = np.repeat(np.arange(n), lengths), np.r_[0, np.cumsum(lengths)[:-1]]
     t = np.concatenate([np.arange(L) for L in lengths]).astype(np.float32)
     ids = np.asarray(who)[clip_of]
     P = {k: people[k][ids] for k in _ID_KEYS}
-    P['au'] = people['rest'][ids] + np.concatenate(curves)[:, None] * apex[clip_of]
-    talks = rng.random(n) < talk_p
-    f_t, ph_t, amp_t = rng.uniform(.12, .35, n), rng.uniform(0, 2 * np.pi, n), rng.uniform(.025, .08, n)
-    P['talk'] = ((talks * amp_t)[clip_of] * rng.uniform(.4, 1., F_)
-                 * np.clip(np.sin(2 * np.pi * f_t[clip_of] * t + ph_t[clip_of]), 0, 1))
-    blink = np.zeros(F_, np.float32)
-    for i in range(n):
-        tt, seg = np.arange(lengths[i]), slice(start[i], start[i] + lengths[i])
-        for _ in range(rng.poisson(blink_rate * lengths[i])):
-            c, w = rng.uniform(0, lengths[i]), rng.uniform(.6, 1.5)
-            blink[seg] = np.maximum(blink[seg], np.clip(1.2 - np.abs(tt - c) / w, 0, 1))
-    P['blink'] = np.minimum(blink, 1)
-    moving = (rng.random(n) < .6) * motion
-    f_h, ph_h = rng.uniform(.02, .12, (n, 4)), rng.uniform(0, 2 * np.pi, (n, 4))
-    amp_h = rng.uniform(0, 1, (n, 4)) * np.float32([.04, .03, .1, .05]) * moving[:, None]
-    sway = amp_h[clip_of] * np.sin(2 * np.pi * f_h[clip_of] * t[:, None] + ph_h[clip_of])
-    # framing like DFEW's face crops: the face fills the frame, slightly off-centre, a little rolled
-    base = np.stack([rng.uniform(-.05, .05, n), rng.uniform(-.02, .1, n), rng.uniform(-.15, .15, n),
-                     rng.uniform(1.05, 1.3, n)], 1)
-    P['tx'], P['ty'] = base[clip_of, 0] + sway[:, 0], base[clip_of, 1] + sway[:, 1]
-    P['rot'], P['scale'] = base[clip_of, 2] + sway[:, 2], base[clip_of, 3] * (1 + sway[:, 3])
+    P['au'], apex, timing = _au_frames(rng, people, ids, lab, lengths, peak, still, clip_of)
+    talks, P['talk'] = _talking(rng, n, talk_p, clip_of, t)
+    P['blink'] = _blinks(rng, lengths, start, blink_rate)
+    pose, moving = _head_pose(rng, n, clip_of, t, motion)
+    P |= pose
     P['gaze'] = (rng.uniform(-.3, .3, n)[clip_of] + .1 * np.sin(t * rng.uniform(0, .4, n)[clip_of])) * P['eye_w'] * .5
-    hue = rng.uniform(.15, .85, (n, 3))
-    per_sample = dict(bg1=hue, bg2=(hue + rng.uniform(-.15, .15, (n, 3))).clip(0, 1), bg_f=rng.uniform(-9, 9, (n, 2)),
-                      bg_ph=rng.uniform(0, 2 * np.pi, n), light_a=rng.uniform(0, 2 * np.pi, n), light_s=rng.uniform(0, .35, n),
-                      bright=rng.uniform(-.08, .08, n), contrast=rng.uniform(.75, 1.1, n), noise=rng.uniform(0, .05, n),
-                      blur=(rng.random(n) < .3).astype(np.float32))
-    for k, a in per_sample.items(): P[k] = a[clip_of]
+    P |= {k: a[clip_of] for k, a in _look(rng, n).items()}
     P = {k: np.asarray(a, np.float32) for k, a in P.items()}
     table = dict(frames=lengths, peak=apex.max(1), talking=talks, moving=moving > 0, brief_apex=timing[:, 5] > 0,
-                 blinks=np.array([blink[s:s + L].max() > .5 for s, L in zip(start, lengths)]))
+                 blinks=np.array([P['blink'][s:s + L].max() > .5 for s, L in zip(start, lengths)]))
     return P, clip_of, table
 
 # %% ../nbs/07_synth.ipynb #18c1685e
@@ -394,15 +441,15 @@ PRESETS = {
                     talking=1000, talk_people=200, min_per_fold=10),
 }
 
+# %% ../nbs/07_synth.ipynb #7cf53fe3
 def preset_config(preset:str|dict) -> dict:
-    ("The size settings of a named preset (`tiny`, `small`, `default`, `large`), or a dict with the same keys passed "
-     "through.")
+    "The size settings of a named preset (`tiny`, `small`, `default`, `large`), or a dict with the same keys."
     if isinstance(preset, dict):
         missing = set(PRESETS['tiny']) - set(preset)
         if missing: raise ValueError(f"preset dict lacks {sorted(missing)}")
         return dict(preset)
-    if preset not in PRESETS: raise ValueError(f"Unknown preset {preset!r}; choose one of {list(PRESETS)} or pass a "
-                                               f"dict")
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {list(PRESETS)} or pass a dict")
     return dict(PRESETS[preset])
 
 # %% ../nbs/07_synth.ipynb #c624c74f
@@ -415,7 +462,7 @@ def allocate(n:int, shares:dict, order, floor:int=0) -> np.ndarray:
     while k.sum() > n: k[np.argmax(np.where(k > floor, k - p * n, -np.inf))] -= 1
     return k
 
-def flip_labels(rng:np.random.Generator, labels, rate:float, num_classes:int=len(EMOTIONS)) -> tuple[np.ndarray, np.ndarray]:
+def flip_labels(rng:np.random.Generator, labels, rate:float, num_classes:int=len(EMOTIONS)) -> tuple:
     "Labels with a share `rate` replaced by a uniformly drawn *other* class, and the mask of replaced ones."
     if not 0 <= rate < 1: raise ValueError(f"label_noise must be in [0, 1), got {rate}")
     labels = np.asarray(labels)
@@ -441,6 +488,7 @@ def sample_clips(r_clip, r_noise, people:dict, cfg:dict, shares:dict, order, lab
     return dict(P=P, sample_of=clip_of,
                 table=dict(table, person=who, fold=fold, true_label=lab, label=given, flipped=flipped))
 
+# %% ../nbs/07_synth.ipynb #7a35a8f0
 def sample_mafw(preset:str|dict='default', seed:int=0, label_noise:float=.05) -> dict:
     "The MAFW role: as many clips as the DFEW role, 11 classes (ids in `EMOTIONS + MAFW_EXTRA`), people of its own."
     cfg = preset_config(preset)
@@ -449,16 +497,8 @@ def sample_mafw(preset:str|dict='default', seed:int=0, label_noise:float=.05) ->
     return sample_clips(r_clip, r_noise, people, cfg, MAFW_SHARE, EMOTIONS + MAFW_EXTRA, label_noise)
 
 # %% ../nbs/07_synth.ipynb #a37419b4
-def sample_benchmark(preset:str|dict='default', seed:int=0, label_noise:float=.05) -> dict:
-    "Everything the benchmark holds, before drawing: per-frame parameters and per-sample tables of its three parts."
-    cfg = preset_config(preset)
-    r_id, r_clip, r_img, r_talk, r_noise = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
-    people = sample_identities(r_id, cfg['clip_people'] + cfg['image_people'] + cfg['talk_people'])
-    out = dict(config=dict(preset=preset if isinstance(preset, str) else 'custom', seed=seed, label_noise=label_noise,
-                           **cfg))
-    # DFEW role: 5 folds of disjoint people, DFEW's class shares in every fold
-    out['video'] = sample_clips(r_clip, r_noise, people, cfg, DFEW_SHARE, EMOTIONS, label_noise)
-    # AffectNet role: single frames at the peak, other people; training list imbalanced, test list balanced
+def _sample_images(r_img, r_noise, people:dict, cfg:dict, label_noise:float) -> dict:
+    "The AffectNet role: single frames at the peak, other people; training list imbalanced, test list balanced."
     n_tr, n_te = cfg['images']
     img_people = cfg['clip_people'] + r_img.permutation(cfg['image_people'])
     n_test_people = max(1, len(img_people) // 5)
@@ -469,38 +509,53 @@ def sample_benchmark(preset:str|dict='default', seed:int=0, label_noise:float=.0
                                      blink_rate=.08, still=True)
     given, flipped = flip_labels(r_noise, lab, label_noise)
     split = np.r_[np.full(n_tr, 'train'), np.full(n_te, 'test')]
-    out['image'] = dict(P=P, sample_of=img_of,
-                        table=dict(table, person=who, split=split, true_label=lab, label=given, flipped=flipped))
-    # VoxCeleb2 role: unlabelled talking faces, weak and mixed expressions
+    return dict(P=P, sample_of=img_of,
+                table=dict(table, person=who, split=split, true_label=lab, label=given, flipped=flipped))
+
+# %% ../nbs/07_synth.ipynb #ab9d0ec3
+def _sample_talking(r_talk, people:dict, cfg:dict) -> dict:
+    "The VoxCeleb2 role: unlabelled talking faces with weak, mixed expressions."
     nt = cfg['talking']
     who = cfg['clip_people'] + cfg['image_people'] + r_talk.integers(0, cfg['talk_people'], nt)
     lab = r_talk.choice(7, nt, p=np.array([.15, .1, .45, .1, .1, .03, .07]))
     P, t_of, table = sample_scenes(r_talk, people, who, lab, r_talk.integers(16, 25, nt), peak=(.1, .7), talk_p=1.)
-    out['talking'] = dict(P=P, sample_of=t_of, table=dict(table, person=who, true_label=lab))
-    return out
+    return dict(P=P, sample_of=t_of, table=dict(table, person=who, true_label=lab))
+
+def sample_benchmark(preset:str|dict='default', seed:int=0, label_noise:float=.05) -> dict:
+    "Everything the benchmark holds, before drawing: per-frame parameters and per-sample tables of its three parts."
+    cfg = preset_config(preset)
+    r_id, r_clip, r_img, r_talk, r_noise = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
+    people = sample_identities(r_id, cfg['clip_people'] + cfg['image_people'] + cfg['talk_people'])
+    name = preset if isinstance(preset, str) else 'custom'
+    return dict(config=dict(preset=name, seed=seed, label_noise=label_noise, **cfg),
+                video=sample_clips(r_clip, r_noise, people, cfg, DFEW_SHARE, EMOTIONS, label_noise),
+                image=_sample_images(r_img, r_noise, people, cfg, label_noise),
+                talking=_sample_talking(r_talk, people, cfg))
 
 # %% ../nbs/07_synth.ipynb #d74ea327
 DFEW_FRAMES, DFEW_SPLITS, AFFECTNET_DIR, VOX_DIR = 'DFEW/clip_jpg_256', 'DFEW/split', 'AffectNet', 'VoxCeleb2/dev/mp4'
 
 SYNTH_VERSION = 2   # bumped whenever the drawing changes, so that `ensure_benchmark` regenerates old benchmarks
 
-_CHUNK = 256
-
 def benchmark_paths(root) -> dict:
     "Roots to hand to `unilearn.data`'s readers: `DFEW(root=...)`, `AffectNet(root=...)`, ..., `MAFW(root=...)`."
     root = Path(root)
     return dict(dfew=root / 'DFEW', affectnet=root / AFFECTNET_DIR, voxceleb2=root / 'VoxCeleb2',
-                ferv39k=root / 'FERV39K',
-                mafw=root / 'MAFW', meta=root / 'synth.json')
+                ferv39k=root / 'FERV39K', mafw=root / 'MAFW', meta=root / 'synth.json')
+
+# %% ../nbs/07_synth.ipynb #c3231186
+_CHUNK = 256
 
 def _rendered(part:dict, seed:int, tag:int, size:int, pool):
-    F_ = len(part['sample_of'])
+    "`(first frame, frames)` of each chunk of `part`'s frames, rendered by `pool` with a noise seed per chunk."
     def one(c): return c, render(take(part['P'], slice(c, c + _CHUNK)), size, np.random.default_rng([seed, tag, c]))
-    yield from pool.map(one, range(0, F_, _CHUNK))
+    yield from pool.map(one, range(0, len(part['sample_of']), _CHUNK))
 
-def _vox_names(rng, n_people, n_videos):
+def _vox_names(rng, n_people:int, n_videos:int) -> tuple[list, list]:
+    "VoxCeleb2-style speaker ids `idNNNNN` and 11-character video ids."
     letters = np.array(list(string.ascii_letters + string.digits + '-_'))
-    return ['id%05d' % (10001 + i) for i in range(n_people)], [''.join(rng.choice(letters, 11)) for _ in range(n_videos)]
+    videos = [''.join(rng.choice(letters, 11)) for _ in range(n_videos)]
+    return ['id%05d' % (10001 + i) for i in range(n_people)], videos
 
 # %% ../nbs/07_synth.ipynb #d16fc7ae
 def _write_mp4(path, frames, fps:int=25):
@@ -539,20 +594,21 @@ def _link(src:Path, dst:Path):
 
 # %% ../nbs/07_synth.ipynb #4c0f2306
 FERV39K_SCENES = ('Action', 'Argue', 'Business', 'Conflict', 'Contest', 'Crime', 'Crisis', 'DailyLife', 'ElegantArt',
-                  'Experiment', 'History', 'Interview', 'Liveshow', 'Medicine', 'OfficialEvent', 'ScholarReport', 'School',
-                  'Social', 'Speech', 'Talkshow', 'Terror', 'War')
+                  'Experiment', 'History', 'Interview', 'Liveshow', 'Medicine', 'OfficialEvent', 'ScholarReport',
+                  'School', 'Social', 'Speech', 'Talkshow', 'Terror', 'War')
 
 def _write_ferv39k(root:Path, names:list, T:dict):
     "The DFEW-role clips again in FERV39K's layout: `2_ClipsforFaceCrop/<Scene>/<Emotion>/<NNNN>/`, `Annotation/`."
-    rows = {'train': ['path,id'], 'test': ['path,id']}
+    clips, anno, rows = root / 'FERV39K/2_ClipsforFaceCrop', root / 'FERV39K/Annotation', {'train': [], 'test': []}
     for k, nm in enumerate(names):
-        rel = f"{FERV39K_SCENES[k % len(FERV39K_SCENES)]}/{EMOTIONS[T['label'][k]]}/{k + 1:04d}"
-        (root / 'FERV39K/2_ClipsforFaceCrop' / rel).mkdir(parents=True)
-        for f in sorted((root / DFEW_FRAMES / nm).iterdir()): _link(f, root / 'FERV39K/2_ClipsforFaceCrop' / rel / f.name)
-        rows['test' if T['fold'][k] == 5 else 'train'].append(f"{rel},{sorted(EMOTIONS).index(EMOTIONS[T['label'][k]])}")
-    (root / 'FERV39K/Annotation').mkdir(parents=True)
-    for s, r in rows.items(): (root / 'FERV39K/Annotation' / f'{s}.csv').write_text('\n'.join(r) + '\n')
-    (root / 'FERV39K/Annotation/label_index.txt').write_text(''.join(f'{e} {i}\n' for i, e in enumerate(sorted(EMOTIONS))))
+        emotion = EMOTIONS[T['label'][k]]
+        rel = f"{FERV39K_SCENES[k % len(FERV39K_SCENES)]}/{emotion}/{k + 1:04d}"
+        (clips / rel).mkdir(parents=True)
+        for f in sorted((root / DFEW_FRAMES / nm).iterdir()): _link(f, clips / rel / f.name)
+        rows['test' if T['fold'][k] == 5 else 'train'].append(f"{rel},{FERV39K_CLASSES.index(emotion)}")
+    anno.mkdir(parents=True)
+    for s, r in rows.items(): (anno / f'{s}.csv').write_text('\n'.join(['path,id'] + r) + '\n')
+    (anno / 'label_index.txt').write_text(''.join(f'{e} {i}\n' for i, e in enumerate(FERV39K_CLASSES)))
 
 # %% ../nbs/07_synth.ipynb #368590cc
 def _write_mafw(root:Path, M:dict, seed:int, size:int, pool) -> list:
@@ -569,7 +625,8 @@ def _write_mafw(root:Path, M:dict, seed:int, size:int, pool) -> list:
         (anno / f'set_{k}').mkdir(parents=True)
         for split, sel in (('train', T['fold'] != k), ('test', T['fold'] == k)):
             idx = np.flatnonzero(sel)
-            (anno / f'set_{k}/{split}.csv').write_text('video_name,labels\n' + ''.join(f'{names[i]},{mid[i]}\n' for i in idx))
+            (anno / f'set_{k}/{split}.csv').write_text('video_name,labels\n'
+                                                       + ''.join(f'{names[i]},{mid[i]}\n' for i in idx))
             (anno / f'set_{k}/{split}.txt').write_text(''.join(f'{names[i]}.mp4 {MAFW11[mid[i]]}\n' for i in idx))
     (anno / 'id_to_calss.txt').write_text(''.join(f"{i}: '{c}',\n" for i, c in enumerate(MAFW11)))
     return pending
@@ -622,6 +679,7 @@ def _write_affectnet(root:Path, part:dict, seed:int, size:int, pool) -> tuple[li
         (root / AFFECTNET_DIR / fn).write_text(''.join(f'{rel[i]} {afn[i]}\n' for i in sel))
     return rel, pending
 
+# %% ../nbs/07_synth.ipynb #6f472f9b
 def _write_voxceleb2(root:Path, B:dict, seed:int, size:int, pool) -> list:
     "The VoxCeleb2 role: lossless mp4s under `idNNNNN/<video id>/00001.mp4`; returns their names."
     W, first = B['talking']['table'], B['config']['clip_people'] + B['config']['image_people']
@@ -637,7 +695,8 @@ def _write_voxceleb2(root:Path, B:dict, seed:int, size:int, pool) -> list:
 def _write_meta(root:Path, B:dict, samples:list, flipped, size:int, extra, n_vox:int, t0:float):
     "`samples.csv`, then `synth.json` (settings, class orders, counts): written last, it marks a complete benchmark."
     cols, T, I = list(samples[0]), B['video']['table'], B['image']['table']
-    (root / 'samples.csv').write_text('\n'.join([','.join(cols)] + [','.join(str(s[c]) for c in cols) for s in samples]) + '\n')
+    lines = [','.join(cols)] + [','.join(str(s[c]) for c in cols) for s in samples]
+    (root / 'samples.csv').write_text('\n'.join(lines) + '\n')
     meta = dict(B['config'], size=size, extra=sorted(extra), generator='unilearn.synth', version=SYNTH_VERSION,
                 dfew_classes=list(EMOTIONS), affectnet_classes=list(AFFECTNET7), action_units=AU_NAMES,
                 prototypes=PROTOTYPES,
@@ -650,6 +709,38 @@ def _write_meta(root:Path, B:dict, samples:list, flipped, size:int, extra, n_vox
     (root / 'synth.json').write_text(json.dumps(meta, indent=1))
 
 # %% ../nbs/07_synth.ipynb #8a2f85d9
+def _write_roles(root:Path, B:dict, seed:int, size:int, pool, log, took) -> list[dict]:
+    "The DFEW, AffectNet and VoxCeleb2 roles, every file written when it returns; their `samples.csv` rows."
+    T, I, W = (B[k]['table'] for k in ('video', 'image', 'talking'))
+    names = ['%05d' % (i + 1) for i in range(len(T['label']))]
+    pending = _write_dfew(root, B['video'], names, seed, size, pool)
+    log(f"DFEW role: {len(names)} clips, {len(B['video']['sample_of'])} frames written {took()}")
+    rel, more = _write_affectnet(root, B['image'], seed, size, pool)
+    log(f"AffectNet role: {len(rel)} images written {took()}")
+    rels = _write_voxceleb2(root, B, seed, size, pool)
+    for p in pending + more: p.result()
+    log(f"VoxCeleb2 role: {len(rels)} mp4 clips written {took()}")
+    return (_rows('dfew', names, T, [f'fold{f}' for f in T['fold']])
+            + _rows('affectnet', rel, I, [str(s) for s in I['split']], frames=1, moving=0, brief_apex=0)
+            + _rows('voxceleb2', rels, W, ['unlabelled'] * len(rels), talking=1, brief_apex=0))
+
+# %% ../nbs/07_synth.ipynb #4f1a3184
+def _write_extras(root:Path, extra, preset, B:dict, label_noise:float, size:int, pool, log, took) -> tuple[list, list]:
+    "The FERV39K layout and the MAFW role, when `extra` asks for them; their `samples.csv` rows and label-flip masks."
+    T, seed, rows, flipped = B['video']['table'], B['config']['seed'], [], []
+    if 'ferv39k' in extra:
+        _write_ferv39k(root, ['%05d' % (i + 1) for i in range(len(T['label']))], T)
+        log(f"FERV39K layout: {len(T['label'])} clips linked {took()}")
+    if 'mafw' in extra:
+        M = sample_mafw(preset, seed, label_noise)
+        for p in _write_mafw(root, M, seed, size, pool): p.result()
+        MT = M['table']
+        rows += _rows('mafw', ['%05d' % (i + 1) for i in range(len(MT['label']))], MT, [f'fold{f}' for f in MT['fold']])
+        flipped.append(MT['flipped'])
+        log(f"MAFW role: {len(MT['label'])} clips written {took()}")
+    return rows, flipped
+
+# %% ../nbs/07_synth.ipynb #4050f76a
 def write_benchmark(root,                         # a new or empty folder, or one holding an earlier benchmark
                     preset:str|dict='default', seed:int=0,
                     label_noise:float=.05,        # share of written labels replaced by another class
@@ -663,34 +754,24 @@ def write_benchmark(root,                         # a new or empty folder, or on
     if bad: raise ValueError(f"extra layouts must be among 'ferv39k', 'mafw', not {sorted(bad)}")
     t0, B = time.perf_counter(), sample_benchmark(preset, seed, label_noise)
     root = Path(root); _clear(root)                          # synth.json is written last: it marks a complete benchmark
-    pool, T, I, W = ThreadPoolExecutor(max(1, workers)), *(B[k]['table'] for k in ('video', 'image', 'talking'))
     took = lambda: f"({time.perf_counter() - t0:.1f}s)"
-    names = ['%05d' % (i + 1) for i in range(len(T['label']))]
-    pending = _write_dfew(root, B['video'], names, seed, size, pool)
-    log(f"DFEW role: {len(names)} clips, {len(B['video']['sample_of'])} frames written {took()}")
-    rel, more = _write_affectnet(root, B['image'], seed, size, pool)
-    log(f"AffectNet role: {len(rel)} images written {took()}")
-    rels = _write_voxceleb2(root, B, seed, size, pool)
-    for p in pending + more: p.result()
-    log(f"VoxCeleb2 role: {len(rels)} mp4 clips written {took()}")
-    samples = (_rows('dfew', names, T, [f'fold{f}' for f in T['fold']])
-               + _rows('affectnet', rel, I, [str(s) for s in I['split']], frames=1, moving=0, brief_apex=0)
-               + _rows('voxceleb2', rels, W, ['unlabelled'] * len(rels), talking=1, brief_apex=0))
-    flipped = [T['flipped'], I['flipped']]
-    if 'ferv39k' in extra: _write_ferv39k(root, names, T); log(f"FERV39K layout: {len(names)} clips linked {took()}")
-    if 'mafw' in extra:
-        M = sample_mafw(preset, seed, label_noise)
-        for p in _write_mafw(root, M, seed, size, pool): p.result()
-        MT = M['table']; flipped.append(MT['flipped'])
-        samples += _rows('mafw', ['%05d' % (i + 1) for i in range(len(MT['label']))], MT,
-                         [f'fold{f}' for f in MT['fold']])
-        log(f"MAFW role: {len(MT['label'])} clips written {took()}")
-    pool.shutdown()
-    _write_meta(root, B, samples, np.concatenate(flipped), size, extra, len(rels), t0)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        samples = _write_roles(root, B, seed, size, pool, log, took)
+        more, flipped = _write_extras(root, extra, preset, B, label_noise, size, pool, log, took)
+    flipped = np.concatenate([B['video']['table']['flipped'], B['image']['table']['flipped'], *flipped])
+    _write_meta(root, B, samples + more, flipped, size, extra, len(B['talking']['table']['frames']), t0)
     log(f"benchmark '{B['config']['preset']}' (seed {seed}) written to {root} in {time.perf_counter() - t0:.1f}s")
     return root
 
 # %% ../nbs/07_synth.ipynb #6a2d7efa
+def _same_settings(m:dict, cfg:dict, seed:int, label_noise:float, size:int, extra) -> bool:
+    "Does the content `m` of a `synth.json` describe a benchmark made with these settings?"
+    as_list = lambda v: list(v) if isinstance(v, (tuple, list)) else v
+    return (m.get('version') == SYNTH_VERSION and m.get('seed') == seed and m.get('label_noise') == label_noise
+            and m.get('size') == size and sorted(m.get('extra', [])) == sorted(extra)
+            and all(as_list(m.get(k)) == as_list(v) for k, v in cfg.items()))
+
+# %% ../nbs/07_synth.ipynb #1ec9f6f5
 def ensure_benchmark(root, preset:str|dict='default', seed:int=0, label_noise:float=.05, size:int=64,
                      workers:int=2, log=print, extra=()) -> Path:
     "`root` if it holds a complete benchmark made with these settings, else (re)generate it there."
@@ -698,9 +779,7 @@ def ensure_benchmark(root, preset:str|dict='default', seed:int=0, label_noise:fl
     meta = root / 'synth.json'
     if meta.exists():
         m = json.loads(meta.read_text())
-        if m.get('version') == SYNTH_VERSION and m.get('seed') == seed and m.get('label_noise') == label_noise and m.get('size') == size and \
-                sorted(m.get('extra', [])) == sorted(extra) and all(
-                (list(m.get(k)) if isinstance(v, tuple) else m.get(k)) == (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()):
+        if _same_settings(m, cfg, seed, label_noise, size, extra):
             log(f"benchmark found at {root} ({m['preset']}, seed {seed})")
             return root
         log(f"{root} holds a benchmark made with other settings; replacing it")
@@ -723,6 +802,22 @@ def _listed(lines:list[str], csv_file:bool) -> list[str]:
     return [r[0] for r in csv.reader(lines[1:])] if csv_file else [l.rsplit(None, 1)[0] for l in lines]
 
 # %% ../nbs/07_synth.ipynb #45ea3430
+def _copy_split_files(src:Path, root:Path, files:dict, limit:int|None) -> set:
+    "Copy the split files (`limit` rows of each, spread over it, so every class keeps some); the media they list."
+    items = set()
+    for ref, dst in files.items():
+        lines = [l for l in (src / ref).read_text(encoding='utf-8-sig').splitlines() if l.strip()]
+        tabular, listing = ref.endswith('.csv'), not ref.endswith(('index.txt', 'calss.txt'))
+        if limit is not None and listing and ref.endswith(('.csv', '.txt')):
+            body = lines[tabular:]
+            keep = sorted(set(np.linspace(0, len(body) - 1, min(limit, len(body))).round().astype(int)))
+            lines = lines[:tabular] + [body[j] for j in keep]
+        if listing: items |= set(_listed(lines, tabular))
+        (root / dst).parent.mkdir(parents=True, exist_ok=True)
+        (root / dst).write_text('\n'.join(lines) + '\n')
+    return items
+
+# %% ../nbs/07_synth.ipynb #c5271bac
 def split_media_tree(name:str,                 # 'DFEW', 'FERV39K', 'MAFW' or 'AffectNet'
                      splits_dir,               # holds `<name>/` with the real split files
                      root,                     # where to write the dataset (its root for the readers)
@@ -731,25 +826,115 @@ def split_media_tree(name:str,                 # 'DFEW', 'FERV39K', 'MAFW' or 'A
                     ) -> Path:
     "The dataset `name` as the authors lay it out, with tiny random media for every item its split files list."
     if name not in MEDIA_TREES: raise ValueError(f"name must be one of {list(MEDIA_TREES)}, not {name!r}")
-    media, ext, files = MEDIA_TREES[name]
-    src, root, items = Path(splits_dir) / name, Path(root), set()
+    (media, ext, files), src, root = MEDIA_TREES[name], Path(splits_dir) / name, Path(root)
     if not src.is_dir(): raise FileNotFoundError(f"{src}: no split files of {name} here")
-    for ref, dst in files.items():
-        lines = [l for l in (src / ref).read_text(encoding='utf-8-sig').splitlines() if l.strip()]
-        tabular = ref.endswith('.csv')
-        if limit is not None and ref.endswith(('.csv', '.txt')) and not ref.endswith(('index.txt', 'calss.txt')):
-            body = lines[tabular:]            # rows spread over the file, so that every class keeps some
-            keep = sorted(set(np.linspace(0, len(body) - 1, min(limit, len(body))).round().astype(int)))
-            lines = lines[:tabular] + [body[j] for j in keep]
-            items |= set(_listed(lines, tabular))
-        elif not ref.endswith(('index.txt', 'calss.txt')): items |= set(_listed(lines, tabular))
-        (root / dst).parent.mkdir(parents=True, exist_ok=True)
-        (root / dst).write_text('\n'.join(lines) + '\n')
-    for k, it in enumerate(sorted(items)):
+    for k, it in enumerate(sorted(_copy_split_files(src, root, files, limit))):
         px = np.random.default_rng(k).integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
         if name == 'AffectNet':
             (root / it).parent.mkdir(parents=True, exist_ok=True); Image.fromarray(px[0]).save(root / it); continue
-        d = root / media / (it.zfill(5) if it.isdigit() else str(Path(it).with_suffix('')) if it.endswith('.mp4') else it)
+        stem = str(Path(it).with_suffix('')) if it.endswith('.mp4') else it
+        d = root / media / (it.zfill(5) if it.isdigit() else stem)
         d.mkdir(parents=True, exist_ok=True)
         for t in range(frames): Image.fromarray(px[t]).save(d / f'{t + 1:05d}{ext}')
     return root
+
+# %% ../nbs/07_synth.ipynb #1be7a86b
+def toy_shapes(n:int, frames:int|None=4, size:int=32, seed:int=0) -> torch.Tensor:
+    "Squares and discs drifting over a plain background, in [0,1]: `(n,3,frames,size,size)`, or `(n,3,size,size)`."
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.rand(*shape, generator=g)
+    bg, fg = r(n, 3) * 0.4, 0.5 + r(n, 3) * 0.5
+    radius = size * (0.15 + 0.15 * r(n))
+    start, velocity = size * (0.25 + 0.5 * r(n, 2)), (r(n, 2) - 0.5) * size * 0.2
+    disc = r(n) < 0.5
+    t = torch.arange(frames or 1, dtype=torch.float32)
+    centre = start[:, None] + velocity[:, None] * t[None, :, None]                    # (n, T, 2) in pixels
+    ax = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(ax, ax, indexing='ij')
+    dy, dx = yy - centre[..., 0, None, None], xx - centre[..., 1, None, None]       # (n, T, H, W)
+    rr, round_ = radius[:, None, None, None], disc[:, None, None, None]
+    inside = torch.where(round_, dy ** 2 + dx ** 2 < rr ** 2, torch.maximum(dy.abs(), dx.abs()) < rr)
+    clip = bg[:, :, None, None, None] + (fg - bg)[:, :, None, None, None] * inside[:, None].float()
+    return clip if frames else clip[:, :, 0]
+
+# %% ../nbs/07_synth.ipynb #d35c4bb5
+def _softmax(z, axis=-1):
+    z = z - z.max(axis, keepdims=True); e = np.exp(z); return e / e.sum(axis, keepdims=True)
+
+def example_gate_stats(layers=(6, 7, 8, 9, 10, 11), num_experts:int=8, tokens:dict|None=None, top_k:int=2,
+                       seed:int=0) -> dict:
+    "Gate statistics as `unilearn.moae.gate_stats` gives them (`[L,E]` tensors), experts specialising by task."
+    rng = np.random.default_rng(seed)
+    tokens = tokens or {'image': 3200, 'video': 25600}
+    L, count, weight = len(layers), {}, {}
+    for i, task in enumerate(('image', 'video')):
+        pref = np.roll(np.linspace(2, -1, num_experts), i * num_experts // 2)  # each task favours its own half
+        p = _softmax(rng.normal(0, 0.3, (L, num_experts)) + pref * np.linspace(0.1, 1.5, L)[:, None])
+        count[task] = torch.tensor(np.stack([rng.multinomial(tokens[task] * top_k, row) for row in p]),
+                                   dtype=torch.float32)
+        weight[task] = torch.tensor(p * top_k / 2 + rng.uniform(0, .02, p.shape), dtype=torch.float32)
+    return dict(layers=list(layers), count=count, weight=weight, tokens=dict(tokens))
+
+# %% ../nbs/07_synth.ipynb #6b7b3e3b
+def _example_rows(task:str, names:list, folds:list, per_class:int, rng) -> list[dict]:
+    skill = rng.uniform(0.8, 3.0, len(names))                  # some classes are easy, some hard
+    rows = []
+    for fold in folds:
+        for k in range(len(names)):
+            for j in range(per_class * (1 + (k < 3))):          # imbalanced, as real data is
+                logit = rng.normal(0, 1, len(names)); logit[k] += skill[k]; logit[(k + 1) % len(names)] += 0.8
+                p = _softmax(logit * 1.5)
+                rows.append(dict(id=f'{task[0]}{fold}{k}{j:03d}', task=task, fold=fold, label=k, pred=int(p.argmax()),
+                                 **{f'prob_{n}': float(q) for n, q in zip(names, p)}))
+    return rows
+
+# %% ../nbs/07_synth.ipynb #991361d3
+def example_predictions(classes:dict|None=None, per_class:dict|None=None, folds:dict|None=None,
+                        seed:int=0) -> pd.DataFrame:
+    "Predictions `id,task,fold,label,pred,prob_<class>...` as `unilearn.metrics` saves them; classes in `df.attrs`."
+    rng = np.random.default_rng(seed)
+    classes = classes or {'video': DFEW_CLASSES, 'image': AFFECTNET7_CLASSES}
+    per_class, folds = per_class or {'video': 12, 'image': 20}, folds or {'video': [1, 2, 3, 4, 5], 'image': [0]}
+    prob_cols = list({f'prob_{c}': None for t in classes for c in classes[t]})   # union, in first-seen order
+    rows = [r for t, names in classes.items() for r in _example_rows(t, names, folds[t], per_class[t], rng)]
+    df = pd.DataFrame(rows).reindex(columns=list(PRED_COLUMNS) + prob_cols)
+    df.attrs['classes'] = {t: list(v) for t, v in classes.items()}
+    return df
+
+# %% ../nbs/07_synth.ipynb #0e65bd78
+def example_features(classes:dict|None=None, per_class:int=25, dim:int=32, folds:dict|None=None, seed:int=0) -> dict:
+    "Pooled features as `unilearn.metrics.save_features` writes them, plus `classes_<task>` arrays."
+    rng = np.random.default_rng(seed)
+    classes = classes or {'video': DFEW_CLASSES, 'image': AFFECTNET7_CLASSES}
+    folds = folds or {'video': [1, 2], 'image': [0]}
+    emotions = sorted({canonical_class(c) for v in classes.values() for c in v})
+    centre = {e: rng.normal(0, 1, dim) for e in emotions}        # shared emotion direction ...
+    task_shift = {t: rng.normal(0, 0.8, dim) for t in classes}   # ... plus a modality offset
+    parts = [(t, f, k, centre[canonical_class(n)] + task_shift[t] + rng.normal(0, 0.9, (per_class, dim)))
+             for t, names in classes.items() for f in folds[t] for k, n in enumerate(names)]
+    out = dict(ids=np.array([f'{t[0]}{f}{k}{j:03d}' for t, f, k, _ in parts for j in range(per_class)]),
+               labels=np.repeat([k for _, _, k, _ in parts], per_class),
+               task=np.repeat([t for t, _, _, _ in parts], per_class),
+               fold=np.repeat([f for _, f, _, _ in parts], per_class),
+               features=np.concatenate([x for *_, x in parts]).astype(np.float32))
+    return out | {f'classes_{t}': np.array(v) for t, v in classes.items()}
+
+# %% ../nbs/07_synth.ipynb #09e51fc0
+def example_clip(T:int=8, size:int=32, seed:int=0) -> np.ndarray:
+    "A toy clip `(T,H,W,3)` in [0,1]: `toy_shapes`, a shape drifting over a plain background."
+    return toy_shapes(1, T, size, seed)[0].permute(1, 2, 3, 0).numpy().astype(np.float32)
+
+# %% ../nbs/07_synth.ipynb #aef326e8
+def example_reconstruction(batch:int=4, frames:int=8, size:int=32, patch:int=8, mask_ratio:float=0.9,
+                           seed:int=0) -> dict:
+    "Reconstructions as `unilearn.mae.reconstruct` returns them: `original, masked, recon` and `loss`."
+    rng = np.random.default_rng(seed)
+    orig = np.stack([example_clip(frames, size, seed + b) for b in range(batch)])
+    g = size // patch
+    mask = rng.random((batch, (frames + 1) // 2, g, g)) < mask_ratio   # one mask per tubelet of 2 frames
+    mask = mask.repeat(2, 1)[:, :frames].repeat(patch, 2).repeat(patch, 3)[..., None]
+    noise = rng.normal(0, .03, orig.shape) * (1 + np.arange(batch))[:, None, None, None, None]   # later samples worse
+    recon = np.where(mask, np.clip(0.7 * orig + 0.15 + noise, 0, 1), orig)
+    loss = ((recon - orig) ** 2 * mask).sum((1, 2, 3, 4)) / mask.sum((1, 2, 3, 4)).clip(1) / 3
+    return dict(original=torch.tensor(orig), masked=torch.tensor(np.where(mask, 0.5, orig)),
+                recon=torch.tensor(recon.astype(np.float32)), loss=torch.tensor(loss, dtype=torch.float32))

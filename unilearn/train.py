@@ -39,6 +39,89 @@ def seed_everything(seed:int=0, reproducible:bool=False) -> int:
     set_seed(int(seed), reproducible=reproducible)
     return int(seed)
 
+# %% ../nbs/02a_train.ipynb #0fc65a39
+def _classes_of(ds):
+    "Class names of a dataset (its `classes`, through `Subset`s), or None."
+    while ds is not None and getattr(ds, 'classes', None) is None and hasattr(ds, 'dataset'): ds = ds.dataset
+    c = getattr(ds, 'classes', None)
+    return list(c) if c is not None else None
+
+def _check_loaders(loaders, steps) -> dict:
+    "The `steps` of each modality of `loaders` (1.0 for a name `steps` leaves out), once the names are checked."
+    if not isinstance(loaders, dict) or not loaders:
+        raise ValueError("MixedModalityLoader: `loaders` must be a non-empty dict name -> loader")
+    steps = dict(steps or {})
+    unknown = [k for k in steps if k not in loaders]
+    if unknown:
+        raise KeyError(f"MixedModalityLoader: steps given for unknown modality {unknown}; "
+                       f"loaders are {list(loaders)}")
+    for name in loaders:
+        if not isinstance(name, str):
+            raise TypeError(f"MixedModalityLoader: modality names must be str, got {name!r}")
+    return {k: steps.get(k, 1.0) for k in loaders}
+
+# %% ../nbs/02a_train.ipynb #8103543b
+class MixedModalityLoader:
+    """Single-modality batches `(x, task, y)` from several loaders, in an order fixed by `(seed, epoch)`; `len`: steps.
+
+    `loaders`: modality -> torch `DataLoader` (or any iterable of `(x, y)` or `x` batches); `steps`: modality -> float
+    share of one pass or int step count (default 1.0); `seed`: with the epoch, fixes the order and the shuffling;
+    `rank`, `world_size`: this DDP rank's share; `shuffle=False`: modalities in turn, every batch once (evaluation).
+    Example: `MixedModalityLoader({'image': image_dl, 'video': video_dl}, steps={'video': .25}, seed=0)`."""
+    n_inp = 2  # fastai's Learner splits `(x, task, y)` into xb=(x, task), yb=(y,)
+    def __init__(self,
+        loaders:dict,              # modality name -> torch DataLoader (or any iterable of `(x, y)` / `x` batches)
+        steps:dict|None=None,      # name -> float share of one pass (in [0,1]) or int step count; missing names: 1.0
+        seed:int=0,                # with the epoch, fixes the order and each loader's shuffling
+        rank:int=0, world_size:int=1, # DDP: this rank's disjoint share of every modality's batches
+        shuffle:bool=True,         # False: modalities one after the other, in dict order, every batch once (evaluation)
+        device=None,               # move batches here (fastai's `Learner` also moves them to the model's device)
+    ):
+        self.steps = _check_loaders(loaders, steps)
+        self.sources, self.seed, self.shuffle, self.device = dict(loaders), seed, shuffle, device
+        self.batch_sizes = {k: getattr(dl, 'batch_size', None) for k, dl in loaders.items()}
+        self.classes = {k: _classes_of(getattr(dl, 'dataset', None)) for k, dl in loaders.items()}
+        self.epoch, self.yielded = 0, []
+        self.unlabelled = set()  # modalities of test items without labels: batches `(x, task)`
+        self._shard(rank, world_size)
+
+    @property
+    def modalities(self) -> list: return list(self.loaders)
+    def __len__(self) -> int: return sum(self.counts.values())
+
+# %% ../nbs/02a_train.ipynb #17e41e28
+@patch
+def set_epoch(self:MixedModalityLoader, epoch:int):
+    "The epoch the next iteration runs: its modality order and each loader's shuffling."
+    self.epoch = int(epoch)
+@patch
+def state_dict(self:MixedModalityLoader) -> dict: return dict(epoch=self.epoch, seed=self.seed)
+@patch
+def load_state_dict(self:MixedModalityLoader, sd:dict): self.epoch, self.seed = int(sd['epoch']), int(sd['seed'])
+@patch
+def to(self:MixedModalityLoader, device): self.device = device; return self
+@patch
+def __repr__(self:MixedModalityLoader):
+    return (f"MixedModalityLoader(steps per epoch {self.counts}, seed={self.seed}, "
+            f"rank {self.rank}/{self.world_size}, epoch={self.epoch})")
+
+# %% ../nbs/02a_train.ipynb #4ad225a8
+def _step_count(name:str, s, n:int|None) -> int:
+    "Steps per epoch of modality `name`: an int `s` as it is, a float `s` as that share of `n` batches (rounded)."
+    if isinstance(s, bool) or not isinstance(s, numbers.Real):
+        raise TypeError(f"MixedModalityLoader: steps[{name!r}] must be a float share or an int count, got {s!r}")
+    if isinstance(s, numbers.Integral):
+        if s < 0: raise ValueError(f"MixedModalityLoader: steps[{name!r}]={s} is a negative step count")
+        return int(s)
+    s = float(s)
+    if not 0. <= s <= 1.:
+        raise ValueError(f"MixedModalityLoader: steps[{name!r}]={s} is a share of one pass and must be in [0,1] "
+                         "(use an int for a step count)")
+    if n is None:
+        raise TypeError(f"MixedModalityLoader: loader {name!r} has no len(), so a float share {s} is undefined; "
+                        "give an int step count")
+    return int(math.floor(s * n + 0.5))  # round half up: 0.25 of 10 batches is 3 steps
+
 # %% ../nbs/02a_train.ipynb #57037652
 class _EveryNth:
     "Batches `rank, rank+w, ...` of a sized iterable (batch sampler or loader); `even`: `len // w` each, in step."
@@ -57,6 +140,17 @@ def _samplers(dl) -> list:
     out = [getattr(dl, 'sampler', None), getattr(getattr(dl, 'batch_sampler', None), 'sampler', None)]
     return [s for i, s in enumerate(out) if s is not None and all(s is not o for o in out[:i])]
 
+# %% ../nbs/02a_train.ipynb #f090aed0
+def _rebuilt(dl, batch_sampler):
+    "A torch `DataLoader` like `dl` (workers, collate function, ...) that draws its batches from `batch_sampler`."
+    kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, timeout=dl.timeout,
+              worker_init_fn=dl.worker_init_fn, multiprocessing_context=dl.multiprocessing_context,
+              generator=dl.generator, persistent_workers=dl.persistent_workers,
+              pin_memory_device=dl.pin_memory_device)
+    if dl.num_workers > 0: kw['prefetch_factor'] = dl.prefetch_factor
+    if hasattr(dl, 'in_order'): kw['in_order'] = dl.in_order
+    return TorchDataLoader(dl.dataset, batch_sampler=batch_sampler, **kw)
+
 def _shard_loader(dl, rank:int, world_size:int, name:str, even:bool=True):
     "This rank's share of `dl`'s batches (`even=False`: every batch once, the first ranks taking one more)."
     if world_size == 1: return dl
@@ -68,151 +162,97 @@ def _shard_loader(dl, rank:int, world_size:int, name:str, even:bool=True):
         raise TypeError(f"MixedModalityLoader: loader {name!r} has no len(), "
                         f"needed to split it over {world_size} ranks") from None
     if isinstance(dl, TorchDataLoader) and dl.batch_sampler is not None and not isinstance(dl.dataset, IterableDataset):
-        kw = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, timeout=dl.timeout,
-                  worker_init_fn=dl.worker_init_fn, multiprocessing_context=dl.multiprocessing_context,
-                  generator=dl.generator, persistent_workers=dl.persistent_workers,
-                  pin_memory_device=dl.pin_memory_device)
-        if dl.num_workers > 0: kw['prefetch_factor'] = dl.prefetch_factor
-        if hasattr(dl, 'in_order'): kw['in_order'] = dl.in_order
-        return TorchDataLoader(dl.dataset, batch_sampler=_EveryNth(dl.batch_sampler, rank, world_size, even), **kw)
+        return _rebuilt(dl, _EveryNth(dl.batch_sampler, rank, world_size, even))
     return _EveryNth(dl, rank, world_size, even)  # any other sized iterable: other ranks' batches made, then dropped
+
+# %% ../nbs/02a_train.ipynb #4a78346f
+@patch
+def _shard(self:MixedModalityLoader, rank, world_size):
+    "Split every loader for `rank` of `world_size` and count the steps of each modality."
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"MixedModalityLoader: need 0 <= rank < world_size, got rank={rank!r}, "
+                         f"world_size={world_size!r}")
+    self.rank, self.world_size = rank, world_size
+    self.loaders = {k: _shard_loader(dl, rank, world_size, k, even=self.shuffle) for k, dl in self.sources.items()}
+    self.counts = {k: self._count(k, s) for k, s in self.steps.items()}
+    if sum(self.counts.values()) == 0:
+        raise ValueError(f"MixedModalityLoader: no steps per epoch (steps={self.steps})")
+
+@patch
+def _count(self:MixedModalityLoader, name, s) -> int:
+    dl = self.loaders[name]
+    try: n = len(dl)
+    except TypeError: n = None
+    if n == 0:
+        extra = f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ''
+        raise ValueError(f"MixedModalityLoader: loader {name!r} is empty{extra} "
+                         "(no batch: dataset empty or smaller than one batch with drop_last?)")
+    return _step_count(name, s, n)
+
+# %% ../nbs/02a_train.ipynb #b90c1eb9
+@patch
+def schedule(self:MixedModalityLoader, epoch:int|None=None) -> list:
+    "Modality of each step of `epoch` (default: the next one), the same on every rank."
+    e = self.epoch if epoch is None else epoch
+    order = [k for k in self.loaders for _ in range(self.counts[k])]
+    if not self.shuffle: return order
+    g = torch.Generator().manual_seed(_seed_of(self.seed, e, 0))
+    return [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
 
 def _seed_of(*keys) -> int:
     "A 63-bit seed derived from integer `keys` (numpy's SeedSequence mixes them well)."
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
-# %% ../nbs/02a_train.ipynb #0fc65a39
-def _classes_of(ds):
-    "Class names of a dataset (its `classes`, through `Subset`s), or None."
-    while ds is not None and getattr(ds, 'classes', None) is None and hasattr(ds, 'dataset'): ds = ds.dataset
-    c = getattr(ds, 'classes', None)
-    return list(c) if c is not None else None
+# %% ../nbs/02a_train.ipynb #a4f8b001
+@patch
+def _start_pass(self:MixedModalityLoader, name, epoch, n_pass):
+    "Fresh iterator over `name`'s loader, seeded from `(seed, epoch, name, pass)`, and its first batch."
+    s = _seed_of(self.seed, epoch, zlib.crc32(name.encode()), n_pass, 1)
+    dl = self.loaders[name]
+    with torch.random.fork_rng(devices=[]):  # the global torch RNG is left as it was
+        torch.manual_seed(s)
+        g = getattr(dl, 'generator', None)
+        if isinstance(g, torch.Generator): g.manual_seed(s)
+        for smp in _samplers(dl):  # e.g. a DistributedSampler: shuffles by its own seed + epoch
+            if callable(getattr(smp, 'set_epoch', None)): smp.set_epoch(s % 2**31)
+        it = iter(dl)
+        try: b = next(it)
+        except StopIteration:
+            raise RuntimeError(f"MixedModalityLoader: loader {name!r} yielded no batch in pass {n_pass} "
+                               f"of epoch {epoch}") from None
+    return it, b
 
-# %% ../nbs/02a_train.ipynb #8103543b
-class MixedModalityLoader:
-    "Single-modality batches `(x, task, y)` from several loaders, in an order fixed by `(seed, epoch)`; `len()`: steps."
-    n_inp = 2  # fastai's Learner splits `(x, task, y)` into xb=(x, task), yb=(y,)
-    def __init__(self,
-        loaders:dict,              # modality name -> torch DataLoader (or any iterable of `(x, y)` / `x` batches)
-        steps:dict|None=None,      # name -> float share of one pass (in [0,1]) or int step count; missing names: 1.0
-        seed:int=0,                # with the epoch, fixes the order and each loader's shuffling
-        rank:int=0, world_size:int=1, # DDP: this rank's disjoint share of every modality's batches
-        shuffle:bool=True,         # False: modalities one after the other, in dict order, every batch once (evaluation)
-        device=None,               # move batches here (fastai's `Learner` also moves them to the model's device)
-    ):
-        if not isinstance(loaders, dict) or not loaders:
-            raise ValueError("MixedModalityLoader: `loaders` must be a non-empty dict name -> loader")
-        steps = dict(steps or {})
-        unknown = [k for k in steps if k not in loaders]
-        if unknown:
-            raise KeyError(f"MixedModalityLoader: steps given for unknown modality {unknown}; "
-                           f"loaders are {list(loaders)}")
-        for name in loaders:
-            if not isinstance(name, str):
-                raise TypeError(f"MixedModalityLoader: modality names must be str, got {name!r}")
-        self.sources, self.seed, self.shuffle, self.device = dict(loaders), seed, shuffle, device
-        self.steps = {k: steps.get(k, 1.0) for k in loaders}
-        self.batch_sizes = {k: getattr(dl, 'batch_size', None) for k, dl in loaders.items()}
-        self.classes = {k: _classes_of(getattr(dl, 'dataset', None)) for k, dl in loaders.items()}
-        self.epoch, self.yielded = 0, []
-        self.unlabelled = set()  # modalities of test items without labels: batches `(x, task)`
-        self._shard(rank, world_size)
+# %% ../nbs/02a_train.ipynb #2d578b14
+@patch
+def _batch(self:MixedModalityLoader, name, b):
+    if name in self.unlabelled: return (b if isinstance(b, torch.Tensor) else b[0], name)
+    if isinstance(b, torch.Tensor): return (b, name, b)
+    if isinstance(b, dict) or not isinstance(b, (tuple, list)) or not len(b):
+        raise TypeError(f"MixedModalityLoader: loader {name!r} must yield `(x, y, ...)` tuples or tensors, "
+                        f"got {type(b).__name__}")
+    return (b[0], name, b[0]) if len(b) == 1 else (b[0], name, *b[1:])
 
-    def _shard(self, rank, world_size):
-        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise ValueError(f"MixedModalityLoader: need 0 <= rank < world_size, got rank={rank!r}, "
-                             f"world_size={world_size!r}")
-        self.rank, self.world_size = rank, world_size
-        self.loaders = {k: _shard_loader(dl, rank, world_size, k, even=self.shuffle) for k, dl in self.sources.items()}
-        self.counts = {k: self._count(k, s) for k, s in self.steps.items()}
-        if sum(self.counts.values()) == 0:
-            raise ValueError(f"MixedModalityLoader: no steps per epoch (steps={self.steps})")
-
-    def _count(self, name, s) -> int:
-        dl = self.loaders[name]
-        try: n = len(dl)
-        except TypeError: n = None
-        if n == 0:
-            extra = f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ''
-            raise ValueError(f"MixedModalityLoader: loader {name!r} is empty{extra} "
-                             "(no batch: dataset empty or smaller than one batch with drop_last?)")
-        if isinstance(s, bool) or not isinstance(s, numbers.Real):
-            raise TypeError(f"MixedModalityLoader: steps[{name!r}] must be a float share or an int count, got {s!r}")
-        if isinstance(s, numbers.Integral):
-            if s < 0: raise ValueError(f"MixedModalityLoader: steps[{name!r}]={s} is a negative step count")
-            return int(s)
-        s = float(s)
-        if not 0. <= s <= 1.:
-            raise ValueError(f"MixedModalityLoader: steps[{name!r}]={s} is a share of one pass and must be in [0,1] "
-                             "(use an int for a step count)")
-        if n is None:
-            raise TypeError(f"MixedModalityLoader: loader {name!r} has no len(), so a float share {s} is undefined; "
-                            "give an int step count")
-        return int(math.floor(s * n + 0.5))  # round half up: 0.25 of 10 batches is 3 steps
-
-    @property
-    def modalities(self) -> list: return list(self.loaders)
-    def __len__(self) -> int: return sum(self.counts.values())
-    def set_epoch(self, epoch:int): self.epoch = int(epoch)
-    def state_dict(self) -> dict: return dict(epoch=self.epoch, seed=self.seed)
-    def load_state_dict(self, sd:dict): self.epoch, self.seed = int(sd['epoch']), int(sd['seed'])
-    def to(self, device): self.device = device; return self
-
-    def schedule(self, epoch:int|None=None) -> list:
-        "Modality of each step of `epoch` (default: the next one), the same on every rank."
-        e = self.epoch if epoch is None else epoch
-        order = [k for k in self.loaders for _ in range(self.counts[k])]
-        if not self.shuffle: return order
-        g = torch.Generator().manual_seed(_seed_of(self.seed, e, 0))
-        return [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
-
-    def _start_pass(self, name, epoch, n_pass):
-        "Fresh iterator over `name`'s loader, seeded from `(seed, epoch, name, pass)`, and its first batch."
-        s = _seed_of(self.seed, epoch, zlib.crc32(name.encode()), n_pass, 1)
-        dl = self.loaders[name]
-        with torch.random.fork_rng(devices=[]):  # the global torch RNG is left as it was
-            torch.manual_seed(s)
-            g = getattr(dl, 'generator', None)
-            if isinstance(g, torch.Generator): g.manual_seed(s)
-            for smp in _samplers(dl):  # e.g. a DistributedSampler: shuffles by its own seed + epoch
-                if callable(getattr(smp, 'set_epoch', None)): smp.set_epoch(s % 2**31)
-            it = iter(dl)
-            try: b = next(it)
-            except StopIteration:
-                raise RuntimeError(f"MixedModalityLoader: loader {name!r} yielded no batch in pass {n_pass} "
-                                   f"of epoch {epoch}") from None
-        return it, b
-
-    def _batch(self, name, b):
-        if name in self.unlabelled: return (b if isinstance(b, torch.Tensor) else b[0], name)
-        if isinstance(b, torch.Tensor): return (b, name, b)
-        if isinstance(b, dict) or not isinstance(b, (tuple, list)) or not len(b):
-            raise TypeError(f"MixedModalityLoader: loader {name!r} must yield `(x, y, ...)` tuples or tensors, "
-                            f"got {type(b).__name__}")
-        return (b[0], name, b[0]) if len(b) == 1 else (b[0], name, *b[1:])
-
-    def __iter__(self):
-        e = self.epoch
-        self.epoch += 1  # iterating advances the epoch, as fastai never calls `set_epoch`
-        its, passes, done = {}, defaultdict(int), defaultdict(int)
-        self.yielded = []  # (modality, pass, batch index in the whole pass, size) per batch: `GatherRanks` orders by it
-        for name in self.schedule(e):
-            b = None
-            if name in its:
-                try: b = next(its[name])
-                except StopIteration: pass
-            if b is None:
-                its[name], b = self._start_pass(name, e, passes[name])
-                passes[name] += 1; done[name] = 0
-            b = self._batch(name, b)
-            key = (self.modalities.index(name), passes[name] - 1, done[name] * self.world_size + self.rank)
-            self.yielded.append((*key, find_bs(b)))
-            done[name] += 1
-            yield b if self.device is None else to_device(b, self.device)
-
-    def __repr__(self):
-        return (f"MixedModalityLoader(steps per epoch {self.counts}, seed={self.seed}, "
-                f"rank {self.rank}/{self.world_size}, epoch={self.epoch})")
+# %% ../nbs/02a_train.ipynb #ad95a089
+@patch
+def __iter__(self:MixedModalityLoader):
+    "One epoch of batches `(x, task, y)` in `schedule()` order; the epoch then advances."
+    e = self.epoch
+    self.epoch += 1  # iterating advances the epoch, as fastai never calls `set_epoch`
+    its, passes, done = {}, defaultdict(int), defaultdict(int)
+    self.yielded = []  # (modality, pass, batch index in the whole pass, size) per batch: `GatherRanks` orders by it
+    for name in self.schedule(e):
+        b = None
+        if name in its:
+            try: b = next(its[name])
+            except StopIteration: pass
+        if b is None:
+            its[name], b = self._start_pass(name, e, passes[name])
+            passes[name] += 1; done[name] = 0
+        b = self._batch(name, b)
+        key = (self.modalities.index(name), passes[name] - 1, done[name] * self.world_size + self.rank)
+        self.yielded.append((*key, find_bs(b)))
+        done[name] += 1
+        yield b if self.device is None else to_device(b, self.device)
 
 # %% ../nbs/02a_train.ipynb #b2a10002
 import copy
@@ -226,6 +266,7 @@ class ModalityDatasets(dict):
 def dataset(self:MixedModalityLoader) -> ModalityDatasets:
     return ModalityDatasets({k: getattr(dl, 'dataset', None) for k, dl in self.sources.items()})
 
+# %% ../nbs/02a_train.ipynb #f006287b
 @patch(as_prop=True)
 def n(self:MixedModalityLoader) -> int:
     "Samples in one epoch on this rank (fastai's `DataLoader.n`)."
@@ -258,6 +299,34 @@ def _by_task(items, task, default) -> dict:
         out.setdefault(t, []).append(tuple(it))
     return out
 
+# %% ../nbs/02a_train.ipynb #b2a10005
+@patch
+def _rebuild(self:MixedModalityLoader, name, ds, shuffle, drop_last, bs, num_workers, **kwargs):
+    "A torch `DataLoader` over `ds` with the collate function, workers and batch size of modality `name`."
+    if ds is None:
+        raise TypeError(f"MixedModalityLoader.new: loader {name!r} is a {type(self.sources.get(name)).__name__}, not a "
+                        "torch DataLoader, so it cannot be rebuilt; pass `dataset=` (a dict modality -> dataset)")
+    src = self.sources.get(name)
+    bs = bs.get(name) if isinstance(bs, dict) else bs
+    kw = dict(batch_size=bs or self.batch_sizes.get(name) or 1, shuffle=shuffle, drop_last=bool(drop_last),
+              num_workers=getattr(src, 'num_workers', 0) if num_workers is None else num_workers,
+              collate_fn=getattr(src, 'collate_fn', None), pin_memory=getattr(src, 'pin_memory', False))
+    if shuffle: kw['generator'] = torch.Generator()  # reseeded per pass from (seed, epoch, modality, pass)
+    return TorchDataLoader(ds, **{**kw, **kwargs})
+
+@patch
+def _new_datasets(self:MixedModalityLoader, dataset, tasks:list) -> tuple:
+    "`(datasets, unlabelled modalities)` of `new(dataset, task=tasks)`."
+    if dataset is None or isinstance(dataset, dict):
+        given = dataset if dataset is not None else self.dataset
+        datasets = {k: ds for k, ds in given.items() if not tasks or k in tasks}
+        missing = [t for t in tasks if t not in datasets]
+        if missing: raise KeyError(f"MixedModalityLoader.new: no modality {missing}; this loader has {self.modalities}")
+        return datasets, {k for k in self.unlabelled if k in datasets}
+    only = self.modalities[0] if len(self.sources) == 1 else None
+    datasets = {k: _Items(v) for k, v in _by_task(dataset, tasks[0] if len(tasks) == 1 else None, only).items()}
+    return datasets, {k for k, ds in datasets.items() if len(ds.items[0]) == 1}
+
 # %% ../nbs/02a_train.ipynb #b2a10004
 @patch
 def new(self:MixedModalityLoader,
@@ -267,17 +336,7 @@ def new(self:MixedModalityLoader,
         task:str|list|None=None,  # keep only these modalities (or: the task of test items given without one)
         **kwargs) -> MixedModalityLoader:
     "A loader like this one over other data or settings: fastai's `DataLoader.new` (`get_preds`, `test_dl`, `export`)."
-    tasks = [task] if isinstance(task, str) else list(task or [])
-    if dataset is None or isinstance(dataset, dict):
-        given = dataset if dataset is not None else self.dataset
-        datasets = {k: ds for k, ds in given.items() if not tasks or k in tasks}
-        missing = [t for t in tasks if t not in datasets]
-        if missing: raise KeyError(f"MixedModalityLoader.new: no modality {missing}; this loader has {self.modalities}")
-        unlabelled = {k for k in self.unlabelled if k in datasets}
-    else:
-        only = self.modalities[0] if len(self.sources) == 1 else None
-        datasets = {k: _Items(v) for k, v in _by_task(dataset, tasks[0] if len(tasks) == 1 else None, only).items()}
-        unlabelled = {k for k, ds in datasets.items() if len(ds.items[0]) == 1}
+    datasets, unlabelled = self._new_datasets(dataset, [task] if isinstance(task, str) else list(task or []))
     shuffle = self.shuffle if shuffle is None else shuffle
     same = (dataset is None and shuffle == self.shuffle and drop_last is None and bs is None and num_workers is None
             and not kwargs)
@@ -295,21 +354,6 @@ def new(self:MixedModalityLoader,
     res._shard(self.rank, self.world_size)
     return res
 
-# %% ../nbs/02a_train.ipynb #b2a10005
-@patch
-def _rebuild(self:MixedModalityLoader, name, ds, shuffle, drop_last, bs, num_workers, **kwargs):
-    "A torch `DataLoader` over `ds` with the collate function, workers and batch size of modality `name`."
-    if ds is None:
-        raise TypeError(f"MixedModalityLoader.new: loader {name!r} is a {type(self.sources.get(name)).__name__}, not a "
-                        "torch DataLoader, so it cannot be rebuilt; pass `dataset=` (a dict modality -> dataset)")
-    src = self.sources.get(name)
-    bs = bs.get(name) if isinstance(bs, dict) else bs
-    kw = dict(batch_size=bs or self.batch_sizes.get(name) or 1, shuffle=shuffle, drop_last=bool(drop_last),
-              num_workers=getattr(src, 'num_workers', 0) if num_workers is None else num_workers,
-              collate_fn=getattr(src, 'collate_fn', None), pin_memory=getattr(src, 'pin_memory', False))
-    if shuffle: kw['generator'] = torch.Generator()  # reseeded per pass from (seed, epoch, modality, pass)
-    return TorchDataLoader(ds, **{**kw, **kwargs})
-
 # %% ../nbs/02a_train.ipynb #b2a10006
 _TASKS = ['image', 'video']  # task ids of inputs gathered by `get_preds(with_input=True)`; new names are appended
 
@@ -326,6 +370,7 @@ class _Task(str):
     def __getitem__(self, i): return self if isinstance(i, slice) else str.__getitem__(self, i)
     shape = torch.Size([])
 
+# %% ../nbs/02a_train.ipynb #5804a6ef
 @patch
 def one_batch(self:MixedModalityLoader):
     "The first batch of the next epoch, leaving that epoch unused."
@@ -357,6 +402,7 @@ def decode_batch(self:MixedModalityLoader, b, max_n:int=9, full:bool=True) -> li
         return o
     return [(x[i], names[i], *[dec(o, i, names[i]) for o in rest]) for i in range(min(len(x), max_n))]
 
+# %% ../nbs/02a_train.ipynb #99ce3be5
 def _frame(x:torch.Tensor) -> np.ndarray:
     "An image `(C,H,W)` or the first frame of a clip `(C,T,H,W)` as an `(H,W,C)` array in [0,1]."
     x = (x[:, 0] if x.ndim == 4 else x).float().cpu()
@@ -390,6 +436,7 @@ def show_results(self:MixedModalityLoader, b, out, max_n:int=9, ctxs=None, show:
     titles = [f"{it[1]}: {it[2]} / {p[2]}" if len(it) > 2 and _is_label(p[2]) else it[1] for it, p in zip(items, preds)]
     return _show_items(items, titles, **kwargs)
 
+# %% ../nbs/02a_train.ipynb #a129eda3
 @patch
 def get_task_preds(self:Learner, task:str, ds_idx:int=1, dl=None, **kwargs) -> tuple:
     "`get_preds` over the items of one `task` of `dl` (default: `dls[ds_idx]`), in order; `kwargs` go to `get_preds`."
@@ -413,6 +460,7 @@ def is_main_process() -> bool:
     "True on rank 0, and in a single process: the process that writes checkpoints, logs and reports."
     return get_rank() == 0
 
+# %% ../nbs/02a_train.ipynb #34d6149f
 def init_distributed(backend:str|None=None) -> tuple:
     "Join the process group that torchrun / accelerate launch describe; `(rank, world_size)`, `(0, 1)` in one process."
     world = int(os.environ.get('WORLD_SIZE') or 1)
@@ -441,6 +489,7 @@ def all_gather_objects(obj) -> list:
     dist.all_gather_object(out, obj)
     return out
 
+# %% ../nbs/02a_train.ipynb #65e9f69c
 def _split(o, sizes:list) -> list:
     "A result concatenated over batches of `sizes` items, cut back into one piece per batch."
     if torch.is_tensor(o): return list(o.split(sizes))
@@ -496,6 +545,7 @@ def shard(self:MixedModalityLoader, rank:int, world_size:int) -> MixedModalityLo
     self._shard(rank, world_size)
     return self
 
+# %% ../nbs/02a_train.ipynb #470e78c1
 try: from fastai.distributed import DistributedTrainer
 except ImportError: DistributedTrainer = None  # fastai's distributed path needs `accelerate`
 
@@ -519,23 +569,15 @@ _DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, torch.bfloat16: torch.
            None: None, 'fp32': None}
 
 class AutocastCallback(Callback):
-    "Forward and loss under `torch.autocast(dtype)` on the model's device type (CPU or CUDA); fp16 on CUDA uses a `GradScaler`."
+    """Forward and loss under `torch.autocast(dtype)` on the model's device (CPU or CUDA); fp16 on CUDA: a `GradScaler`.
+
+    `dtype`: 'bf16', 'fp16', or None / 'fp32' (off); `scaler`: use a `GradScaler` (default: for fp16 on CUDA only);
+    `scaler_kwargs` go to `torch.amp.GradScaler`. Example: `Learner(dls, model, cbs=AutocastCallback('bf16'))`."""
     order = 10
     def __init__(self, dtype:str|None='bf16', scaler:bool|None=None, **scaler_kwargs):
-        "`scaler`: use a `GradScaler` (default: for fp16 on CUDA only); `scaler_kwargs` go to `torch.amp.GradScaler`."
-        if dtype not in _DTYPES: raise ValueError(f"AutocastCallback: dtype must be 'bf16', 'fp16' or None, got {dtype!r}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"AutocastCallback: dtype must be 'bf16', 'fp16' or None, got {dtype!r}")
         self.dtype, self.use_scaler, self.scaler_kwargs, self._on = _DTYPES[dtype], scaler, scaler_kwargs, False
-
-    def before_fit(self):
-        self.device_type = next(self.model.parameters()).device.type
-        if self.dtype == torch.bfloat16 and self.device_type == 'cuda' and not torch.cuda.is_bf16_supported():
-            raise ValueError("AutocastCallback: this GPU does not support bf16; use dtype='fp16'")
-        self._ac = torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None) \
-            if self.dtype is not None else None
-        use = self.use_scaler if self.use_scaler is not None else (self.dtype == torch.float16 and self.device_type == 'cuda')
-        if not use: self.learn.scaler = None
-        elif not isinstance(getattr(self.learn, 'scaler', None), torch.amp.GradScaler):  # keep its scale across fits
-            self.learn.scaler = torch.amp.GradScaler(self.device_type, **self.scaler_kwargs)
 
     def before_batch(self):
         if self._ac is not None: self._ac.__enter__(); self._on = True
@@ -545,20 +587,45 @@ class AutocastCallback(Callback):
         if self._on: self._ac.__exit__(None, None, None); self._on = False
     def after_loss(self): self._exit()
     def after_batch(self): self._exit()  # in case the batch was cancelled between forward and loss
-    def before_backward(self):
-        if self.scaler is not None: self.learn.loss_grad = self.scaler.scale(self.loss_grad)
-    def before_step(self):
-        if self.scaler is None: return
-        self.skipped = True
-        self.scaler.step(self)  # unscales the gradients, calls `self.step` only if they are finite
-        if self.skipped: raise CancelStepException()
-    def after_step(self):
-        if self.scaler is not None: self.scaler.update()
     def after_fit(self): self._exit()
 
-    @property
-    def param_groups(self): return self.opt.param_groups  # `GradScaler` treats this callback as the optimiser
-    def step(self, *args, **kwargs): self.skipped = False
+# %% ../nbs/02a_train.ipynb #2bc2abf8
+@patch
+def before_fit(self:AutocastCallback):
+    "Autocast on the model's device type; a `GradScaler` for fp16 on CUDA, or wherever `scaler=True` asks for one."
+    self.device_type = next(self.model.parameters()).device.type
+    if self.dtype == torch.bfloat16 and self.device_type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise ValueError("AutocastCallback: this GPU does not support bf16; use dtype='fp16'")
+    self._ac = torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None) \
+        if self.dtype is not None else None
+    use = self.use_scaler
+    if use is None: use = self.dtype == torch.float16 and self.device_type == 'cuda'
+    if not use: self.learn.scaler = None
+    elif not isinstance(getattr(self.learn, 'scaler', None), torch.amp.GradScaler):  # keep its scale across fits
+        self.learn.scaler = torch.amp.GradScaler(self.device_type, **self.scaler_kwargs)
+
+# %% ../nbs/02a_train.ipynb #eee9dc5b
+@patch
+def before_backward(self:AutocastCallback):
+    "fp16: scale the loss so small gradients survive in half precision."
+    if self.scaler is not None: self.learn.loss_grad = self.scaler.scale(self.loss_grad)
+
+@patch
+def before_step(self:AutocastCallback):
+    if self.scaler is None: return
+    self.skipped = True
+    self.scaler.step(self)  # unscales the gradients, calls `self.step` only if they are finite
+    if self.skipped: raise CancelStepException()
+
+@patch
+def after_step(self:AutocastCallback):
+    if self.scaler is not None: self.scaler.update()
+
+@patch(as_prop=True)
+def param_groups(self:AutocastCallback): return self.opt.param_groups  # `GradScaler` takes this callback for the opt
+
+@patch
+def step(self:AutocastCallback, *args, **kwargs): self.skipped = False
 
 # %% ../nbs/02a_train.ipynb #ead7cfdb
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
@@ -566,8 +633,11 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalRe
 def _matches(name:str, patterns) -> bool:
     return any(name == p or name.startswith(p + '.') or fnmatch(name, p) for p in patterns)
 
-def param_groups_wd(model:nn.Module, weight_decay:float=0.05, skip=()) -> list:
-    "Param groups `[decayed, not decayed]`: no decay for biases, norm weights, 1-D params, `model.no_weight_decay()` and `skip` names (exact, prefix or glob)."
+def param_groups_wd(model:nn.Module,
+                    weight_decay:float=0.05, # decay of the decayed group
+                    skip=()) -> list:        # more names to spare: exact, prefix or glob
+    """Param groups `[decayed, not decayed]`: no decay for biases, norm weights, 1-D params, `model.no_weight_decay()`
+    and `skip` names. Example: `Learner(dls, model, splitter=param_groups_wd, opt_func=adamw())`."""
     if weight_decay < 0: raise ValueError(f"param_groups_wd: weight_decay must be >= 0, got {weight_decay}")
     model = get_model(model)  # a DDP/DataParallel wrapper: the names and `no_weight_decay()` of the model inside
     patterns = set(skip)
@@ -592,7 +662,8 @@ class ScaledOptimWrapper(OptimWrapper):
             pg.setdefault('wd_scale', 1.0 if pg.get('weight_decay', 0.) > 0 else 0.)
         wd0 = [pg.get('weight_decay', 0.) for pg in self.opt.param_groups]
         self.set_hyper('lr', lr)
-        for pg, w in zip(self.opt.param_groups, wd0): pg['weight_decay'] = w  # the groups' own decay until someone sets `wd`
+        # the groups' own decay until someone sets `wd`
+        for pg, w in zip(self.opt.param_groups, wd0): pg['weight_decay'] = w
 
     def _set_hyper(self, k, v):
         for pg, v_ in zip(self.opt.param_groups, v):
@@ -606,6 +677,7 @@ class ScaledOptimWrapper(OptimWrapper):
         for h, pg in zip(hs, self.opt.param_groups): h['lr'] = pg.get('base_lr', pg['lr'])
         return hs
 
+# %% ../nbs/02a_train.ipynb #2d1c712b
 def _as_groups(params, weight_decay):
     params = list(params)
     if params and isinstance(params[0], dict): return params
@@ -615,15 +687,35 @@ def _as_groups(params, weight_decay):
               dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.)]
     return [g for g in groups if g['params']]
 
-def _adamw(params, lr:float=1e-3, betas=(0.9, 0.95), eps:float=1e-8, weight_decay:float=0.05, param_groups=None, **kwargs):
+def _adamw(params, lr:float=1e-3, betas=(0.9, 0.95), eps:float=1e-8, weight_decay:float=0.05, param_groups=None,
+           **kwargs):
     groups = _as_groups(param_groups if param_groups is not None else params, weight_decay)
     return ScaledOptimWrapper(groups, torch.optim.AdamW, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                               convert_groups=False, **kwargs)
 
 def adamw(betas=(0.9, 0.95), eps:float=1e-8, weight_decay:float=0.05, param_groups:list|None=None, **kwargs):
-    "fastai `opt_func`: torch `AdamW` in a `ScaledOptimWrapper` over the splitter's groups (or `param_groups`)."
-    if len(tuple(betas)) != 2 or not all(0 <= b < 1 for b in betas): raise ValueError(f"adamw: betas must be two numbers in [0,1), got {betas!r}")
+    """fastai `opt_func`: torch `AdamW` in a `ScaledOptimWrapper` over the splitter's groups (or `param_groups`).
+
+    `weight_decay` applies to groups built without their own; `param_groups` replaces the splitter's groups (e.g. timm's
+    layer-decay groups with `lr_scale`). Example: `Learner(dls, model, splitter=param_groups_wd, opt_func=adamw())`."""
+    if len(tuple(betas)) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"adamw: betas must be two numbers in [0,1), got {betas!r}")
     return partial(_adamw, betas=tuple(betas), eps=eps, weight_decay=weight_decay, param_groups=param_groups, **kwargs)
+
+# %% ../nbs/02a_train.ipynb #988bf80a
+def _warmup_share(warmup, n_epoch) -> float:
+    "The share of training that `warmup` is: a fraction as it is, an int number of epochs out of `n_epoch`."
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real):
+        raise TypeError(f"warmup_cosine: warmup must be a fraction (float) or a number of epochs (int), got {warmup!r}")
+    if n_epoch is not None and (isinstance(n_epoch, bool) or not isinstance(n_epoch, numbers.Integral) or n_epoch < 1):
+        raise ValueError(f"warmup_cosine: n_epoch must be a positive number of epochs, got {n_epoch!r}")
+    if isinstance(warmup, numbers.Integral):
+        if n_epoch is None: raise ValueError(f"warmup_cosine: warmup={warmup} epochs needs n_epoch")
+        if not 0 <= warmup <= n_epoch:
+            raise ValueError(f"warmup_cosine: warmup={warmup} epochs must be in [0, n_epoch={n_epoch}]")
+        return warmup / n_epoch
+    if not 0. <= warmup <= 1.: raise ValueError(f"warmup_cosine: warmup fraction must be in [0,1], got {warmup}")
+    return float(warmup)
 
 # %% ../nbs/02a_train.ipynb #21435a4a
 def warmup_cosine(lr_max:float, # peak learning rate, reached at the end of the warmup
@@ -631,19 +723,13 @@ def warmup_cosine(lr_max:float, # peak learning rate, reached at the end of the 
                   lr_min:float=0., # learning rate at the end of the cosine
                   n_epoch:int|None=None, # epochs of the fit (needed for an int `warmup`)
                   warmup_start:float=0.): # learning rate at the first step
-    "`ParamScheduler` schedule: linear warmup then cosine to `lr_min`."
-    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real):
-        raise TypeError(f"warmup_cosine: warmup must be a fraction (float) or a number of epochs (int), got {warmup!r}")
-    if n_epoch is not None and (isinstance(n_epoch, bool) or not isinstance(n_epoch, numbers.Integral) or n_epoch < 1):
-        raise ValueError(f"warmup_cosine: n_epoch must be a positive number of epochs, got {n_epoch!r}")
-    if isinstance(warmup, numbers.Integral):
-        if n_epoch is None: raise ValueError(f"warmup_cosine: warmup={warmup} epochs needs n_epoch")
-        if not 0 <= warmup <= n_epoch: raise ValueError(f"warmup_cosine: warmup={warmup} epochs must be in [0, n_epoch={n_epoch}]")
-        pct = warmup / n_epoch
-    else:
-        if not 0. <= warmup <= 1.: raise ValueError(f"warmup_cosine: warmup fraction must be in [0,1], got {warmup}")
-        pct = float(warmup)
-    if not 0 <= lr_min <= lr_max: raise ValueError(f"warmup_cosine: need 0 <= lr_min <= lr_max, got lr_min={lr_min}, lr_max={lr_max}")
+    """`ParamScheduler` schedule: linear warmup from `warmup_start` to `lr_max`, then cosine to `lr_min`.
+
+    `warmup`: a fraction of training, or an int number of epochs out of `n_epoch`. Example:
+    `learn.fit(100, cbs=ParamScheduler({'lr': warmup_cosine(1e-3, warmup=5, n_epoch=100, lr_min=1e-6)}))`."""
+    pct = _warmup_share(warmup, n_epoch)
+    if not 0 <= lr_min <= lr_max:
+        raise ValueError(f"warmup_cosine: need 0 <= lr_min <= lr_max, got lr_min={lr_min}, lr_max={lr_max}")
     if pct == 0: return SchedCos(lr_max, lr_min)
     if pct == 1: return SchedLin(warmup_start, lr_max)
     return combine_scheds([pct, 1 - pct], [SchedLin(warmup_start, lr_max), SchedCos(lr_max, lr_min)])
@@ -671,15 +757,6 @@ class _EpochMeans(Callback):
     def _add(self, key, value, n):
         self._sum[key] = self._sum[key] + value.detach().float() * n
         self._n[key] += n
-    def _means(self) -> dict:
-        sums, ns = {k: self._sum[k] for k in self._keys()}, {k: self._n[k] for k in self._keys()}
-        if self._cols and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # DDP: the mean over every rank's batches (the columns are the same on every rank)
-            dev = next((v.device for v in sums.values() if torch.is_tensor(v)), None) or next(self.model.parameters()).device
-            t = torch.tensor([[float(sums[k]), ns[k]] for k in self._cols], dtype=torch.float64, device=dev)
-            torch.distributed.all_reduce(t)
-            for k, (sm, n) in zip(self._cols, t.tolist()): sums[k], ns[k] = sm, int(n)
-        return {k: (float(sums[k]) / ns[k]) if ns[k] else float('nan') for k in sums}
     def _keys(self): return sorted(set(self._cols) | set(self._n))
     def after_train(self):
         means = self._means()
@@ -687,6 +764,19 @@ class _EpochMeans(Callback):
         rec = getattr(self.learn, 'recorder', None)
         if self.show and rec is not None and self._cols and not getattr(rec, 'cancel_train', False):
             rec.log += [means.get(c, float('nan')) for c in self._cols]
+
+# %% ../nbs/02a_train.ipynb #e9af91e2
+@patch
+def _means(self:_EpochMeans) -> dict:
+    sums, ns = {k: self._sum[k] for k in self._keys()}, {k: self._n[k] for k in self._keys()}
+    if self._cols and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # DDP: the mean over every rank's batches (the columns are the same on every rank)
+        dev = next((v.device for v in sums.values() if torch.is_tensor(v)), None)
+        dev = dev or next(self.model.parameters()).device
+        t = torch.tensor([[float(sums[k]), ns[k]] for k in self._cols], dtype=torch.float64, device=dev)
+        torch.distributed.all_reduce(t)
+        for k, (sm, n) in zip(self._cols, t.tolist()): sums[k], ns[k] = sm, int(n)
+    return {k: (float(sums[k]) / ns[k]) if ns[k] else float('nan') for k in sums}
 
 # %% ../nbs/02a_train.ipynb #5033bb5f
 class ModalityLossLogger(_EpochMeans):
@@ -703,6 +793,7 @@ class ModalityLossLogger(_EpochMeans):
     def _store(self, means):
         for k, v in means.items(): self.learn.modality_losses.setdefault(k, []).append(v)
 
+# %% ../nbs/02a_train.ipynb #feef8858
 class AuxLossCallback(_EpochMeans):
     "Adds `coef * model.aux_loss()` to the back-propagated loss in training; epoch means in `learn.aux_losses`."
     def __init__(self, coef:float=1.0, show:bool=True): self.coef, self.show = coef, show
@@ -746,6 +837,7 @@ def _all_ranks_any(flag:bool, device) -> bool:
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
+# %% ../nbs/02a_train.ipynb #1d3d50e5
 class NonFiniteGuard(Callback):
     "Skip a training step whose loss or gradient is not finite, before the weights change; stop after `max_bad_steps`."
     order = AuxLossCallback.order + 1  # sees the loss with the auxiliary term added
@@ -761,16 +853,18 @@ class NonFiniteGuard(Callback):
         self.learn.bad_steps.append(dict(epoch=self.epoch, batch=self.iter, modality=task, what=what))
         n = len(self.learn.bad_steps)
         if n > self.max_bad_steps:
-            raise NonFiniteError(f"non-finite {what} at epoch {self.epoch}, batch {self.iter} ({task or 'batch'}): {n} bad "
-                                 f"steps > max_bad_steps={self.max_bad_steps}; check that input data and lr are sane")
-        warnings.warn(f"skipped a step with a non-finite {what} at epoch {self.epoch}, batch {self.iter} ({task or 'batch'}), "
-                      f"{n} of max_bad_steps={self.max_bad_steps}")
+            raise NonFiniteError(f"non-finite {what} at epoch {self.epoch}, batch {self.iter} ({task or 'batch'}): "
+                                 f"{n} bad steps > max_bad_steps={self.max_bad_steps}; check that input data and "
+                                 "lr are sane")
+        warnings.warn(f"skipped a step with a non-finite {what} at epoch {self.epoch}, batch {self.iter} "
+                      f"({task or 'batch'}), {n} of max_bad_steps={self.max_bad_steps}")
         self.learn.yb = ()  # the recorder and loggers skip this batch
         raise exc()
 
 # %% ../nbs/02a_train.ipynb #03206660
 @patch
 def after_loss(self:NonFiniteGuard):
+    "Skip the step when the loss is not finite on any rank."
     if not self.training: return
     if _all_ranks_any(not bool(torch.isfinite(self.loss_grad.detach()).all()), self.loss_grad.device):
         self._skip('loss', CancelBatchException)
@@ -779,7 +873,8 @@ def after_loss(self:NonFiniteGuard):
 def before_step(self:NonFiniteGuard):
     if getattr(self.learn, 'scaler', None) is not None: return  # a GradScaler skips overflowing fp16 steps itself
     grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-    if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()): self._skip('gradient', CancelStepException)
+    if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+        self._skip('gradient', CancelStepException)
 
 # %% ../nbs/02a_train.ipynb #62cafa61
 import atexit, json, os, socket, time
@@ -848,9 +943,10 @@ def code_version() -> str:
     "`unilearn.__version__`, plus `+g<commit>` when the package is in a git checkout."
     import unilearn
     try:
-        r = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=Path(unilearn.__file__).parent, capture_output=True,
-                           text=True, timeout=10)
-        return f"{unilearn.__version__}+g{r.stdout.strip()}" if r.returncode == 0 and r.stdout.strip() else unilearn.__version__
+        r = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=Path(unilearn.__file__).parent,
+                           capture_output=True, text=True, timeout=10)
+        commit = r.stdout.strip() if r.returncode == 0 else ''
+        return f"{unilearn.__version__}+g{commit}" if commit else unilearn.__version__
     except (OSError, subprocess.SubprocessError): return unilearn.__version__
 
 # %% ../nbs/02a_train.ipynb #399c48f4
@@ -876,6 +972,7 @@ def _dataset_signature(ds, h):
     inner = getattr(ds, 'dataset', None)
     if inner is not None and inner is not ds: _dataset_signature(inner, h)
 
+# %% ../nbs/02a_train.ipynb #009431ff
 def data_fingerprint(datasets:dict) -> dict:
     "A short hash per named dataset (e.g. `{'train.video': ds}`) from its type, length, ids and labels."
     out = {}
@@ -908,6 +1005,7 @@ def _json(o):
     if isinstance(o, Path): return str(o)
     return repr(o)
 
+# %% ../nbs/02a_train.ipynb #0d4d785c
 def run_manifest(config:dict, seed:int|None=None, data:dict|None=None) -> dict:
     "What a run is: its resolved `config`, `seed`, code version and `data` fingerprint (plus `epochs`, set by the fit)."
     return dict(config=_json(config), seed=seed, code=code_version(), data=_json(data or {}))
@@ -923,7 +1021,8 @@ def read_manifest(folder) -> dict|None:
     f = Path(folder) / 'manifest.json'
     if not f.exists(): return None
     try: return json.loads(f.read_text())
-    except ValueError as e: raise CheckpointError(f"{f} is not valid JSON ({e}); delete it or restore it from the run") from None
+    except ValueError as e:
+        raise CheckpointError(f"{f} is not valid JSON ({e}); delete it or restore it from the run") from None
 
 # %% ../nbs/02a_train.ipynb #7bf41f0d
 def _flat(d, prefix='') -> dict:
@@ -933,7 +1032,8 @@ def _flat(d, prefix='') -> dict:
 def check_manifest(saved:dict, current:dict, where:str='checkpoint', ignore=('epochs',)):
     "Raise `CheckpointError` naming the keys where `saved` (the run being resumed) and `current` differ, bar `ignore`."
     a, b = _flat(_json(saved)), _flat(_json(current))
-    diff = [k for k in sorted(set(a) | set(b)) if k.split('.')[-1] not in ignore and a.get(k, '<missing>') != b.get(k, '<missing>')]
+    diff = [k for k in sorted(set(a) | set(b))
+            if k.split('.')[-1] not in ignore and a.get(k, '<missing>') != b.get(k, '<missing>')]
     if not diff: return
     show = lambda v: (s if len(s := json.dumps(v)) <= 40 else s[:37] + '...') if v != '<missing>' else 'missing'
     parts = ', '.join(f"{k} {show(a.get(k, '<missing>'))} -> {show(b.get(k, '<missing>'))}" for k in diff[:6])
@@ -945,8 +1045,8 @@ def check_manifest(saved:dict, current:dict, where:str='checkpoint', ignore=('ep
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     st = dict(torch=torch.get_rng_state(), python=random.getstate(),
-              numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss),
-                         gauss=float(gauss)))
+              numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                         has_gauss=int(has_gauss), gauss=float(gauss)))
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
@@ -959,8 +1059,9 @@ def _set_rng_state(st:dict):
     if 'cuda' in st and torch.cuda.is_available() and len(st['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(st['cuda'])
 
+# %% ../nbs/02a_train.ipynb #e3e15a3d
 def _plain(o):
-    "Containers as builtins (fastcore's `L` -> list, numpy scalars -> numbers) so `torch.load(weights_only=True)` reads them."
+    "Containers as builtins (`L` -> list, numpy scalars -> numbers) so `torch.load(weights_only=True)` reads them."
     if isinstance(o, dict): return {k: _plain(v) for k, v in o.items()}
     if isinstance(o, tuple): return tuple(_plain(v) for v in o)
     if isinstance(o, (list, L)): return [_plain(v) for v in o]
@@ -1023,7 +1124,8 @@ def _load_recorder_state(rec, st:dict):
 # %% ../nbs/02a_train.ipynb #6f92902c
 def _non_finite(sd:dict) -> str|None:
     "Name of the first floating tensor of a state dict holding a NaN or an infinity."
-    return next((k for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()), None)
+    bad = (k for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all())
+    return next(bad, None)
 
 # %% ../nbs/02a_train.ipynb #d01e6567
 def save_checkpoint(state:dict, file, writer=torch.save) -> Path:
@@ -1034,7 +1136,8 @@ def save_checkpoint(state:dict, file, writer=torch.save) -> Path:
     try: _atomic_write(file, lambda fh: writer(state, fh))
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"could not write checkpoint {file}: {msg}; is the disk full? No file was replaced") from e
+        raise CheckpointError(f"could not write checkpoint {file}: {msg}; is the disk full? "
+                              "No file was replaced") from e
     return file
 
 def latest_checkpoint(path) -> Path|None:
@@ -1046,7 +1149,7 @@ def latest_checkpoint(path) -> Path|None:
 _CKPT_KEYS = ('epoch', 'model', 'opt', 'has_grad', 'rng', 'loaders', 'history')
 
 def read_checkpoint(file) -> dict:
-    "A `CheckpointCallback` file as a dict, or a `CheckpointError` naming the file: missing, truncated, or not one of ours."
+    "A `CheckpointCallback` file as a dict, or a `CheckpointError` naming it: missing, truncated, or not one of ours."
     file = Path(file)
     if not file.exists(): raise CheckpointError(f"checkpoint {file} not found")
     try: ck = torch.load(file, map_location='cpu', weights_only=True)
@@ -1055,18 +1158,21 @@ def read_checkpoint(file) -> dict:
                 if 'weights only load failed' in str(e).lower() else 'truncated or corrupt (an interrupted copy?)')
         raise CheckpointError(f"checkpoint {file} is {what}; delete it to resume from an earlier one") from None
     missing = [k for k in _CKPT_KEYS if not isinstance(ck, dict) or k not in ck]
-    if missing: raise CheckpointError(f"checkpoint {file} is not a CheckpointCallback checkpoint (no {', '.join(missing)}); "
-                                      f"to start from pre-trained weights, load them into the model instead")
+    if missing:
+        raise CheckpointError(f"checkpoint {file} is not a CheckpointCallback checkpoint (no {', '.join(missing)}); "
+                              f"to start from pre-trained weights, load them into the model instead")
     return ck
 
 # %% ../nbs/02a_train.ipynb #bb4c0b51
 def _check_model_state(model, sd:dict, file):
     "A `CheckpointError` naming `file` if the state dict `sd` does not fit `model`."
     own = model.state_dict()
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+           for k, v in own.items() if k in sd and sd[k].shape != v.shape]
     missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
     if bad or missing or extra:
-        detail = (f"shape of {bad[0]} in the model" if bad else f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}")
+        detail = (f"shape of {bad[0]} in the model" if bad else f"missing {missing[:3]}" if missing
+                  else f"unexpected {extra[:3]}")
         raise CheckpointError(f"checkpoint {file} is for another architecture ({detail}); resume with the model it was "
                               f"trained with")
 
@@ -1082,7 +1188,8 @@ def _apply_checkpoint(learn, ck:dict, file, with_opt:bool=True, with_rng:bool=Tr
     if with_opt and ck['opt'] is not None:
         if learn.opt is None: learn.create_opt()
         learn.opt.load_state_dict(ck['opt'])
-    if ck.get('scaler') is not None and getattr(learn, 'scaler', None) is not None: learn.scaler.load_state_dict(ck['scaler'])
+    if ck.get('scaler') is not None and getattr(learn, 'scaler', None) is not None:
+        learn.scaler.load_state_dict(ck['scaler'])
     for dl, sd in zip(learn.dls.loaders, ck['loaders']):
         if sd is not None and hasattr(dl, 'load_state_dict'): dl.load_state_dict(sd)
     for k, v in ck['history'].items():
@@ -1091,6 +1198,7 @@ def _apply_checkpoint(learn, ck:dict, file, with_opt:bool=True, with_rng:bool=Tr
     if with_rng: _set_rng_state(ck['rng'])
     return ck['epoch'] + 1
 
+# %% ../nbs/02a_train.ipynb #a3f18f7c
 @patch
 def load_checkpoint(self:Learner, file, with_opt:bool=True, with_rng:bool=True) -> int:
     "Load a `CheckpointCallback` file (or the newest in a folder) into this learner; returns the next epoch."
@@ -1103,24 +1211,33 @@ def load_checkpoint(self:Learner, file, with_opt:bool=True, with_rng:bool=True) 
 
 def _training_fit(learn) -> bool:
     "True in `fit`; False in `validate`/`get_preds` (no progress bar) and `lr_find`, which also call `before_fit`."
-    return getattr(learn, 'create_mbar', True) and not hasattr(learn, 'lr_finder') and not hasattr(learn, 'gather_preds')
+    return (getattr(learn, 'create_mbar', True) and not hasattr(learn, 'lr_finder')
+            and not hasattr(learn, 'gather_preds'))
 
 # %% ../nbs/02a_train.ipynb #3ad66815
 class CheckpointCallback(Callback):
-    "Save a checkpoint every `every` epochs (and after the last) to `path/epoch_XXXX.pth`; `resume_from` continues a run exactly."
+    """Save a checkpoint every `every` epochs (and after the last) to `path/epoch_XXXX.pth`; `resume_from` resumes.
+
+    `resume_from`: None, 'last' (the newest under `path`, if any), a file, a folder or a function of the learner;
+    `with_opt`: restore the optimiser too; `keep`: how many of the newest files stay; `manifest`: lock `path`, write
+    `manifest.json` and refuse another run's checkpoints.
+    Example: `CheckpointCallback('runs/a', every=10, resume_from='last')`."""
     order = 90  # after the recorder, loggers, trackers and progress bar have finished with the epoch
     def __init__(self, path, # folder of the `epoch_XXXX.pth` files
                  every:int=1, # save after every `every`-th epoch, and after the last
-                 resume_from=None, # None, 'last' (newest under `path`, if any), a file, a folder, or a function of the learner
+                 resume_from=None, # None, 'last' (newest under `path`, if any), a file, a folder, or f(learn)
                  with_opt:bool=True, # also restore the optimiser state
                  keep:int|None=None, # how many of the newest checkpoints to keep (None: all)
-                 manifest:dict|None=None, # `run_manifest`: lock `path`, write `manifest.json`, refuse another run's checkpoints
+                 manifest:dict|None=None, # `run_manifest`: lock `path`, keep `manifest.json`, refuse another run
                 ):
-        if not isinstance(every, int) or every < 1: raise ValueError(f"CheckpointCallback: every must be a positive int, got {every!r}")
-        if keep is not None and (not isinstance(keep, int) or keep < 1): raise ValueError(f"CheckpointCallback: keep must be None or a positive int, got {keep!r}")
-        self.path, self.every, self.resume_from, self.with_opt, self.keep = Path(path), every, resume_from, with_opt, keep
-        self.manifest, self.run_lock = manifest, RunLock(path) if manifest is not None else None
-        self.start_epoch, self.resumed, self._resume_checked, self._in_fit, self._muted, self._written = 0, None, False, False, [], set()
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"CheckpointCallback: every must be a positive int, got {every!r}")
+        if keep is not None and (not isinstance(keep, int) or keep < 1):
+            raise ValueError(f"CheckpointCallback: keep must be None or a positive int, got {keep!r}")
+        self.path, self.every, self.resume_from, self.with_opt = Path(path), every, resume_from, with_opt
+        self.keep, self.manifest, self.run_lock = keep, manifest, RunLock(path) if manifest is not None else None
+        self.start_epoch, self.resumed, self._resume_checked = 0, None, False
+        self._in_fit, self._muted, self._written = False, [], set()
 
 # %% ../nbs/02a_train.ipynb #42468cc0
 @patch
@@ -1136,14 +1253,16 @@ def _resolve(self:CheckpointCallback) -> Path|None:
     r = Path(r)
     if r.is_dir():
         f = latest_checkpoint(r)
-        if f is None: raise CheckpointError(f"resume={r} holds no epoch_*.pth checkpoint; give a checkpoint file or its folder")
+        if f is None:
+            raise CheckpointError(f"resume={r} holds no epoch_*.pth checkpoint; give a checkpoint file or its folder")
         return f
     if not r.exists(): raise CheckpointError(f"resume={r} not found")
     return r
 
+# %% ../nbs/02a_train.ipynb #fc4b97f6
 @patch
 def prepare(self:CheckpointCallback):
-    "On rank 0: lock `path`, refuse checkpoints of another run there, check and write `manifest.json` (factories call it early)."
+    "On rank 0: lock `path`, refuse another run's checkpoints there, check and write `manifest.json` (done early)."
     if _rank() != 0: return
     resuming = self.resume_from not in (None, False)
     if self.run_lock is not None: self.run_lock.acquire()
@@ -1151,8 +1270,8 @@ def prepare(self:CheckpointCallback):
         warnings.warn(f"removing {t}, an unfinished checkpoint write"); t.unlink(missing_ok=True)
     last = latest_checkpoint(self.path) if self.path.exists() else None
     if not resuming and last is not None and last.name not in self._written:
-        raise CheckpointError(f"{self.path} already holds checkpoints of a run ({last.name}); resume it with resume='last' "
-                              f"or choose another folder")
+        raise CheckpointError(f"{self.path} already holds checkpoints of a run ({last.name}); resume it with "
+                              f"resume='last' or choose another folder")
     if self.manifest is None: return
     saved = read_manifest(self.path)
     if saved is not None and resuming: check_manifest(saved, self.manifest, f"the run in {self.path}")
@@ -1161,9 +1280,11 @@ def prepare(self:CheckpointCallback):
 # %% ../nbs/02a_train.ipynb #35c31ff7
 @patch
 def before_fit(self:CheckpointCallback):
+    "Lock the folder and write the manifest, then (once per learner) resume from `resume_from`."
     self._in_fit, self.start_epoch = _training_fit(self.learn), 0
     if not self._in_fit: return
-    if self.n_epoch < 1: raise CheckpointError(f"a fit of {self.n_epoch} epochs has nothing to train or save; give epochs >= 1")
+    if self.n_epoch < 1:
+        raise CheckpointError(f"a fit of {self.n_epoch} epochs has nothing to train or save; give epochs >= 1")
     self.prepare()
     if self.manifest is not None:
         self.learn.manifest = {**self.manifest, 'epochs': self.n_epoch}
@@ -1171,22 +1292,31 @@ def before_fit(self:CheckpointCallback):
     if self._resume_checked: return  # resume once: a later `fit` of the same learner simply continues
     self._resume_checked = True
     f = self._resolve()
-    if f is None: return
+    if f is not None: self._resume(f)
+
+# %% ../nbs/02a_train.ipynb #4f1280cb
+@patch
+def _resume(self:CheckpointCallback, f:Path):
+    "Restore the run from checkpoint `f`, after checking that it belongs to this model and run."
     ck = read_checkpoint(f)
     _check_model_state(get_model(self.model), ck['model'], f)
     if self.manifest is not None:
-        if ck.get('manifest') is None: warnings.warn(f"{f} has no run manifest, so it cannot be checked against this run")
+        if ck.get('manifest') is None:
+            warnings.warn(f"{f} has no run manifest, so it cannot be checked against this run")
         else: check_manifest(ck['manifest'], self.learn.manifest, f"checkpoint {f}")
     self.start_epoch, self.resumed = _apply_checkpoint(self.learn, ck, f, self.with_opt), f
-    if self.start_epoch >= self.n_epoch: warnings.warn(f"{f} is already at epoch {self.start_epoch} >= n_epoch={self.n_epoch}")
+    if self.start_epoch >= self.n_epoch:
+        warnings.warn(f"{f} is already at epoch {self.start_epoch} >= n_epoch={self.n_epoch}")
     if ck.get('n_epoch') not in (None, self.n_epoch):
-        warnings.warn(f"{f} comes from a fit of {ck['n_epoch']} epochs, this one has {self.n_epoch}: the schedule will differ")
+        warnings.warn(f"{f} comes from a fit of {ck['n_epoch']} epochs, this one has {self.n_epoch}: "
+                      "the schedule will differ")
     rec = getattr(self.learn, 'recorder', None)
     if rec is not None and ck['recorder'] is not None: _load_recorder_state(rec, ck['recorder'])
 
 # %% ../nbs/02a_train.ipynb #767ce838
 @patch
 def before_epoch(self:CheckpointCallback):
+    "Skip the epochs a resumed run has done already."
     if not self._in_fit or self.epoch >= self.start_epoch: return
     self._muted = [cb for cb in self.learn.cbs if cb is not self and cb.run]
     for cb in self._muted: cb.run = False  # an epoch done before the stop: no recorder row, tracker or logger sees it
@@ -1219,7 +1349,8 @@ def precision_callback(precision:str='bf16', device=None) -> AutocastCallback|No
     if precision not in PRECISIONS: raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     dev = torch.device(device if device is not None else 'cpu')
     if precision == 'fp16' and dev.type != 'cuda':
-        raise ValueError(f"precision='fp16' needs a CUDA device for its gradient scaler; on {dev.type} use precision='bf16' or 'fp32'")
+        raise ValueError(f"precision='fp16' needs a CUDA device for its gradient scaler; on {dev.type} use "
+                         "precision='bf16' or 'fp32'")
     if precision == 'bf16' and dev.type == 'cuda' and not torch.cuda.is_bf16_supported():
         raise ValueError("precision='bf16' is not supported by this GPU; use precision='fp16' or 'fp32'")
     return None if precision == 'fp32' else AutocastCallback(precision)
@@ -1238,29 +1369,35 @@ def _can_compile(device) -> str|None:
     except Exception as e: return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 def prepare_model(model:nn.Module, grad_checkpointing:bool=False, compile:bool=False, device=None) -> nn.Module:
-    "Turn on `model.set_grad_checkpointing(True)` and `torch.compile` (in place, same state dict names), or say why not."
+    "Turn on `model.set_grad_checkpointing(True)` and `torch.compile` (in place, same state dict names) or say why not."
     if grad_checkpointing:
         f = getattr(model, 'set_grad_checkpointing', None)
-        if not callable(f): raise ValueError(f"grad_checkpointing=True: {type(model).__name__} has no set_grad_checkpointing()")
+        if not callable(f):
+            raise ValueError(f"grad_checkpointing=True: {type(model).__name__} has no set_grad_checkpointing()")
         f(True)
     if compile:
         why = _can_compile(device if device is not None else next(model.parameters()).device)
-        if why: raise ValueError(f"compile=True: torch.compile cannot compile on this machine ({why}); run without compile")
+        if why:
+            raise ValueError(f"compile=True: torch.compile cannot compile on this machine ({why}); run without compile")
         model.compile()
     return model
 
 # %% ../nbs/02a_train.ipynb #9b357347
 def learner_manifest(model:nn.Module, dls, config:dict) -> dict:
-    "`run_manifest` of training `model` on `dls`: `config`, the model's class and tensor shapes, the loaders' seed and data."
+    "`run_manifest` of training `model` on `dls`: `config`, the model's class and shapes, the loaders' seed and data."
     shapes = hashlib.sha256(repr([(k, tuple(v.shape)) for k, v in get_model(model).state_dict().items()]).encode())
     arch = dict(model=type(get_model(model)).__name__, shapes=shapes.hexdigest()[:16])
     train = dls.train
     loaders = dict(steps=getattr(train, 'counts', None), batch_sizes=getattr(train, 'batch_sizes', None),
                    world_size=getattr(train, 'world_size', 1))
-    data = {f'{split}.{k}': ds for split, dl in (('train', dls.train), ('valid', dls.valid))
-            for k, ds in (getattr(dl, 'dataset', None) or {}).items()} if isinstance(getattr(dls.train, 'dataset', None), dict) else {}
-    return run_manifest({**config, **arch, 'loaders': loaders}, seed=getattr(train, 'seed', None), data=data_fingerprint(data))
+    data = {}
+    if isinstance(getattr(dls.train, 'dataset', None), dict):
+        data = {f'{split}.{k}': ds for split, dl in (('train', dls.train), ('valid', dls.valid))
+                for k, ds in (getattr(dl, 'dataset', None) or {}).items()}
+    return run_manifest({**config, **arch, 'loaders': loaders}, seed=getattr(train, 'seed', None),
+                        data=data_fingerprint(data))
 
+# %% ../nbs/02a_train.ipynb #3e4ad9ee
 def train_callbacks(precision:str='bf16', # 'fp32', 'bf16' or 'fp16' (CUDA only)
                     device=None, # where training runs (see `train_device`)
                     max_bad_steps:int=3, # steps with a non-finite loss/gradient skipped before the run stops
@@ -1269,10 +1406,13 @@ def train_callbacks(precision:str='bf16', # 'fp32', 'bf16' or 'fp16' (CUDA only)
                     save_every:int=1, # epochs between checkpoints
                     manifest:dict|None=None, # `learner_manifest` of the run
                    ) -> list:
-    "Callbacks both training factories share: `NonFiniteGuard`, `GatherRanks`, autocast, and a checkpoint that locks its folder."
-    cbs = [NonFiniteGuard(max_bad_steps), GatherRanks()] + [c for c in [precision_callback(precision, device)] if c is not None]
+    """Callbacks both training factories share: `NonFiniteGuard`, `GatherRanks`, autocast, a checkpoint that locks its
+    folder. Example: `train_callbacks('bf16', checkpoint_dir='runs/a', resume='last', manifest=manifest)`."""
+    cbs = [NonFiniteGuard(max_bad_steps), GatherRanks()]
+    cbs += [c for c in [precision_callback(precision, device)] if c is not None]
     if checkpoint_dir is None:
-        if resume not in (None, False): raise ValueError(f"resume={resume!r} needs checkpoint_dir (where checkpoints are written)")
+        if resume not in (None, False):
+            raise ValueError(f"resume={resume!r} needs checkpoint_dir (where checkpoints are written)")
         return cbs
     if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
         raise ValueError(f"save_every must be a positive int (epochs between checkpoints), got {save_every!r}")
@@ -1294,7 +1434,9 @@ def renamed_args(kwargs:dict, fname:str, **new_names) -> dict:
 
 # %% ../nbs/02a_train.ipynb #758861e3
 class quiet:
-    "Silence `learn`'s progress bar and per-epoch table: `quiet(learn)` from now on, or `with quiet(learn): ...` for a block."
+    """Silence `learn`'s progress bar and per-epoch table: from now on, or for a block.
+
+    Example: `quiet(learn)`, or `with quiet(learn): learn.fit(1)`."""
     def __init__(self, learn:Learner):
         self.learn, self.progress, self.logger = learn, getattr(learn, 'progress', None), learn.logger
         if self.progress is not None: learn.remove_cb(self.progress)

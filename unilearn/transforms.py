@@ -32,7 +32,9 @@ def denormalize(x:torch.Tensor, # normalised image `(3,H,W)`, clip `(3,T,H,W)` o
 
 # %% ../nbs/04c_transforms.ipynb #aaa3a1ff
 def train_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> np.ndarray:
-    "Training sample of a clip of `n` frames: random window of `num_frames*stride`, `num_frames` evenly spaced indices."
+    """Training sample of a clip of `n` frames: a random window of `num_frames*stride`, `num_frames` evenly spaced.
+
+    Example: `train_indices(300, num_frames=16, stride=4)` is 16 frame indices in a random window of 64 frames."""
     if n < 1: raise ValueError(f"a clip needs at least one frame, got {n}")
     span = num_frames * stride
     if n <= span:
@@ -43,12 +45,11 @@ def train_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> np.
     return np.clip(np.linspace(start, start + span, num_frames), start, start + span - 1).astype(np.int64)
 
 def test_indices(n:int, num_frames:int=16, stride:int=4, num_clips:int=2) -> list[np.ndarray]:
-    ("`num_clips` windows of `num_frames` at `stride`, evenly placed from the start to the end; padded with the last "
-     "frame.")
+    "`num_clips` windows of `num_frames` at `stride`, evenly placed from start to end; padded with the last frame."
     if n < 1: raise ValueError(f"a clip needs at least one frame, got {n}")
     span = (num_frames - 1) * stride + 1
-    starts = np.linspace(0, max(n - span, 0), num_clips).round().astype(np.int64) if num_clips > 1 else [max(n - span,
-                                                                                                             0) // 2]
+    room = max(n - span, 0)
+    starts = np.linspace(0, room, num_clips).round().astype(np.int64) if num_clips > 1 else [room // 2]
     return [np.minimum(s + np.arange(num_frames) * stride, n - 1) for s in starts]
 
 def pretrain_indices(n:int, num_frames:int=16, stride:int=4, generator=None) -> np.ndarray:
@@ -74,7 +75,8 @@ class ClipRandAugment:
     def __call__(self, x:torch.Tensor) -> torch.Tensor:
         frames, state = x.reshape(-1, *x.shape[-3:]), (random.getstate(), np.random.get_state())
         out = []
-        for f in frames:   # timm draws from `random` and `np.random`: the same start state gives every frame the same draw
+        # timm draws from `random` and `np.random`: the same start state gives every frame the same draw
+        for f in frames:
             random.setstate(state[0]); np.random.set_state(state[1])
             out.append(TF.pil_to_tensor(self.ra(TF.to_pil_image(f))))
         y = torch.stack(out).reshape(x.shape)

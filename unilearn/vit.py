@@ -101,7 +101,7 @@ class Attention(nn.Module):
     def forward(self, x):
         B, N, C = x.shape
         heads = lambda t: t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        # three products on row blocks of the fused weight: on CPU 2-3% faster than one (N, 3C) product, and k needs no bias
+        # three products on row blocks of the fused weight: 2-3% faster on CPU than one (N, 3C) product; k has no bias
         wq, wk, wv = self.qkv.weight.chunk(3)
         q, k, v = (heads(F.linear(x, w, b)) for w, b in ((wq, self.q_bias), (wk, None), (wv, self.v_bias)))
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
@@ -137,6 +137,14 @@ def _check_input(x, in_chans:int):
 def _hw(img_size) -> tuple: return (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
 def _square(img_size): h, w = _hw(img_size); return h if h == w else (h, w)   # timm passes (H, W)
 
+def _init_vit_weights(m):
+    "The published init: truncated-normal linear weights (std .02), zero biases, unit LayerNorms."
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=.02)
+        if m.bias is not None: nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+
 def _build_blocks(block_fn, depth:int, drop_path:float, **kwargs) -> nn.ModuleList:
     "`block_fn(**kwargs)` for each block (or `block_fn[i]`), with stochastic depth growing linearly to `drop_path`."
     fns = list(block_fn) if isinstance(block_fn, Sequence) else [block_fn] * depth
@@ -146,7 +154,12 @@ def _build_blocks(block_fn, depth:int, drop_path:float, **kwargs) -> nn.ModuleLi
 
 # %% ../nbs/00_vit.ipynb #66d3b6c0
 class VisionTransformer(nn.Module, PyTorchModelHubMixin, library_name='unilearn'):
-    "ViT for images `(B,3,H,W)` and clips `(B,3,T,H,W)` with tubelet embedding and fixed sinusoidal positions."
+    """ViT for images `(B,3,H,W)` and clips `(B,3,T,H,W)` with tubelet embedding and fixed sinusoidal positions.
+
+    Inputs are `all_frames` x `img_size` x `img_size`, cut into `tubelet_size` x `patch_size` x `patch_size`
+    tubelets (an image is a clip of `tubelet_size` frames); `embed_dim`, `depth`, `num_heads`, `mlp_ratio` set the
+    size; `num_classes=0`: no head; `block_fn` builds the blocks. Example: `VisionTransformer(img_size=64,
+    all_frames=4)` maps `torch.randn(2, 3, 4, 64, 64)` (or images `(2, 3, 64, 64)`) to logits `(2, 7)`."""
     def __init__(self, img_size:int=160, patch_size:int=16, in_chans:int=3, num_classes:int=7, embed_dim:int=768,
                  depth:int=12, num_heads:int=12, mlp_ratio:float=4., qkv_bias:bool=True, drop_rate:float=0.,
                  attn_drop_rate:float=0., drop_path_rate:float=0., all_frames:int=16, tubelet_size:int=2,
@@ -171,13 +184,7 @@ class VisionTransformer(nn.Module, PyTorchModelHubMixin, library_name='unilearn'
             trunc_normal_(self.head.weight, std=.02)
             with torch.no_grad(): self.head.weight.mul_(init_scale); self.head.bias.mul_(init_scale)
 
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None: nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+    _init_weights = staticmethod(_init_vit_weights)
 
 # %% ../nbs/00_vit.ipynb #db6f5994
 @patch
@@ -238,13 +245,16 @@ def forward(self:VisionTransformer, x): return self.forward_head(self.forward_fe
 # %% ../nbs/00_vit.ipynb #127db2ad
 def create_vit(size:str|dict='base', num_classes:int=7, img_size:int=160, all_frames:int=16,
                **kwargs) -> VisionTransformer:
-    "Build a `VisionTransformer` of a named size for `all_frames` x `img_size` inputs."
+    """Build a `VisionTransformer` of a named size (or a dict of `embed_dim`, `depth`, `num_heads`) for `all_frames` x
+    `img_size` inputs; `kwargs` go to `VisionTransformer`. Example: `create_vit('tiny', num_classes=7, img_size=32)`."""
     return VisionTransformer(img_size=img_size, num_classes=num_classes, all_frames=all_frames,
                              **{**vit_size(size), **kwargs})
 
 # %% ../nbs/00_vit.ipynb #527dc2a2
 @patch
-def no_weight_decay(self:VisionTransformer) -> set: return {'pos_embed'}
+def no_weight_decay(self:VisionTransformer) -> set:
+    "Names timm's optimisers spare from weight decay."
+    return {'pos_embed'}
 
 @patch
 def group_matcher(self:VisionTransformer, coarse:bool=False) -> dict:
@@ -259,7 +269,9 @@ def set_grad_checkpointing(self:VisionTransformer, enable:bool=True):
 
 # %% ../nbs/00_vit.ipynb #fc28a548
 @patch
-def get_classifier(self:VisionTransformer) -> nn.Module: return self.head
+def get_classifier(self:VisionTransformer) -> nn.Module:
+    "The head (timm's classifier interface)."
+    return self.head
 
 @patch
 def reset_classifier(self:VisionTransformer, num_classes:int, global_pool:str|None=None):
