@@ -85,7 +85,7 @@ class RemapLabels:
     "A dataset whose labels are mapped into another class list by name (a one-head ViT sees images in DFEW's order)."
     def __init__(self, ds, classes:list[str]):
         from unilearn.metrics import dataset_classes, dataset_ids
-        from unilearn.panels import canonical_class
+        from unilearn.data import canonical_class
         src = dataset_classes(ds)
         key = {canonical_class(c): i for i, c in enumerate(classes)}
         missing = [c for c in src if canonical_class(c) not in key]

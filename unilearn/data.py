@@ -98,7 +98,7 @@ def _lines(path) -> list[tuple[int, str]]:
     if not out: raise DataError(f"{path}: empty annotation file (no rows)")
     return out
 
-# %% ../nbs/04d_data.ipynb #06255aeb
+# %% ../nbs/04d_data.ipynb #8f4f876d
 def _read_rows(path) -> list[tuple[int, list[str]]]:
     "(line number, fields) of a csv file; blank lines dropped."
     rows = csv.reader(io.StringIO(read_split_text(path), newline=''))
@@ -175,7 +175,7 @@ def read_class_index(path) -> dict[int, str]:
         out[k] = name.strip()
     return out
 
-# %% ../nbs/04d_data.ipynb #3d991a0e
+# %% ../nbs/04d_data.ipynb #c94a583b
 def map_classes(index:dict[int, str], classes:list[str], path='') -> dict[int, int]:
     "Their id -> our id, through the names (case-insensitive); an unknown name is a `DataError`."
     ours = {c.lower(): j for j, c in enumerate(classes)}
@@ -436,7 +436,7 @@ def epoch_report(self:_Base) -> list[dict]:
     "Items skipped while loading since the last call (all workers), and clear the log."
     return self.skip_log.pop()
 
-# %% ../nbs/04d_data.ipynb #bae68737
+# %% ../nbs/04d_data.ipynb #49f6cb7d
 @patch
 def with_mode(self:_Base, mode:str, transform=None, **changes):
     "A copy reading the same items in another `mode` (e.g. a validation subset of a training set read as 'test')."
@@ -495,7 +495,7 @@ def _transform(self:ClipDataset, frames:np.ndarray) -> torch.Tensor:
     one = lambda: self.transform(v).as_subclass(torch.Tensor).transpose(0, 1).contiguous()
     return one() if self.num_copies == 1 else torch.stack([one() for _ in range(self.num_copies)])
 
-# %% ../nbs/04d_data.ipynb #0a3ff795
+# %% ../nbs/04d_data.ipynb #b7ff91dc
 @patch
 def __getitem__(self:ClipDataset, i:int):
     if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} items")
@@ -799,7 +799,7 @@ def skip_report(*datasets) -> tuple[str, list[dict]]:
     if len(recs) > 20: lines.append(f"  ... and {len(recs) - 20} more")
     return '\n'.join(lines), recs
 
-# %% ../nbs/04d_data.ipynb #d7685740
+# %% ../nbs/04d_data.ipynb #412933da
 class ReportSkips(Callback):
     ("fastai callback: at the end of each epoch report (print) and record (`learn.data_skips`) the items skipped by "
      "`datasets`.")
@@ -827,7 +827,7 @@ def _table(columns:dict[str, list[int]], classes:list[str]) -> str:
     lines.append('| | **total** | ' + ' | '.join(f'**{len(columns[h]):,}**' for h in heads) + ' |')
     return '\n'.join(lines)
 
-# %% ../nbs/04d_data.ipynb #74a27546
+# %% ../nbs/04d_data.ipynb #ab4f67b0
 def _labels(items): return [it.label for it in items]
 
 def _fold_stats(d:Path, name:str, read, path, classes, unit:str) -> tuple[int, str]:

@@ -13,7 +13,7 @@ import importlib.util
 from fastcore.basics import patch
 from PIL import Image
 
-from .data import DataError, open_clip, load_image, natural_key, VIDEO_EXTS, IMAGE_EXTS
+from .media import DataError, open_clip, load_image, natural_key, VIDEO_EXTS, IMAGE_EXTS
 
 # %% auto #0
 __all__ = ['haar_cascade', 'carphone_video', 'synthetic_face_frames', 'Face', 'mtcnn_available', 'MTCNNDetector', 'FaceCropper',

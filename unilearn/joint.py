@@ -193,7 +193,7 @@ def mix_batch(mixup:Mixup|None, x:torch.Tensor, y:torch.Tensor, num_classes:int,
     flat, target = mixup(flat, y)
     return flat.reshape(shape), target
 
-# %% ../nbs/03_joint_finetune.ipynb #f4c3c746
+# %% ../nbs/03_joint_finetune.ipynb #3cdc6e6e
 def make_mixup(num_classes:int, mixup_alpha:float=0.8, cutmix_alpha:float=1.0, label_smoothing:float=0.1,
                prob:float=1.0, switch_prob:float=0.5, mode:str='batch') -> Mixup|None:
     "timm `Mixup` with the published settings, or None when both alphas are 0 (label smoothing only)."

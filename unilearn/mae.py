@@ -99,7 +99,7 @@ def patchify(clip:torch.Tensor, tubelet:int=2, patch:int=16) -> torch.Tensor:
     x = clip.reshape(B, C, t, tubelet, h, patch, w, patch).permute(0, 2, 4, 6, 3, 5, 7, 1)
     return x.reshape(B, t * h * w, tubelet * patch * patch, C)
 
-# %% ../nbs/02b_mae.ipynb #00786903
+# %% ../nbs/02b_mae.ipynb #2ebf8098
 def unpatchify(patches:torch.Tensor, grid:tuple, tubelet:int=2, patch:int=16) -> torch.Tensor:
     "Tubelets `(B, N, tubelet*patch*patch, C)` back to a clip `(B,C,T,H,W)`."
     (t, h, w), B, C = grid, patches.shape[0], patches.shape[-1]
@@ -252,7 +252,7 @@ def decoder_positions(self:MaskedAutoencoder, n:int) -> torch.Tensor:
         self.decoder_pos_embed = sinusoid_table(n, self.decoder_pos_embed.shape[-1]).to(self.decoder_pos_embed.device)
     return self.decoder_pos_embed[:, :n]
 
-# %% ../nbs/02b_mae.ipynb #2221eb35
+# %% ../nbs/02b_mae.ipynb #dbdf6e68
 @patch
 def forward(self:MaskedAutoencoder, x, task=None, mask:torch.Tensor|None=None) -> MAEOutput:
     clip = self.encoder.as_clip(x)

@@ -47,7 +47,7 @@ def to_uint8(img) -> np.ndarray:
     if a.dtype == np.uint8: return a
     return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-# %% ../nbs/06_panels.ipynb #e3023bb1
+# %% ../nbs/06_panels.ipynb #70a77134
 def _lazy(module:str, name:str):
     "`name` from `unilearn.<module>` (the models' modules are imported when a panel is given a model)."
     import importlib
@@ -388,7 +388,7 @@ def redraw(self:GatePanel):
                        + f' &nbsp; (update {self.updates})')
     self.sync()
 
-# %% ../nbs/06_panels.ipynb #0114d8b8
+# %% ../nbs/06_panels.ipynb #9dd39516
 @patch
 def figure(self:GatePanel) -> go.Figure:
     "The static fallback for the selected class and value."
@@ -428,7 +428,7 @@ def as_predictions(preds) -> pd.DataFrame:
     if missing: raise KeyError(f"predictions lack columns {missing} (have {list(preds.columns)})")
     return preds
 
-# %% ../nbs/06_panels.ipynb #f85751d0
+# %% ../nbs/06_panels.ipynb #29fb686e
 def prediction_classes(preds, task:str, classes=None) -> list:
     "Class names of `task`: `classes` (list or {task: list}), else `preds.attrs['classes']`, else its `prob_` columns."
     for src in (classes, preds.attrs.get('classes')):
@@ -456,7 +456,7 @@ def _indices(values, names, what, ids):
         raise ValueError(f"{what} {v[out < 0][0]!r} of id {ids[out < 0][0]!r} is not one of {list(names)}")
     return out
 
-# %% ../nbs/06_panels.ipynb #1990cf40
+# %% ../nbs/06_panels.ipynb #4d422f67
 def select_predictions(preds, task:str, fold=None) -> pd.DataFrame:
     "Rows of one task, one fold (`fold=None`: all folds pooled)."
     df = as_predictions(preds)
@@ -485,7 +485,7 @@ def recall_by_class(preds, task:str, fold=None, classes=None) -> pd.DataFrame:
     return pd.DataFrame({'recall': per_class_recall(y, p, len(names)), 'support': np.bincount(y, minlength=len(names))},
                         index=pd.Index(names, name='class'))
 
-# %% ../nbs/06_panels.ipynb #ed56cf17
+# %% ../nbs/06_panels.ipynb #eb9e7e52
 def uar_war(preds, task:str, fold=None, classes=None) -> tuple[float, float]:
     "UAR (mean recall over classes present) and WAR (accuracy)."
     y, p, names = labels_and_preds(preds, task, fold, classes)
@@ -545,7 +545,7 @@ def dataset_loader(datasets:dict):
                                    1e-6)           # normalised tensors back to a visible range
     return load
 
-# %% ../nbs/06_panels.ipynb #340e7e82
+# %% ../nbs/06_panels.ipynb #5f1b92dd
 def filmstrip(frames, max_frames:int=8) -> np.ndarray:
     "`(T,H,W,3)` frames (or one `(H,W,3)` image) side by side, at most `max_frames` evenly spaced."
     a = to_numpy(frames)
@@ -607,7 +607,7 @@ def redraw(self:RecallPanel):
     self.clips.options = []; self.clip_info.value = ''; self.clip_image.value = b''
     self.sync()
 
-# %% ../nbs/06_panels.ipynb #82c2b79c
+# %% ../nbs/06_panels.ipynb #64ffa843
 @patch
 def _on_click(self:RecallPanel, trace, points, state):
     if points.xs: self.select_cell(points.ys[0], points.xs[0])
@@ -671,7 +671,7 @@ def as_features(feats) -> dict:
     out['task'] = out['task'].astype(str)
     return out
 
-# %% ../nbs/06_panels.ipynb #9cdbe261
+# %% ../nbs/06_panels.ipynb #dc46ad1b
 def feature_classes(feats, task:str, classes=None) -> list:
     "Class names of `task` from `classes`, the file's `classes_<task>`, or the label numbers."
     if isinstance(classes, dict) and task in classes: return list(classes[task])
@@ -691,7 +691,7 @@ def task_centres(feats, task:str, classes=None, fold=None) -> tuple[list, np.nda
     keep = [k for k in range(len(names)) if not np.isnan(centres[k]).all()]
     return [names[k] for k in keep], centres[keep]
 
-# %% ../nbs/06_panels.ipynb #69fba216
+# %% ../nbs/06_panels.ipynb #e845c088
 def centre_similarity(feats, classes=None, rows:str='video', cols:str='image', fold=None,
                       align:bool=True) -> pd.DataFrame:
     "Cosine similarity of class centres, `rows` task x `cols` task; `align` orders the columns by the rows' emotions."
@@ -791,20 +791,16 @@ def from_model(cls:RelationsPanel, model, datasets:dict, folds:dict|None=None, b
 
 # %% ../nbs/06_panels.ipynb #d5589f7c
 @patch
-def redraw(self:RelationsPanel):
-    "Redraw both plots for the selected fold, colouring and method."
-    figs = (relations_figure(self.feats, self.classes, self.fold.value),
-            umap_figure(self.feats, self.embedding(), self.color.value, self.classes, self.fold.value))
-    figs[1].update_layout(title=f'{self.method.value.upper()} of pooled features ({_fold_name(self.fold.value)})')
-    for w, new in zip((self.sim, self.map), figs):
-        with w.batch_update(): w.data = []; w.add_traces(list(new.data)); w.layout = new.layout
-    self.sim.update_layout(width=460); self.map.update_layout(width=620, legend=dict(orientation='h', y=-0.15))
-    self.sync()
+def embedding(self:RelationsPanel):
+    "The 2-D map of the selected fold by the selected method (computed once, then cached)."
+    key = (self.fold.value, self.method.value)
+    if key not in self._cache:
+        m = np.ones(len(self.feats['ids']),
+                    bool) if key[0] is None else (self.feats['fold'] == key[0]) | (self.feats['task'] == 'image')
+        self._cache[key] = embed_2d(self.feats['features'][m], key[1], self.seed)
+    return self._cache[key]
 
-@patch
-def figures(self:RelationsPanel) -> list: return [go.Figure(self.sim), go.Figure(self.map)]
-
-# %% ../nbs/06_panels.ipynb #42cd747f
+# %% ../nbs/06_panels.ipynb #f2982332
 @patch
 def redraw(self:RelationsPanel):
     "Redraw both plots for the selected fold, colouring and method."
