@@ -6,13 +6,15 @@ from pathlib import Path
 import pytest
 from nbdev.test import test_nb as run_notebook
 
-from conftest import ROOT, NBS
+from conftest import ROOT, NBS, SPLITS
 
 BIN = Path(sys.executable).parent
 NOTEBOOKS = sorted(p for p in NBS.glob('*.ipynb') if not p.name.startswith(('_', '.')))
 
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(nb):
+def test_notebook_runs(nb, monkeypatch):
+    # notebooks check the datasets' real split files where UNILEARN_SPLITS names them
+    if SPLITS.exists(): monkeypatch.setenv('UNILEARN_SPLITS', str(SPLITS))
     ok, secs = run_notebook(nb, skip_flags=['slow'], showerr=True)
     assert ok, f"{nb.name} failed (see the traceback above)"
 

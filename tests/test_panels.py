@@ -1,6 +1,6 @@
 """unilearn.panels: the widgets are driven as a user would (values set, buttons clicked, plot clicks delivered as
 the browser sends them) and what the figures then hold is checked against numbers computed independently
-(scikit-learn, numpy, unilearn.mae/moae/metrics). One test runs nbs/06_panels.ipynb in JupyterLab in headless
+(scikit-learn, numpy, unilearn.mae/moae/metrics). One test runs nbs/07_panels.ipynb in JupyterLab in headless
 Chromium (Debian's chromium + playwright-core from tests/browser; `tests/browser/setup.sh` installs them)."""
 import io, json, os, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
@@ -317,11 +317,11 @@ def test_notebook_in_jupyterlab_headless_chromium(tmp_path):
         pytest.skip("playwright-core not installed: run tests/browser/setup.sh (npm install in tests/browser) to run "
                     "the browser test")
     # A copy of the notebook without its `slow` cells (as the notebook test runs it), so the checkout stays clean.
-    nb = json.loads((NBS / '06_panels.ipynb').read_text())
+    nb = json.loads((NBS / '07_panels.ipynb').read_text())
     slow = lambda c: c['cell_type'] == 'code' and ''.join(c['source']).lstrip().startswith('#| slow')
     nb['cells'] = [c for c in nb['cells'] if not slow(c)]
     work = tmp_path / 'nbs'; work.mkdir()
-    (work / '06_panels.ipynb').write_text(json.dumps(nb))
+    (work / '07_panels.ipynb').write_text(json.dumps(nb))
     # Lab settings: no news or update checks (the network is closed), all cells in the DOM.
     settings = tmp_path / 'settings' / '@jupyterlab'
     (settings / 'apputils-extension').mkdir(parents=True)
@@ -345,7 +345,7 @@ def test_notebook_in_jupyterlab_headless_chromium(tmp_path):
     try:
         base = f'http://127.0.0.1:{port}'
         _wait_for_server(f'{base}/api/status?token={token}', server)
-        run = subprocess.run([node, str(BROWSER / 'lab.mjs'), base, token, '06_panels.ipynb', str(shots)], cwd=BROWSER,
+        run = subprocess.run([node, str(BROWSER / 'lab.mjs'), base, token, '07_panels.ipynb', str(shots)], cwd=BROWSER,
                              env=env,
                              capture_output=True, text=True, timeout=540)
     finally:

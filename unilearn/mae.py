@@ -23,7 +23,6 @@ from fastai.learner import Learner
 from fastcore.basics import patch
 
 from .vit import Block, VisionTransformer, sinusoid_table, vit_size
-from .synth import toy_shapes   # toy data lives in unilearn.synth; kept importable from here
 from .train import (MixedModalityLoader, AutocastCallback, ModalityLossLogger, CheckpointCallback,
                             param_groups_wd, adamw, warmup_cosine, quiet as quiet_learner, train_callbacks,
                             train_device, prepare_model, learner_manifest, renamed_args)
@@ -33,6 +32,15 @@ __all__ = ['MASKINGS', 'MODALITIES', 'check_mask_ratio', 'num_masked', 'RandomMa
            'unpatchify', 'mae_target', 'visible_index', 'encode_visible', 'MAEEncoder', 'MAEDecoder', 'MAEOutput',
            'MaskedAutoencoder', 'create_mae', 'reconstruct', 'mae_state_dict', 'load_mae_checkpoint',
            'encoder_state_dict', 'inputs_only', 'RepeatedAugmentation', 'collate_copies', 'pretrain_learner']
+
+# %% ../nbs/02b_mae.ipynb #5a1e0b7c
+def __getattr__(name):
+    """`toy_shapes` lives in `unilearn.synth`, the home of generated data; this keeps `unilearn.mae.toy_shapes`
+    working without importing the benchmark module (notebook 06) whenever `unilearn.mae` is imported."""
+    if name == 'toy_shapes':
+        from unilearn.synth import toy_shapes
+        return toy_shapes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/02b_mae.ipynb #204e60f3
 def check_mask_ratio(mask_ratio, name:str='mask_ratio') -> float:
